@@ -1,0 +1,107 @@
+"""The ASGI door: pure ASGI middleware for Starlette, FastAPI and any ASGI app.
+
+Gathers the facts of a request (the few headers the guard wants, the peer, the
+path), asks the guard, and either renders the rejection as problem+json or
+passes the request on with the caller's key in `scope["keyguard.key"]`, plus
+Starlette's `scope["auth"]`/`scope["user"]` so `@requires(...)` works as is.
+Lifespan and other scope types pass straight through. A rejection raised
+further in (by `keyguard.fastapi.require_scopes`) is rendered here too.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from starlette.authentication import AuthCredentials, BaseUser
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .exceptions import ConfigurationError, RequestRejected, problem
+from .guard import Facts, KeyGuard
+from .models import KeyInfo
+
+
+class KeyUser(BaseUser):
+    """`request.user` for a request that passed: the calling key."""
+
+    __slots__ = ("key",)
+
+    def __init__(self, key: KeyInfo) -> None:
+        self.key = key
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return self.key.name
+
+    @property
+    def identity(self) -> str:
+        return self.key.id
+
+
+def guard_from(guard: KeyGuard | None, settings: Mapping[str, Any] | None) -> KeyGuard:
+    if guard is not None and settings is not None:
+        raise ConfigurationError("guard: pass either guard= or settings=, not both")
+    if guard is not None and not isinstance(guard, KeyGuard):
+        raise ConfigurationError("guard: must be a keyguard.KeyGuard")
+    return guard if guard is not None else KeyGuard(settings)
+
+
+async def send_problem(scope: Scope, send: Send, exc: RequestRejected) -> None:
+    status, headers, body = problem(exc)
+    raw = [(k.encode(), v.encode()) for k, v in headers]
+    if scope["type"] == "websocket":
+        if "websocket.http.response" not in scope.get("extensions", {}):
+            # The server cannot send an HTTP answer: close before accepting (policy violation).
+            await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
+            return
+        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+        await send({"type": "websocket.http.response.body", "body": body})
+        return
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+class KeyGuardMiddleware:
+    """`app.add_middleware(KeyGuardMiddleware, guard=guard)` (or `settings={...}`)."""
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        guard: KeyGuard | None = None,
+        settings: Mapping[str, Any] | None = None,
+    ) -> None:
+        self.app = app
+        self.guard = guard_from(guard, settings)
+        self._wanted = frozenset(n.encode() for n in self.guard.header_names)
+        self._is_public = self.guard.router.is_public
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if (kind != "http" and kind != "websocket") or self._is_public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        wanted = self._wanted
+        headers: dict[str, list[str]] = {}
+        for name, value in scope["headers"]:
+            if name in wanted:
+                headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+        client = scope.get("client")
+        facts = Facts(scope.get("method", "GET"), scope["path"], client[0] if client else None, headers)
+        try:
+            entry = await self.guard.aauthenticate(facts)
+        except RequestRejected as exc:
+            await send_problem(scope, send, exc)
+            return
+        scope["keyguard.key"] = entry.info
+        scope["keyguard.guard"] = self.guard
+        scope["auth"] = AuthCredentials(list(entry.scopes))
+        scope["user"] = KeyUser(entry.info)
+        try:
+            await self.app(scope, receive, send)
+        except RequestRejected as exc:
+            # From a route dependency (require_scopes), before any response was sent.
+            await send_problem(scope, send, exc)

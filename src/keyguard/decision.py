@@ -1,0 +1,92 @@
+"""The decision of SPEC section 4, steps 2-7, as pure code: no I/O, no clock.
+
+The doors gather facts (`credential`), the guard fetches the `Entry`, and
+`decide` answers with the caller's `KeyInfo` or raises the rejection. Each
+rule lives here once, in the order the SPEC gives; the order matters, since
+`revoked_key`, `expired_key` and the later codes are only told to a caller
+that proved the secret.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .exceptions import AuthenticationError, AuthorizationError, BadRequest
+from .hashing import Hasher
+from .models import KeyInfo, KeyRecord
+from .network import IPAddress, IPNetwork, ip_allowed
+from .scopes import Scopes
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A record prepared for the hot path: parsed networks, expanded scopes."""
+
+    record: KeyRecord
+    info: KeyInfo
+    scopes: frozenset[str]
+    networks: tuple[IPNetwork, ...]
+
+
+def invalid_key() -> AuthenticationError:
+    return AuthenticationError("invalid_key", "The API key is not valid.")
+
+
+def credential(authorization: Sequence[str], api_key: Sequence[str]) -> str:
+    """Step 1: the one bearer token of a request (raises 401/400 otherwise)."""
+    tokens = set()
+    for value in authorization:
+        scheme, _, token = value.strip().partition(" ")
+        if scheme.lower() == "bearer":
+            tokens.add(token.strip())
+    if len(authorization) > 1:
+        raise BadRequest("invalid_request", "Send one Authorization header.")
+    tokens.update(v.strip() for v in api_key)
+    if not tokens:
+        raise AuthenticationError("missing_credentials", "An API key is required.")
+    if len(tokens) > 1:
+        raise BadRequest("invalid_request", "Send one API key, not several.")
+    return tokens.pop()
+
+
+def bearer_proven(entry: Entry, secret: str, hasher: Hasher, now: float) -> bool:
+    """Step 3: the secret matches the current hash, or the previous one in grace."""
+    record = entry.record
+    if hasher.check(record.secret_hash, secret):
+        return True
+    until = record.previous_valid_until
+    return until is not None and now < until and hasher.check(record.previous_secret_hash, secret)
+
+
+def decide(
+    entry: Entry,
+    *,
+    proven: bool,
+    now: float,
+    hasher: Hasher,
+    passphrase: str | None,
+    client_ip: IPAddress | None,
+    needed: Sequence[str],
+) -> KeyInfo:
+    """Steps 3-7 for a found key whose proof (secret or signature) was checked."""
+    if not proven:
+        raise invalid_key()
+    record = entry.record
+    if record.revoked_at is not None and record.revoked_at <= now:
+        raise AuthenticationError("revoked_key", "The API key has been revoked.")
+    if record.expires_at is not None and record.expires_at <= now:
+        raise AuthenticationError("expired_key", "The API key has expired.")
+    if record.passphrase_hash is not None and (
+        passphrase is None or not hasher.check(record.passphrase_hash, passphrase)
+    ):
+        raise AuthenticationError("invalid_passphrase", "The passphrase is missing or wrong.")
+    if entry.networks and not ip_allowed(client_ip, entry.networks):
+        raise AuthorizationError("ip_not_allowed", "This API key may not be used from this address.")
+    if needed:
+        missing = Scopes.missing(entry.scopes, needed)
+        if missing:
+            raise AuthorizationError(
+                "insufficient_scope", "The API key lacks a scope this route needs.", scopes=missing
+            )
+    return entry.info

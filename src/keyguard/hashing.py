@@ -1,0 +1,75 @@
+"""Hashes at rest: a keyed HMAC-SHA256 for high-entropy bearer secrets, argon2id
+for human-chosen passphrases (and for bearer secrets when `hashing: argon2id`).
+
+A stored hash names its scheme (`hmac-sha256$...` or `$argon2id$...`), so a
+change of the `hashing` setting never locks out existing keys. argon2 is slow
+by design; successful checks are remembered (as a keyed digest of what passed,
+never the secret itself) so a warm request never reruns it. A malformed stored
+hash means "not verified", never a crash. Comparisons use `hmac.compare_digest`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import threading
+from collections import OrderedDict
+
+from argon2 import PasswordHasher
+from argon2.exceptions import Argon2Error, InvalidHashError
+
+_HMAC_TAG = "hmac-sha256$"
+# OWASP minimum for argon2id: 19 MiB, t=2, p=1.
+_argon2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
+
+
+class Hasher:
+    """Hashes and checks secrets and passphrases under one pepper."""
+
+    def __init__(self, pepper: bytes, scheme: str = "hmac-sha256", remember: int = 10_000) -> None:
+        self._pepper = pepper
+        self._scheme = scheme
+        self._passed: OrderedDict[str, bytes] = OrderedDict()
+        self._remember = remember
+        self._lock = threading.Lock()
+
+    def digest(self, secret: str) -> bytes:
+        return hmac.new(self._pepper, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+
+    def hash_secret(self, secret: str) -> str:
+        if self._scheme == "argon2id":
+            return _argon2.hash(secret)
+        return _HMAC_TAG + self.digest(secret).hex()
+
+    def hash_passphrase(self, passphrase: str) -> str:
+        return _argon2.hash(passphrase)
+
+    def check(self, stored: str | None, presented: str) -> bool:
+        """Does `presented` match the stored hash? Never raises for bad input."""
+        if not stored:
+            return False
+        if stored.startswith(_HMAC_TAG):
+            expected = stored[len(_HMAC_TAG) :]
+            return hmac.compare_digest(self.digest(presented).hex(), expected)
+        if stored.startswith("$argon2"):
+            return self._check_argon2(stored, presented)
+        return False
+
+    def _check_argon2(self, stored: str, presented: str) -> bool:
+        digest = self.digest(presented)
+        remembered = self._passed.get(stored)
+        if remembered is not None:
+            return hmac.compare_digest(remembered, digest)
+        try:
+            _argon2.verify(stored, presented)
+        except (Argon2Error, InvalidHashError, ValueError, TypeError):
+            return False
+        with self._lock:
+            self._passed[stored] = digest
+            if len(self._passed) > self._remember:
+                self._passed.popitem(last=False)
+        return True
+
+    @staticmethod
+    def needs_rehash(stored: str) -> bool:
+        return stored.startswith("$argon2") and _argon2.check_needs_rehash(stored)

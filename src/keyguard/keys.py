@@ -1,0 +1,298 @@
+"""`guard.keys`: issue, list, edit, rotate, revoke and delete keys.
+
+Owns field validation and the key policies (owner limit, the cap on keys
+without an IP allowlist, private ranges). Every refusal is an
+`InvalidKeySettings` naming the field. Every change drops the cached copy (and,
+with a shared cache, tells the other instances). The async twins run the sync
+method in a worker thread: store writes and argon2 never block an event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
+
+import anyio.to_thread
+
+from . import tokens
+from .exceptions import InvalidKeySettings, KeyNotFound
+from .models import IssuedKey, KeyInfo, KeyRecord
+from .network import parse_allowlist
+from .settings import _check_rate
+
+if TYPE_CHECKING:
+    from .guard import KeyGuard
+
+P = ParamSpec("P")
+R = TypeVar("R")
+DAY = 86_400.0
+_SCOPE = re.compile(r"[A-Za-z0-9_.:*/-]{1,128}")
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "UNSET"
+
+
+UNSET: Final = _Unset()
+
+
+def _offload(method: Callable[P, R]) -> Callable[P, Any]:
+    @functools.wraps(method)
+    async def twin(*args: P.args, **kwargs: P.kwargs) -> R:
+        return await anyio.to_thread.run_sync(functools.partial(method, *args, **kwargs))
+
+    twin.__doc__ = f"Async twin of `{method.__name__}` (runs it in a worker thread)."
+    return twin
+
+
+def _text(field: str, value: object, limit: int = 200) -> str:
+    if not isinstance(value, str) or not value.strip() or len(value) > limit:
+        raise InvalidKeySettings(field, f"must be a non-empty string of at most {limit} characters")
+    return value.strip()
+
+
+def _scopes(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise InvalidKeySettings("scopes", "must be a list of strings, not one string")
+    out: dict[str, None] = {}
+    for scope in value:
+        if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
+            raise InvalidKeySettings("scopes", "each scope is 1-128 of letters, digits and _ . : * / -")
+        out[scope] = None
+    return tuple(out)
+
+
+def _when(value: datetime | None, now: float) -> float | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        raise InvalidKeySettings("expires_at", "must be a datetime")
+    if value.tzinfo is None:
+        raise InvalidKeySettings("expires_at", "must be timezone-aware (use datetime.now(UTC) + ...)")
+    ts = value.timestamp()
+    if ts <= now:
+        raise InvalidKeySettings("expires_at", "must be in the future")
+    return ts
+
+
+def _duration(field: str, value: timedelta | float | int) -> float:
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
+        raise InvalidKeySettings(field, "must be a timedelta or a number of seconds, not negative")
+    return float(seconds)
+
+
+def _rate(value: str | None) -> str | None:
+    try:
+        return _check_rate(value)
+    except ValueError as exc:
+        raise InvalidKeySettings("rate_limit", str(exc)) from None
+
+
+def _metadata(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidKeySettings("metadata", "must be a dict")
+    try:
+        text = json.dumps(dict(value))
+    except (TypeError, ValueError):
+        raise InvalidKeySettings("metadata", "must be JSON-serialisable") from None
+    if len(text) > 16_384:
+        raise InvalidKeySettings("metadata", "must be at most 16 KiB as JSON")
+    return dict(json.loads(text))
+
+
+class KeyManager:
+    def __init__(self, guard: KeyGuard) -> None:
+        self._guard = guard
+
+    # -- policy -------------------------------------------------------------
+
+    def _allowlist(self, value: Iterable[str]) -> tuple[str, ...]:
+        nets = parse_allowlist(value, self._guard.settings.policy.allow_private_ips)
+        return tuple(dict.fromkeys(str(n) for n in nets))
+
+    def _cap(self, record: KeyRecord) -> KeyRecord:
+        """A key without an allowlist lives at most `unrestricted_max_days`."""
+        days = self._guard.settings.policy.unrestricted_max_days
+        if record.allowed_ips or days is None:
+            return record.replace(unrestricted_since=None)
+        since = record.unrestricted_since or record.created_at
+        limit = since + days * DAY
+        expires = limit if record.expires_at is None else min(record.expires_at, limit)
+        return record.replace(unrestricted_since=since, expires_at=expires)
+
+    def _info(self, record: KeyRecord) -> KeyInfo:
+        pending = self._guard.pending_use(record.id)
+        if pending is not None and (record.last_used_at or 0) < pending:
+            record = record.replace(last_used_at=pending)
+        return record.info()
+
+    def _store(self) -> Any:
+        self._guard.hasher  # noqa: B018 - sets the store up on first use
+        return self._guard.store
+
+    # -- operations ---------------------------------------------------------
+
+    def create(
+        self,
+        *,
+        owner: str,
+        name: str,
+        scopes: Iterable[str] = (),
+        allowed_ips: Iterable[str] = (),
+        expires_at: datetime | None = None,
+        expires_in: timedelta | float | None = None,
+        kind: str = "bearer",
+        passphrase: str | None = None,
+        rate_limit: str | None = None,
+        max_uses: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> IssuedKey:
+        """Issue a key. The token (or signing secret) is in the result, and only there."""
+        guard = self._guard
+        now = guard.clock()
+        if expires_at is not None and expires_in is not None:
+            raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
+        if expires_in is not None:
+            expires_at = datetime.fromtimestamp(now + _duration("expires_in", expires_in), UTC)
+        if kind not in ("bearer", "signing"):
+            raise InvalidKeySettings("kind", "must be 'bearer' or 'signing'")
+        if passphrase is not None and (not isinstance(passphrase, str) or not 8 <= len(passphrase) <= 256):
+            raise InvalidKeySettings("passphrase", "must be 8 to 256 characters")
+        if max_uses is not None and (isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses < 1):
+            raise InvalidKeySettings("max_uses", "must be a positive integer")
+        record = KeyRecord(
+            id=tokens.new_key_id(),
+            owner=_text("owner", owner),
+            name=_text("name", name),
+            kind=kind,  # type: ignore[arg-type]
+            scopes=_scopes(scopes),
+            allowed_ips=self._allowlist(allowed_ips),
+            created_at=now,
+            hint="",
+            expires_at=_when(expires_at, now),
+            rate_limit=_rate(rate_limit),
+            max_uses=max_uses,
+            metadata=_metadata(metadata),
+        )
+        store = self._store()
+        hasher = guard.hasher
+        record, token, secret = self._new_secret(record)
+        if passphrase is not None:
+            record = record.replace(passphrase_hash=hasher.hash_passphrase(passphrase))
+        record = self._cap(record)
+        store.insert(record, guard.settings.policy.max_keys_per_owner, now)
+        guard.forget(record.id)
+        return IssuedKey(self._info(record), token=token, secret=secret)
+
+    def _new_secret(self, record: KeyRecord) -> tuple[KeyRecord, str | None, str | None]:
+        """A fresh secret for `record`: (record with its hash or ciphertext, token, secret)."""
+        guard = self._guard
+        if record.kind == "signing":
+            raise InvalidKeySettings("kind", "signing keys are not available in this build")
+        token, _secret = tokens.make_token(guard.settings.token_prefix, record.id)
+        return (
+            record.replace(secret_hash=guard.hasher.hash_secret(_secret), hint=tokens.hint(token)),
+            token,
+            None,
+        )
+
+    def get(self, key_id: str) -> KeyInfo:
+        record = self._store().get(key_id) if isinstance(key_id, str) else None
+        if record is None:
+            raise KeyNotFound(str(key_id))
+        return self._info(record)
+
+    def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyInfo]:
+        """Keys sorted by creation time. Nothing in a listing can authenticate."""
+        return [self._info(r) for r in self._store().list(owner, include_revoked)]
+
+    def _modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        record: KeyRecord = self._store().modify(key_id, change)
+        self._guard.forget(key_id)
+        return record
+
+    def update(
+        self,
+        key_id: str,
+        *,
+        name: str | _Unset = UNSET,
+        scopes: Iterable[str] | _Unset = UNSET,
+        allowed_ips: Iterable[str] | _Unset = UNSET,
+        expires_at: datetime | None | _Unset = UNSET,
+        rate_limit: str | None | _Unset = UNSET,
+        metadata: Mapping[str, Any] | None | _Unset = UNSET,
+    ) -> KeyInfo:
+        """Change the given fields; others stay. `expires_at=None` removes the expiry
+        (for a key without an allowlist the cap still applies)."""
+        now = self._guard.clock()
+        changes: dict[str, Any] = {}
+        if not isinstance(name, _Unset):
+            changes["name"] = _text("name", name)
+        if not isinstance(scopes, _Unset):
+            changes["scopes"] = _scopes(scopes)
+        if not isinstance(allowed_ips, _Unset):
+            changes["allowed_ips"] = self._allowlist(allowed_ips)
+        if not isinstance(expires_at, _Unset):
+            changes["expires_at"] = _when(expires_at, now)
+        if not isinstance(rate_limit, _Unset):
+            changes["rate_limit"] = _rate(rate_limit)
+        if not isinstance(metadata, _Unset):
+            changes["metadata"] = _metadata(metadata)
+
+        def change(record: KeyRecord) -> KeyRecord:
+            new = record.replace(**changes)
+            if record.allowed_ips and not new.allowed_ips:  # lost its allowlist now
+                new = new.replace(unrestricted_since=now)
+            return self._cap(new)
+
+        return self._info(self._modify(key_id, change))
+
+    def revoke(self, key_id: str) -> KeyInfo:
+        """Refuse the key from now on (it stays listed with `include_revoked`)."""
+        now = self._guard.clock()
+        return self._info(
+            self._modify(key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now))
+        )
+
+    def delete(self, key_id: str) -> None:
+        if not self._store().delete(key_id):
+            raise KeyNotFound(key_id)
+        self._guard.forget(key_id)
+
+    def rotate(self, key_id: str, grace: timedelta | float = timedelta(0)) -> IssuedKey:
+        """A new secret now; the old one keeps working for `grace`, then stops."""
+        now = self._guard.clock()
+        until = now + _duration("grace", grace)
+        issued: list[tuple[str | None, str | None]] = []
+
+        def change(record: KeyRecord) -> KeyRecord:
+            if record.revoked_at is not None:
+                raise InvalidKeySettings("key", "a revoked key cannot be rotated")
+            new, token, secret = self._new_secret(record)
+            issued[:] = [(token, secret)]
+            return new.replace(
+                previous_secret_hash=record.secret_hash if until > now else None,
+                previous_encrypted_secret=record.encrypted_secret if until > now else None,
+                previous_valid_until=until if until > now else None,
+            )
+
+        record = self._modify(key_id, change)
+        token, secret = issued[0]
+        return IssuedKey(self._info(record), token=token, secret=secret)
+
+    acreate = _offload(create)
+    aget = _offload(get)
+    alist = _offload(list)
+    aupdate = _offload(update)
+    arevoke = _offload(revoke)
+    adelete = _offload(delete)
+    arotate = _offload(rotate)
+

@@ -1,0 +1,120 @@
+"""Who is calling: the client IP behind trusted proxies, and allowlist matching.
+
+Forwarding headers are believed only when the socket peer is a trusted proxy;
+then the chain is walked from the right and the first address that is not a
+trusted proxy is the client (uvicorn's and werkzeug's approach, without hop
+counting). `X-Forwarded-For` is used when present, else RFC 7239 `Forwarded`.
+An entry that cannot be parsed (`unknown`, an obfuscated name, garbage) ends
+the walk with an unknown client: such a request never matches an allowlist.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+from .exceptions import InvalidKeySettings
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@lru_cache(maxsize=4096)
+def parse_ip(text: str) -> IPAddress | None:
+    """An address from a peer or header entry; None when it is not one."""
+    text = text.strip()
+    if not text or len(text) > 64:
+        return None
+    if text.startswith("["):  # [v6] or [v6]:port
+        end = text.find("]")
+        if end < 0:
+            return None
+        text = text[1:end]
+    elif text.count(":") == 1:  # v4:port
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
+def _forwarded_for(values: Iterable[str]) -> list[str]:
+    """The `for=` values of RFC 7239 `Forwarded` headers, in order."""
+    out = []
+    for value in values:
+        for element in value.split(","):
+            found = "unknown"  # an element without for= is a hop we cannot name
+            for pair in element.split(";"):
+                name, eq, val = pair.strip().partition("=")
+                if eq and name.strip().lower() == "for":
+                    found = val.strip().strip('"')
+            out.append(found)
+    return out
+
+
+class ClientResolver:
+    """Finds the client IP of a request from its peer and forwarding headers."""
+
+    __slots__ = ("_trusted",)
+
+    def __init__(self, trusted_proxies: Sequence[IPNetwork]) -> None:
+        self._trusted = tuple(trusted_proxies)
+
+    def is_trusted(self, ip: IPAddress) -> bool:
+        return any(ip in net for net in self._trusted)
+
+    def resolve(
+        self,
+        peer: str | None,
+        x_forwarded_for: Sequence[str] = (),
+        forwarded: Sequence[str] = (),
+    ) -> IPAddress | None:
+        ip = parse_ip(peer) if peer else None
+        if ip is None or not self._trusted or not self.is_trusted(ip):
+            return ip
+        if x_forwarded_for:
+            hops = [h for v in x_forwarded_for for h in v.split(",")]
+        elif forwarded:
+            hops = _forwarded_for(forwarded)
+        else:
+            return ip
+        for hop in reversed(hops):
+            ip = parse_ip(hop)
+            if ip is None:
+                return None
+            if not self.is_trusted(ip):
+                return ip
+        return ip  # every hop is a trusted proxy: the leftmost one called
+
+
+def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetwork, ...]:
+    """Validate an allowlist; raises InvalidKeySettings('allowed_ips', ...)."""
+    if isinstance(entries, str):
+        raise InvalidKeySettings("allowed_ips", "must be a list of IP addresses or CIDRs")
+    nets = []
+    for entry in entries:
+        if not isinstance(entry, str):
+            raise InvalidKeySettings("allowed_ips", "every entry must be a string")
+        try:
+            net = ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise InvalidKeySettings("allowed_ips", f"{entry[:64]!r} is not an IP address or CIDR") from None
+        if net.prefixlen == 0:
+            raise InvalidKeySettings("allowed_ips", f"{entry!r} allows every address; leave the list empty instead")
+        if not allow_private and (net.is_private or net.is_loopback or net.is_link_local):
+            raise InvalidKeySettings(
+                "allowed_ips",
+                f"{entry!r} is a private, loopback or link-local range (policy.allow_private_ips is off)",
+            )
+        nets.append(net)
+    return tuple(nets)
+
+
+def ip_allowed(ip: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
+    if ip is None:
+        return False
+    return any(ip in net for net in networks)

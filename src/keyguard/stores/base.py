@@ -1,0 +1,66 @@
+"""The store contract every backend implements (and the shared test suite checks).
+
+Invariants a backend must keep, also across processes:
+- `insert` counts the owner's live keys and inserts in one atomic step, so
+  `max_keys_per_owner` holds under concurrent creates.
+- `modify` is an atomic read-modify-write, so concurrent rotate/revoke/update
+  never lose each other's changes.
+- `touch` only moves `last_used_at` forward.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+
+from ..models import KeyRecord
+
+SCHEMA_VERSION = 1
+
+
+def is_live(record: KeyRecord, now: float) -> bool:
+    """Counts toward the owner's key limit: not revoked and not expired."""
+    return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
+
+
+class Store(ABC):
+    url: str
+
+    @abstractmethod
+    def setup(self) -> None:
+        """Create or migrate the schema; idempotent, called before first use."""
+
+    @abstractmethod
+    def get(self, key_id: str) -> KeyRecord | None: ...
+
+    @abstractmethod
+    def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
+        """Insert, refusing with KeyLimitExceeded if the owner is at the limit."""
+
+    @abstractmethod
+    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        """Atomically replace a record by `change(record)`; KeyNotFound if absent."""
+
+    @abstractmethod
+    def delete(self, key_id: str) -> bool: ...
+
+    @abstractmethod
+    def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
+        """Records sorted by (created_at, id)."""
+
+    @abstractmethod
+    def touch(self, last_used: Mapping[str, float]) -> None:
+        """Record last use times in one batch; never moves a time backwards."""
+
+    @abstractmethod
+    def get_meta(self, name: str) -> str | None: ...
+
+    @abstractmethod
+    def set_meta_default(self, name: str, value: str) -> str:
+        """Set `name` if unset; return the value now stored (first writer wins)."""
+
+    def set_meta(self, name: str, value: str) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,191 @@
+"""`sqlite:///path` (or `sqlite:///:memory:`): the embedded default.
+
+One connection per store, serialised by a lock; WAL mode so readers in other
+processes are not blocked. Writes that must be atomic (`insert` with the owner
+limit, `modify`) run in `BEGIN IMMEDIATE`, which also holds across processes
+sharing the file. The record is a JSON document; the columns beside it exist
+for filtering and for `touch`. `keyguard_meta.schema_version` drives migrations.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
+from ..models import KeyRecord
+from .base import SCHEMA_VERSION, Store
+
+# MIGRATIONS[n] brings a schema at version n to version n + 1.
+MIGRATIONS = {
+    0: [
+        """CREATE TABLE IF NOT EXISTS keyguard_keys (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL,
+            revoked_at REAL,
+            last_used_at REAL,
+            data TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS keyguard_keys_owner ON keyguard_keys (owner, created_at)",
+    ],
+}
+
+_COLUMNS = "data, last_used_at"
+
+
+def _record(row: tuple[str, float | None]) -> KeyRecord:
+    record = KeyRecord.from_json(row[0])
+    return record if row[1] is None else record.replace(last_used_at=row[1])
+
+
+class SQLiteStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        path = url.removeprefix("sqlite://")
+        if path.startswith("/"):
+            path = path[1:] or ":memory:"
+        if not path:
+            raise ConfigurationError("store: a sqlite URL needs a path, as in sqlite:///keyguard.db")
+        self.path = path
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.RLock()
+
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                if self._conn is None:
+                    self._conn = self._connect()
+                conn = self._conn
+                if write:
+                    conn.execute("BEGIN IMMEDIATE")
+                try:
+                    yield conn
+                except BaseException:
+                    if write:
+                        conn.rollback()
+                    raise
+                if write:
+                    conn.commit()
+            except sqlite3.Error as exc:
+                raise StoreError(f"sqlite store {self.path!r}: {exc}") from exc
+
+    def _connect(self) -> sqlite3.Connection:
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 10000")
+        if self.path != ":memory:":
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        return conn
+
+    def setup(self) -> None:
+        with self._db(write=True) as db:
+            db.execute("CREATE TABLE IF NOT EXISTS keyguard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            row = db.execute("SELECT value FROM keyguard_meta WHERE name = 'schema_version'").fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"sqlite store {self.path!r} has schema version {version}; "
+                    f"this keyguard knows up to {SCHEMA_VERSION}: upgrade keyguard"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for sql in MIGRATIONS[step]:
+                    db.execute(sql)
+            db.execute(
+                "INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        with self._db() as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)).fetchone()
+        return None if row is None else _record(row)
+
+    def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
+        with self._db(write=True) as db:
+            if max_live_per_owner is not None:
+                (live,) = db.execute(
+                    "SELECT count(*) FROM keyguard_keys WHERE owner = ? AND revoked_at IS NULL"
+                    " AND (expires_at IS NULL OR expires_at > ?)",
+                    (record.owner, now),
+                ).fetchone()
+                if live >= max_live_per_owner:
+                    raise KeyLimitExceeded(max_live_per_owner)
+            db.execute(
+                "INSERT INTO keyguard_keys (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.id,
+                    record.owner,
+                    record.created_at,
+                    record.expires_at,
+                    record.revoked_at,
+                    record.last_used_at,
+                    record.to_json(),
+                ),
+            )
+
+    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        with self._db(write=True) as db:
+            row = db.execute(f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)).fetchone()
+            if row is None:
+                raise KeyNotFound(key_id)
+            new = change(_record(row))
+            db.execute(
+                "UPDATE keyguard_keys SET owner = ?, expires_at = ?, revoked_at = ?, data = ? WHERE id = ?",
+                (new.owner, new.expires_at, new.revoked_at, new.to_json(), key_id),
+            )
+            return new
+
+    def delete(self, key_id: str) -> bool:
+        with self._db(write=True) as db:
+            return db.execute("DELETE FROM keyguard_keys WHERE id = ?", (key_id,)).rowcount > 0
+
+    def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
+        sql = f"SELECT {_COLUMNS} FROM keyguard_keys WHERE 1 = 1"
+        args: list[object] = []
+        if owner is not None:
+            sql += " AND owner = ?"
+            args.append(owner)
+        if not include_revoked:
+            sql += " AND revoked_at IS NULL"
+        with self._db() as db:
+            rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [_record(r) for r in rows]
+
+    def touch(self, last_used: Mapping[str, float]) -> None:
+        if not last_used:
+            return
+        with self._db(write=True) as db:
+            db.executemany(
+                "UPDATE keyguard_keys SET last_used_at = ? WHERE id = ?"
+                " AND (last_used_at IS NULL OR last_used_at < ?)",
+                [(ts, key_id, ts) for key_id, ts in last_used.items()],
+            )
+
+    def get_meta(self, name: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM keyguard_meta WHERE name = ?", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta_default(self, name: str, value: str) -> str:
+        with self._db(write=True) as db:
+            db.execute("INSERT OR IGNORE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value))
+            (stored,) = db.execute("SELECT value FROM keyguard_meta WHERE name = ?", (name,)).fetchone()
+        return str(stored)
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._db(write=True) as db:
+            db.execute("INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value))
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
