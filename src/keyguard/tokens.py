@@ -50,9 +50,8 @@ def make_token(prefix: str, key_id: str) -> tuple[str, str]:
 
 
 def hint(token: str) -> str:
-    """The partial view for listings: prefix, id, and the last four characters."""
-    prefix, key_id, _rest = token.split("_", 2)
-    return f"{prefix}_{key_id}_…{token[-4:]}"
+    """The partial view for listings: the prefix and the last four characters."""
+    return f"{token.split('_', 1)[0]}_…{token[-4:]}"
 
 
 class TokenParser:
