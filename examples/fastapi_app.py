@@ -1,0 +1,76 @@
+"""A FastAPI app protected by keyguard. Run: python examples/fastapi_app.py
+
+On start it issues a demo key and prints curl lines that work against it.
+Keys live in ./keyguard.db (SQLite); manage them with `keyguard keys ...`.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from fastapi import Depends, FastAPI, Security
+
+from keyguard import KeyGuard, KeyInfo
+from keyguard.asgi import KeyGuardMiddleware
+from keyguard.fastapi import current_key, require_scopes
+
+guard = KeyGuard(
+    {
+        "store": os.environ.get("KEYGUARD_STORE", "sqlite:///keyguard.db"),
+        "public_paths": ["/health", "/docs", "/openapi.json"],
+        "rules": [
+            {"path": "/v1/chat/*", "methods": ["POST"], "scopes": ["inference"]},
+            {"path": "/v1/models*", "methods": ["GET"], "scopes": ["models:read"]},
+        ],
+        "scope_implies": {"admin": ["inference", "models:read"]},
+    }
+)
+
+app = FastAPI(title="keyguard demo")
+app.add_middleware(KeyGuardMiddleware, guard=guard)
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/v1/models")
+def models() -> dict[str, list[str]]:
+    return {"models": ["tiny", "small"]}
+
+
+@app.post("/v1/chat/completions")
+def chat(key: KeyInfo = Depends(current_key)) -> dict[str, str]:
+    return {"reply": f"hello, {key.name}"}
+
+
+@app.get("/v1/me")
+def me(key: KeyInfo = Depends(current_key)) -> dict[str, object]:
+    return {"id": key.id, "owner": key.owner, "name": key.name, "scopes": list(key.scopes)}
+
+
+@app.get("/v1/admin/stats")
+def stats(key: KeyInfo = Security(require_scopes, scopes=["admin"])) -> dict[str, int]:
+    return {"keys": len(guard.keys.list())}
+
+
+def main() -> None:
+    import uvicorn
+
+    port = int(os.environ.get("PORT", "8000"))
+    issued = guard.keys.create(
+        owner="demo", name=f"demo-{int(time.time())}", scopes=["inference", "models:read"]
+    )
+    base = f"http://127.0.0.1:{port}"
+    print(f"\nDemo key (shown once): {issued.token}\n")
+    print(f"  curl -H 'Authorization: Bearer {issued.token}' {base}/v1/models")
+    print(f"  curl -X POST -H 'X-API-Key: {issued.token}' {base}/v1/chat/completions")
+    print(f"  curl -i {base}/v1/models            # 401 problem+json")
+    print(f"  curl -i -H 'Authorization: Bearer {issued.token}' {base}/v1/admin/stats   # 403\n")
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,63 @@
+"""A Flask app protected by keyguard. Run: python examples/flask_app.py
+
+On start it issues a demo key and prints curl lines that work against it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+from flask import Flask
+
+from keyguard.flask import KeyGuardExtension, current_key, require_scopes
+
+app = Flask(__name__)
+app.config["KEYGUARD"] = {
+    "store": os.environ.get("KEYGUARD_STORE", "sqlite:///keyguard.db"),
+    "public_paths": ["/health"],
+    "rules": [
+        {"path": "/v1/chat/*", "methods": ["POST"], "scopes": ["inference"]},
+        {"path": "/v1/models*", "methods": ["GET"], "scopes": ["models:read"]},
+    ],
+}
+keyguard = KeyGuardExtension(app)
+
+
+@app.get("/health")
+def health() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@app.get("/v1/models")
+def models() -> dict[str, list[str]]:
+    return {"models": ["tiny", "small"]}
+
+
+@app.post("/v1/chat/completions")
+def chat() -> dict[str, str]:
+    return {"reply": f"hello, {current_key.name}"}
+
+
+@app.get("/v1/admin/stats")
+@require_scopes("admin")
+def stats() -> dict[str, int]:
+    assert keyguard.guard is not None
+    return {"keys": len(keyguard.guard.keys.list())}
+
+
+def main() -> None:
+    assert keyguard.guard is not None
+    port = int(os.environ.get("PORT", "5000"))
+    issued = keyguard.guard.keys.create(
+        owner="demo", name=f"flask-demo-{int(time.time())}", scopes=["inference", "models:read"]
+    )
+    base = f"http://127.0.0.1:{port}"
+    print(f"\nDemo key (shown once): {issued.token}\n")
+    print(f"  curl -H 'Authorization: Bearer {issued.token}' {base}/v1/models")
+    print(f"  curl -X POST -H 'X-API-Key: {issued.token}' {base}/v1/chat/completions\n")
+    app.run(host="127.0.0.1", port=port)
+
+
+if __name__ == "__main__":
+    main()
