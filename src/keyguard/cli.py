@@ -43,7 +43,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=int(m[1]) * _UNITS[m[2]])
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     name = "duration"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:

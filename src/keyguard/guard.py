@@ -80,8 +80,7 @@ class KeyGuard:
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
-        ref = weakref.ref(self)
-        atexit.register(lambda: (g := ref()) is not None and g.flush())
+        atexit.register(_flush_at_exit, weakref.ref(self))
 
     # -- start-up -----------------------------------------------------------
 
@@ -244,6 +243,12 @@ class KeyGuard:
     def close(self) -> None:
         self.flush()
         self.store.close()
+
+
+def _flush_at_exit(ref: weakref.ref[KeyGuard]) -> None:
+    guard = ref()
+    if guard is not None:
+        guard.flush()
 
 
 def _ip(value: str | IPAddress | None) -> IPAddress | None:
