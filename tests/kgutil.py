@@ -119,3 +119,5 @@ async def run_websocket(app: Any, headers: list[tuple[bytes, bytes]], client: tu
 
     await app(scope, receive, send)
     return sent
+
+DAY_S = 86_400.0
