@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
@@ -100,8 +100,19 @@ class KeyGuardMiddleware:
         scope["keyguard.guard"] = self.guard
         scope["auth"] = AuthCredentials(list(entry.scopes))
         scope["user"] = KeyUser(entry.info)
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_tracked)
         except RequestRejected as exc:
-            # From a route dependency (require_scopes), before any response was sent.
+            # From a route dependency (require_scopes). Once the app (or Starlette's
+            # ServerErrorMiddleware, when it sits inside us) has started an answer,
+            # a second one would break the protocol: let the error go on.
+            if started:
+                raise
             await send_problem(scope, send, exc)
