@@ -121,3 +121,16 @@ async def run_websocket(app: Any, headers: list[tuple[bytes, bytes]], client: tu
     return sent
 
 DAY_S = 86_400.0
+
+
+def break_sqlite(guard: KeyGuard, db: Any, aside: Any) -> None:
+    """Make a sqlite store unreachable for real: drop its connection and put a
+    directory where the database file was (works as root, unlike chmod)."""
+    import os
+    import shutil
+
+    guard.store.close()
+    aside.mkdir()
+    for p in db.parent.glob(db.name + "*"):
+        shutil.move(str(p), aside / p.name)
+    os.mkdir(db)
