@@ -81,8 +81,12 @@ class KeyGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if (kind != "http" and kind != "websocket") or self._is_public(scope["path"]):
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
+            return
+        if self._is_public(scope["path"]):
+            # No key is checked, but a route dependency (current_key) may still refuse.
+            await self._call_app(scope, receive, send)
             return
         wanted = self._wanted
         headers: dict[str, list[str]] = {}
@@ -100,6 +104,9 @@ class KeyGuardMiddleware:
         scope["keyguard.guard"] = self.guard
         scope["auth"] = AuthCredentials(list(entry.scopes))
         scope["user"] = KeyUser(entry.info)
+        await self._call_app(scope, receive, send)
+
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = False
 
         async def send_tracked(message: Message) -> None:
