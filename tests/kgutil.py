@@ -53,7 +53,9 @@ class CountingStore(MemoryStore):
         super().touch(last_used)
 
 
-def counting_guard(settings: Mapping[str, Any] | None = None, **kwargs: Any) -> tuple[KeyGuard, CountingStore]:
+def counting_guard(
+    settings: Mapping[str, Any] | None = None, **kwargs: Any
+) -> tuple[KeyGuard, CountingStore]:
     merged = {"store": "memory://", "policy": {"allow_private_ips": True}, **(settings or {})}
     guard = KeyGuard(merged, **kwargs)
     store = CountingStore()
@@ -84,8 +86,13 @@ def other_secret(token: str) -> str:
     return tokens.make_token(prefix, key_id)[0]
 
 
-async def run_websocket(app: Any, headers: list[tuple[bytes, bytes]], client: tuple[str, int] = ("127.0.0.1", 5000),
-                        path: str = "/ws", http_response_ext: bool = True) -> list[dict[str, Any]]:
+async def run_websocket(
+    app: Any,
+    headers: list[tuple[bytes, bytes]],
+    client: tuple[str, int] = ("127.0.0.1", 5000),
+    path: str = "/ws",
+    http_response_ext: bool = True,
+) -> list[dict[str, Any]]:
     """Drive one websocket connection through an ASGI app: connect, then disconnect.
 
     Returns every message the app sent. Used because httpx has no websocket
@@ -119,6 +126,7 @@ async def run_websocket(app: Any, headers: list[tuple[bytes, bytes]], client: tu
 
     await app(scope, receive, send)
     return sent
+
 
 DAY_S = 86_400.0
 

@@ -84,8 +84,14 @@ def build(kind: str, world: World) -> Any:
     return fastapi_app(world)
 
 
-async def request(app: Any, method: str, path: str, headers: list[tuple[str, str]],
-                  peer: str | None = None, raise_app_exceptions: bool = True) -> httpx.Response:
+async def request(
+    app: Any,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    peer: str | None = None,
+    raise_app_exceptions: bool = True,
+) -> httpx.Response:
     kwargs: dict[str, Any] = {} if peer is None else {"client": (peer, 4711)}
     transport = httpx.ASGITransport(app, raise_app_exceptions=raise_app_exceptions, **kwargs)
     raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers]
@@ -94,10 +100,21 @@ async def request(app: Any, method: str, path: str, headers: list[tuple[str, str
 
 
 @pytest.mark.parametrize("kind", ["starlette", "wrapped", "fastapi"])
-@pytest.mark.parametrize(("case", "method", "path", "headers", "peer", "status", "expected", "wsgi"), PARAMS)
-async def test_request_table(kind: str, world: World, case: str, method: str, path: str,
-                             headers: list[tuple[str, str]], peer: str | None, status: int,
-                             expected: str | None, wsgi: Any) -> None:
+@pytest.mark.parametrize(
+    ("case", "method", "path", "headers", "peer", "status", "expected", "wsgi"), PARAMS
+)
+async def test_request_table(
+    kind: str,
+    world: World,
+    case: str,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    peer: str | None,
+    status: int,
+    expected: str | None,
+    wsgi: Any,
+) -> None:
     app = build(kind, world)
     before = len(world.calls)
     resp = await request(app, method, path, render(headers, world.tokens), peer)
@@ -108,7 +125,9 @@ async def test_request_table(kind: str, world: World, case: str, method: str, pa
 
 async def test_head_follows_get_rule(world: World) -> None:
     app = build("starlette", world)
-    resp = await request(app, "HEAD", "/v1/models", [("X-API-Key", world.tokens["pinned"])], "8.8.8.8")
+    resp = await request(
+        app, "HEAD", "/v1/models", [("X-API-Key", world.tokens["pinned"])], "8.8.8.8"
+    )
     assert resp.status_code == 403
     resp = await request(app, "HEAD", "/v1/models", [("X-API-Key", world.tokens["narrow"])])
     assert resp.status_code == 200
@@ -121,7 +140,9 @@ async def test_starlette_requires_sees_scopes(world: World) -> None:
     resp = await request(app, "GET", "/needs-admin", [("Authorization", f"Bearer {admin}")])
     assert resp.status_code == 200
     assert resp.text.startswith("hello boss ")
-    resp = await request(app, "GET", "/needs-admin", [("Authorization", f"Bearer {world.tokens['full']}")])
+    resp = await request(
+        app, "GET", "/needs-admin", [("Authorization", f"Bearer {world.tokens['full']}")]
+    )
     assert resp.status_code == 403  # Starlette's own answer
 
 
@@ -130,7 +151,10 @@ async def test_rejection_raised_by_the_app_is_rendered(world: World) -> None:
     resp = await request(app, "GET", "/raises", [("X-API-Key", world.tokens["full"])])
     assert resp.status_code == 403 and resp.headers["content-type"] == "application/problem+json"
     assert resp.json()["code"] == "insufficient_scope"
-    assert resp.headers["www-authenticate"] == 'Bearer realm="api", error="insufficient_scope", scope="deep"'
+    assert (
+        resp.headers["www-authenticate"]
+        == 'Bearer realm="api", error="insufficient_scope", scope="deep"'
+    )
 
 
 async def test_rejection_after_app_answered_is_not_sent_twice(world: World) -> None:
@@ -145,10 +169,20 @@ async def test_rejection_after_app_answered_is_not_sent_twice(world: World) -> N
     async def send(message: dict[str, Any]) -> None:
         sent.append(message)
 
-    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
-             "scheme": "http", "path": "/raises", "raw_path": b"/raises", "root_path": "",
-             "query_string": b"", "client": ("127.0.0.1", 1), "server": ("testserver", 80),
-             "headers": [(b"x-api-key", world.tokens["full"].encode())]}
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": "/raises",
+        "raw_path": b"/raises",
+        "root_path": "",
+        "query_string": b"",
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "headers": [(b"x-api-key", world.tokens["full"].encode())],
+    }
     with pytest.raises(AuthorizationError):
         await app(scope, receive, send)
     starts = [m for m in sent if m["type"] == "http.response.start"]
@@ -168,10 +202,14 @@ async def test_settings_instead_of_guard() -> None:
 
 
 async def test_custom_header_name() -> None:
-    mw = KeyGuardMiddleware(Starlette(routes=[Route("/", lambda r: PlainTextResponse("hi"))]),
-                            settings={"store": "memory://", "header": "X-Service-Token"})
+    mw = KeyGuardMiddleware(
+        Starlette(routes=[Route("/", lambda r: PlainTextResponse("hi"))]),
+        settings={"store": "memory://", "header": "X-Service-Token"},
+    )
     issued = mw.guard.keys.create(owner="o", name="n")
-    assert (await request(mw, "GET", "/", [("X-Service-Token", issued.token or "")])).status_code == 200
+    assert (
+        await request(mw, "GET", "/", [("X-Service-Token", issued.token or "")])
+    ).status_code == 200
     assert (await request(mw, "GET", "/", [("X-API-Key", issued.token or "")])).status_code == 401
 
 
@@ -197,7 +235,9 @@ async def test_websocket_refused_key(world: World) -> None:
     app = build("starlette", world)
     sent = await run_websocket(app, [(b"x-api-key", world.tokens["revoked"].encode())])
     assert sent[0]["status"] == 401 and b"revoked_key" in sent[1]["body"]
-    sent = await run_websocket(app, [(b"x-api-key", world.tokens["pinned"].encode())], client=("1.1.1.1", 1))
+    sent = await run_websocket(
+        app, [(b"x-api-key", world.tokens["pinned"].encode())], client=("1.1.1.1", 1)
+    )
     assert sent[0]["status"] == 403 and b"ip_not_allowed" in sent[1]["body"]
 
 
@@ -205,7 +245,10 @@ async def test_websocket_accepted_with_key(world: World) -> None:
     app = build("starlette", world)
     sent = await run_websocket(app, [(b"authorization", f"Bearer {world.tokens['full']}".encode())])
     assert sent[0]["type"] == "websocket.accept"
-    assert sent[1] == {"type": "websocket.send", "text": "full", "bytes": None} or sent[1].get("text") == "full"
+    assert (
+        sent[1] == {"type": "websocket.send", "text": "full", "bytes": None}
+        or sent[1].get("text") == "full"
+    )
 
 
 # -- lifespan ----------------------------------------------------------------

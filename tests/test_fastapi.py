@@ -15,8 +15,13 @@ from keyguard.fastapi import current_key, require_scopes
 
 @pytest.fixture(scope="module")
 def setup() -> tuple[FastAPI, dict[str, str], list[str]]:
-    guard = KeyGuard({"store": "memory://", "public_paths": ["/docs", "/openapi.json", "/open"],
-                      "scope_implies": {"write": ["read"]}})
+    guard = KeyGuard(
+        {
+            "store": "memory://",
+            "public_paths": ["/docs", "/openapi.json", "/open"],
+            "scope_implies": {"write": ["read"]},
+        }
+    )
     calls: list[str] = []
     app = FastAPI()
 
@@ -36,7 +41,9 @@ def setup() -> tuple[FastAPI, dict[str, str], list[str]]:
         return {"name": key.name}
 
     @app.get("/models")
-    def models(key: KeyInfo = Security(require_scopes, scopes=["models:list", "models:get"])) -> dict[str, str]:
+    def models(
+        key: KeyInfo = Security(require_scopes, scopes=["models:list", "models:get"]),
+    ) -> dict[str, str]:
         calls.append("models")
         return {"name": key.name}
 
@@ -76,7 +83,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("method", "path", "who", "status", "code"), CASES)
-async def test_routes(setup: Any, method: str, path: str, who: str | None, status: int, code: str | None) -> None:
+async def test_routes(
+    setup: Any, method: str, path: str, who: str | None, status: int, code: str | None
+) -> None:
     app, tokens, calls = setup
     before = len(calls)
     resp = await call(app, method, path, None if who is None else tokens[who])
@@ -106,10 +115,15 @@ async def test_openapi_security_schemes(setup: Any) -> None:
     assert resp.status_code == 200
     schema = resp.json()
     schemes = schema["components"]["securitySchemes"]
-    assert schemes["APIKeyBearer"] == {"type": "http", "scheme": "bearer",
-                                       "description": "Authorization: Bearer <token>"}
+    assert schemes["APIKeyBearer"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "Authorization: Bearer <token>",
+    }
     assert schemes["APIKeyHeader"]["type"] == "apiKey"
-    assert schemes["APIKeyHeader"]["in"] == "header" and schemes["APIKeyHeader"]["name"] == "X-API-Key"
+    assert (
+        schemes["APIKeyHeader"]["in"] == "header" and schemes["APIKeyHeader"]["name"] == "X-API-Key"
+    )
     security = schema["paths"]["/v1/chat"]["post"]["security"]
     assert {name for entry in security for name in entry} == {"APIKeyBearer", "APIKeyHeader"}
     docs = await call(app, "GET", "/docs", None)

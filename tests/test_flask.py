@@ -52,18 +52,27 @@ def make_app(config: Any, factory: bool) -> tuple[Flask, KeyGuardExtension, list
     return app, ext, calls
 
 
-CONFIG = {"store": "memory://", "public_paths": ["/health*"], "scope_implies": {"write": ["read"]},
-          "rules": [{"path": "/me", "methods": ["GET"], "scopes": ["me"]}]}
+CONFIG = {
+    "store": "memory://",
+    "public_paths": ["/health*"],
+    "scope_implies": {"write": ["read"]},
+    "rules": [{"path": "/me", "methods": ["GET"], "scopes": ["me"]}],
+}
 
 
 @pytest.fixture(params=[False, True], ids=["constructor", "init_app"])
-def world(request: pytest.FixtureRequest) -> tuple[Flask, KeyGuardExtension, list[str], dict[str, str]]:
+def world(
+    request: pytest.FixtureRequest,
+) -> tuple[Flask, KeyGuardExtension, list[str], dict[str, str]]:
     app, ext, calls = make_app(CONFIG, request.param)
     assert isinstance(ext.guard, KeyGuard) and app.extensions["keyguard"] is ext
     assert ext.guard.settings.public_paths == ("/health*",)  # read from app.config["KEYGUARD"]
     k = ext.guard.keys
     tokens = {
-        "all": k.create(owner="o", name="all", scopes=["me", "inference", "write", "models:*"]).token or "",
+        "all": k.create(
+            owner="o", name="all", scopes=["me", "inference", "write", "models:*"]
+        ).token
+        or "",
         "me": k.create(owner="o", name="me", scopes=["me"]).token or "",
         "infer": k.create(owner="o", name="infer", scopes=["inference"]).token or "",
     }
@@ -84,7 +93,9 @@ CASES = [
 
 
 @pytest.mark.parametrize(("method", "path", "who", "status", "code"), CASES)
-def test_routes(world: Any, method: str, path: str, who: str | None, status: int, code: str | None) -> None:
+def test_routes(
+    world: Any, method: str, path: str, who: str | None, status: int, code: str | None
+) -> None:
     app, _, calls, tokens = world
     headers = {} if who is None else {"X-API-Key": tokens[who]}
     before = list(calls)
@@ -98,13 +109,16 @@ def test_routes(world: Any, method: str, path: str, who: str | None, status: int
     assert resp.get_json()["code"] == code
     assert "www-authenticate" in resp.headers
     # a view guarded by the decorator or the middleware never ran
-    assert calls == before or calls[len(before):] == ["health_me"]
+    assert calls == before or calls[len(before) :] == ["health_me"]
 
 
 def test_require_scopes_header(world: Any) -> None:
     app, _, _, tokens = world
     resp = app.test_client().post("/v1/chat", headers={"Authorization": f"Bearer {tokens['me']}"})
-    assert resp.headers["www-authenticate"] == 'Bearer realm="api", error="insufficient_scope", scope="inference"'
+    assert (
+        resp.headers["www-authenticate"]
+        == 'Bearer realm="api", error="insufficient_scope", scope="inference"'
+    )
 
 
 def test_guard_is_usable(world: Any) -> None:

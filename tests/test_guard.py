@@ -44,7 +44,11 @@ def clock() -> Clock:
 @pytest.fixture
 def g(clock: Clock) -> KeyGuard:
     return KeyGuard(
-        {"store": "memory://", "scope_implies": {"write": ["read"]}, "policy": {"allow_private_ips": True}},
+        {
+            "store": "memory://",
+            "scope_implies": {"write": ["read"]},
+            "policy": {"allow_private_ips": True},
+        },
         clock=clock,
     )
 
@@ -90,7 +94,9 @@ async def test_verify_and_averify_agree(g: KeyGuard, clock: Clock) -> None:
         assert await aoutcome(g.averify(token, **kwargs)) == expected, name
 
 
-@pytest.mark.parametrize("token", [None, 123, b"kg_x", ["kg"]], ids=["none", "int", "bytes", "list"])
+@pytest.mark.parametrize(
+    "token", [None, 123, b"kg_x", ["kg"]], ids=["none", "int", "bytes", "list"]
+)
 async def test_non_string_tokens(g: KeyGuard, token: Any) -> None:
     assert outcome(lambda: g.verify(token)) == "401 invalid_key"
     assert await aoutcome(g.averify(token)) == "401 invalid_key"
@@ -300,7 +306,9 @@ async def test_store_unreachable_uncached_503_cached_works(tmp_path: Path) -> No
     assert await aoutcome(g.averify(warm.token)) == "ok"
     assert outcome(lambda: g.verify(cold.token)) == "503 unavailable"
     assert await aoutcome(g.averify(cold.token)) == "503 unavailable"
-    assert outcome(lambda: g.verify(make_token("kg", "U" * 16)[0])) == "503 unavailable"  # fail closed
+    assert (
+        outcome(lambda: g.verify(make_token("kg", "U" * 16)[0])) == "503 unavailable"
+    )  # fail closed
     assert outcome(lambda: g.verify(bad_checksum(cold.token))) == "401 invalid_key"  # no I/O needed
     with pytest.raises(ServiceUnavailable) as info:
         g.verify(cold.token)

@@ -11,7 +11,13 @@ from typing import Any
 
 import pytest
 
-from keyguard import AuthenticationError, InvalidKeySettings, KeyGuard, KeyLimitExceeded, KeyNotFound
+from keyguard import (
+    AuthenticationError,
+    InvalidKeySettings,
+    KeyGuard,
+    KeyLimitExceeded,
+    KeyNotFound,
+)
 from keyguard.tokens import TokenParser
 
 from .kgutil import DAY_S, Clock, other_secret
@@ -59,8 +65,9 @@ def code_of(guard: KeyGuard, token: str, **kwargs: Any) -> str:
 
 
 async def test_create_shows_token_once(mode: str, guard: KeyGuard) -> None:
-    issued = await op(mode, guard, "create", owner="acme", name="ci", scopes=["read"],
-                      metadata={"team": "x"})
+    issued = await op(
+        mode, guard, "create", owner="acme", name="ci", scopes=["read"], metadata={"team": "x"}
+    )
     assert issued.token and issued.secret is None
     assert issued.token not in repr(issued)
     info = issued.info
@@ -69,8 +76,10 @@ async def test_create_shows_token_once(mode: str, guard: KeyGuard) -> None:
     assert info.hint.startswith("kg_") and info.hint.endswith(issued.token[-4:])
     assert guard.verify(issued.token).id == info.id
     fetched = await op(mode, guard, "get", info.id)
-    assert fetched.id == info.id and issued.token not in repr(fetched) and issued.token not in str(
-        fetched.to_dict()
+    assert (
+        fetched.id == info.id
+        and issued.token not in repr(fetched)
+        and issued.token not in str(fetched.to_dict())
     )
 
 
@@ -300,7 +309,9 @@ FIELD_ERRORS = [
     pytest.param({"expires_at": "2099-01-01"}, "expires_at", id="expires-str"),
     pytest.param({"expires_in": -5}, "expires_in", id="expires_in-negative"),
     pytest.param({"expires_in": 0}, "expires_at", id="expires_in-zero"),
-    pytest.param({"expires_in": 5, "expires_at": datetime(2099, 1, 1, tzinfo=UTC)}, "expires_in", id="both"),
+    pytest.param(
+        {"expires_in": 5, "expires_at": datetime(2099, 1, 1, tzinfo=UTC)}, "expires_in", id="both"
+    ),
     pytest.param({"kind": "hmac"}, "kind", id="kind"),
     pytest.param({"passphrase": "short"}, "passphrase", id="passphrase-short"),
     pytest.param({"rate_limit": "fast"}, "rate_limit", id="rate_limit"),
@@ -311,7 +322,9 @@ FIELD_ERRORS = [
 
 
 @pytest.mark.parametrize(("fields", "named"), FIELD_ERRORS)
-async def test_create_field_errors(mode: str, guard: KeyGuard, fields: dict[str, Any], named: str) -> None:
+async def test_create_field_errors(
+    mode: str, guard: KeyGuard, fields: dict[str, Any], named: str
+) -> None:
     kwargs = {"owner": "o", "name": "n", **fields}
     with pytest.raises(InvalidKeySettings) as info:
         await op(mode, guard, "create", **kwargs)

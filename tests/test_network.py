@@ -21,13 +21,28 @@ def ip(text: str | None) -> object:
 
 RESOLVE = [
     # untrusted peer: headers ignored
-    pytest.param(NOBODY, "203.0.113.5", ["198.51.100.1"], [], "203.0.113.5", id="no-trust-xff-ignored"),
-    pytest.param(TRUSTED, "203.0.113.5", ["198.51.100.1"], [], "203.0.113.5", id="untrusted-peer-spoof"),
-    pytest.param(TRUSTED, "203.0.113.5", [], ["for=198.51.100.1"], "203.0.113.5", id="untrusted-peer-fwd"),
+    pytest.param(
+        NOBODY, "203.0.113.5", ["198.51.100.1"], [], "203.0.113.5", id="no-trust-xff-ignored"
+    ),
+    pytest.param(
+        TRUSTED, "203.0.113.5", ["198.51.100.1"], [], "203.0.113.5", id="untrusted-peer-spoof"
+    ),
+    pytest.param(
+        TRUSTED, "203.0.113.5", [], ["for=198.51.100.1"], "203.0.113.5", id="untrusted-peer-fwd"
+    ),
     # trusted peer: rightmost untrusted hop
     pytest.param(TRUSTED, "10.0.0.1", ["198.51.100.1"], [], "198.51.100.1", id="one-hop"),
-    pytest.param(TRUSTED, "10.0.0.1", ["6.6.6.6, 198.51.100.1, 10.0.0.2"], [], "198.51.100.1", id="walk-right"),
-    pytest.param(TRUSTED, "10.0.0.1", ["6.6.6.6", "198.51.100.1"], [], "198.51.100.1", id="two-lines"),
+    pytest.param(
+        TRUSTED,
+        "10.0.0.1",
+        ["6.6.6.6, 198.51.100.1, 10.0.0.2"],
+        [],
+        "198.51.100.1",
+        id="walk-right",
+    ),
+    pytest.param(
+        TRUSTED, "10.0.0.1", ["6.6.6.6", "198.51.100.1"], [], "198.51.100.1", id="two-lines"
+    ),
     pytest.param(TRUSTED, "10.0.0.1", ["10.0.0.3, 10.0.0.2"], [], "10.0.0.3", id="all-trusted"),
     pytest.param(TRUSTED, "10.0.0.1", [], [], "10.0.0.1", id="trusted-no-headers"),
     pytest.param(TRUSTED, "10.0.0.1", ["198.51.100.1:4711"], [], "198.51.100.1", id="xff-port"),
@@ -35,18 +50,32 @@ RESOLVE = [
     pytest.param(TRUSTED, "10.0.0.1", ["[2001:db8::1]:443"], [], "2001:db8::1", id="xff-ipv6-port"),
     pytest.param(TRUSTED, "10.0.0.1", ["6.6.6.6, garbage"], [], None, id="xff-garbage-rightmost"),
     pytest.param(TRUSTED, "10.0.0.1", ["6.6.6.6, "], [], None, id="xff-empty-hop"),
-    pytest.param(TRUSTED, "10.0.0.1", ["198.51.100.1, unknown, 10.0.0.2"], [], None, id="xff-unknown"),
+    pytest.param(
+        TRUSTED, "10.0.0.1", ["198.51.100.1, unknown, 10.0.0.2"], [], None, id="xff-unknown"
+    ),
     pytest.param(TRUSTED, "10.0.0.1", [], ["for=198.51.100.1"], "198.51.100.1", id="fwd"),
-    pytest.param(TRUSTED, "10.0.0.1", [], ['for="[2001:db8::17]:4711"'], "2001:db8::17", id="fwd-ipv6"),
-    pytest.param(TRUSTED, "10.0.0.1", [], ["for=6.6.6.6, for=198.51.100.1;proto=https"], "198.51.100.1",
-                 id="fwd-chain"),
-    pytest.param(TRUSTED, "10.0.0.1", [], ["For=198.51.100.1;by=10.0.0.1"], "198.51.100.1", id="fwd-case"),
+    pytest.param(
+        TRUSTED, "10.0.0.1", [], ['for="[2001:db8::17]:4711"'], "2001:db8::17", id="fwd-ipv6"
+    ),
+    pytest.param(
+        TRUSTED,
+        "10.0.0.1",
+        [],
+        ["for=6.6.6.6, for=198.51.100.1;proto=https"],
+        "198.51.100.1",
+        id="fwd-chain",
+    ),
+    pytest.param(
+        TRUSTED, "10.0.0.1", [], ["For=198.51.100.1;by=10.0.0.1"], "198.51.100.1", id="fwd-case"
+    ),
     pytest.param(TRUSTED, "10.0.0.1", [], ["for=_hidden"], None, id="fwd-obfuscated"),
     pytest.param(TRUSTED, "10.0.0.1", [], ["for=unknown"], None, id="fwd-unknown"),
     pytest.param(TRUSTED, "10.0.0.1", [], ["proto=https"], None, id="fwd-no-for"),
     pytest.param(TRUSTED, "10.0.0.1", [], ["for="], None, id="fwd-empty"),
     pytest.param(TRUSTED, "10.0.0.1", [], ['for="[2001:db8::17'], None, id="fwd-unclosed-bracket"),
-    pytest.param(TRUSTED, "10.0.0.1", ["198.51.100.1"], ["for=6.6.6.6"], "198.51.100.1", id="xff-wins"),
+    pytest.param(
+        TRUSTED, "10.0.0.1", ["198.51.100.1"], ["for=6.6.6.6"], "198.51.100.1", id="xff-wins"
+    ),
     # peers
     pytest.param(NOBODY, "2001:db8::5", [], [], "2001:db8::5", id="ipv6-peer"),
     pytest.param(NOBODY, "::ffff:198.51.100.9", [], [], "198.51.100.9", id="ipv4-mapped-peer"),
@@ -57,8 +86,9 @@ RESOLVE = [
 
 
 @pytest.mark.parametrize(("resolver", "peer", "xff", "fwd", "expected"), RESOLVE)
-def test_resolve(resolver: ClientResolver, peer: str | None, xff: list[str], fwd: list[str],
-                 expected: str | None) -> None:
+def test_resolve(
+    resolver: ClientResolver, peer: str | None, xff: list[str], fwd: list[str], expected: str | None
+) -> None:
     assert resolver.resolve(peer, xff, fwd) == ip(expected)
 
 
@@ -73,15 +103,23 @@ hop = st.one_of(
 
 @settings(max_examples=300, deadline=None)
 @given(st.lists(hop, max_size=6), st.lists(header_text, max_size=3))
-def test_forwarding_headers_never_crash_never_pick_a_trusted_hop(xff: list[str], fwd: list[str]) -> None:
+def test_forwarding_headers_never_crash_never_pick_a_trusted_hop(
+    xff: list[str], fwd: list[str]
+) -> None:
     lines = [", ".join(xff)] if xff else []
     got = TRUSTED.resolve("10.9.9.9", lines, fwd)
     assert got is None or isinstance(got, ipaddress.IPv4Address | ipaddress.IPv6Address)
     if got is not None and (lines or fwd):
         # only a trusted result when every hop was trusted (the leftmost proxy called)
-        assert not TRUSTED.is_trusted(got) or all(
-            (p := parse_ip(h)) is not None and TRUSTED.is_trusted(p) for line in lines for h in line.split(",")
-        ) or not lines
+        assert (
+            not TRUSTED.is_trusted(got)
+            or all(
+                (p := parse_ip(h)) is not None and TRUSTED.is_trusted(p)
+                for line in lines
+                for h in line.split(",")
+            )
+            or not lines
+        )
 
 
 @settings(max_examples=300, deadline=None)

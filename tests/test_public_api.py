@@ -1,4 +1,4 @@
-"""The public names SPEC.md writes `like_this` exist as written; __all__ sorted; py.typed shipped."""
+"""SPEC public names exist as written; __all__ sorted; py.typed shipped."""
 
 from __future__ import annotations
 
@@ -46,7 +46,9 @@ def test_spec_names_at_the_root(name: str) -> None:
         pytest.param("keyguard.asgi", ["KeyGuardMiddleware"], id="asgi"),
         pytest.param("keyguard.wsgi", ["KeyGuardMiddleware"], id="wsgi"),
         pytest.param("keyguard.fastapi", ["current_key", "require_scopes"], id="fastapi"),
-        pytest.param("keyguard.flask", ["KeyGuardExtension", "current_key", "require_scopes"], id="flask"),
+        pytest.param(
+            "keyguard.flask", ["KeyGuardExtension", "current_key", "require_scopes"], id="flask"
+        ),
     ],
 )
 def test_door_modules(module: str, names: list[str]) -> None:
@@ -59,8 +61,14 @@ def test_door_modules(module: str, names: list[str]) -> None:
 
 def test_error_tree() -> None:
     k = keyguard
-    for name in ("ConfigurationError", "StoreError", "KeyNotFound", "KeyLimitExceeded",
-                 "AuthenticationError", "AuthorizationError"):
+    for name in (
+        "ConfigurationError",
+        "StoreError",
+        "KeyNotFound",
+        "KeyLimitExceeded",
+        "AuthenticationError",
+        "AuthorizationError",
+    ):
         assert issubclass(getattr(k, name), k.KeyGuardError), name
     assert issubclass(k.ConfigurationError, ValueError)
     assert k.AuthenticationError.status_code == 401 and k.AuthorizationError.status_code == 403
@@ -79,8 +87,22 @@ def test_keyguard_signature() -> None:
 
 def test_key_fields() -> None:
     fields = set(keyguard.KeyInfo.__dataclass_fields__)
-    assert {"id", "owner", "name", "scopes", "allowed_ips", "created_at", "expires_at", "last_used_at",
-            "revoked_at", "kind", "has_passphrase", "rate_limit", "metadata", "hint"} <= fields
+    assert {
+        "id",
+        "owner",
+        "name",
+        "scopes",
+        "allowed_ips",
+        "created_at",
+        "expires_at",
+        "last_used_at",
+        "revoked_at",
+        "kind",
+        "has_passphrase",
+        "rate_limit",
+        "metadata",
+        "hint",
+    } <= fields
     assert {"info", "token", "secret"} <= set(keyguard.IssuedKey.__dataclass_fields__)
 
 
@@ -90,8 +112,19 @@ def test_key_manager_methods() -> None:
         assert callable(getattr(g.keys, name))
         assert inspect.iscoroutinefunction(getattr(g.keys, "a" + name))
     create = inspect.signature(g.keys.create).parameters
-    for name in ("owner", "name", "scopes", "allowed_ips", "expires_at", "expires_in", "kind",
-                 "passphrase", "rate_limit", "max_uses", "metadata"):
+    for name in (
+        "owner",
+        "name",
+        "scopes",
+        "allowed_ips",
+        "expires_at",
+        "expires_in",
+        "kind",
+        "passphrase",
+        "rate_limit",
+        "max_uses",
+        "metadata",
+    ):
         assert name in create, name
 
 

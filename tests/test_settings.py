@@ -29,7 +29,9 @@ GOOD = [
     pytest.param("token_prefix", "acme2", id="token_prefix"),
     pytest.param("header", "X-Service-Key", id="header"),
     pytest.param("public_paths", ["/health", "/docs*"], id="public_paths"),
-    pytest.param("rules", [{"path": "/v1/chat/*", "methods": ["post"], "scopes": ["inference"]}], id="rules"),
+    pytest.param(
+        "rules", [{"path": "/v1/chat/*", "methods": ["post"], "scopes": ["inference"]}], id="rules"
+    ),
     pytest.param("scope_implies", {"write": ["read"]}, id="scope_implies"),
     pytest.param("trusted_proxies", ["10.0.0.0/8", "::1", "192.0.2.7"], id="trusted_proxies"),
     pytest.param("policy.max_keys_per_owner", 5, id="policy.max_keys_per_owner"),
@@ -84,7 +86,9 @@ def test_defaults_match_spec() -> None:
     assert s.cache == "memory://"
     assert (s.cache_ttl, s.local_cache_ttl, s.local_cache_size) == (60, 5, 10_000)
     assert s.hashing == "hmac-sha256" and s.token_prefix == "kg" and s.header == "X-API-Key"
-    assert s.public_paths == () and s.rules == () and s.scope_implies == {} and s.trusted_proxies == ()
+    assert (
+        s.public_paths == () and s.rules == () and s.scope_implies == {} and s.trusted_proxies == ()
+    )
     assert s.policy.max_keys_per_owner == 20 and s.policy.unrestricted_max_days == 90
     assert s.policy.allow_private_ips is False
     assert s.signing.profile == "kg" and s.signing.max_skew_seconds == 30
@@ -125,15 +129,27 @@ BAD = [
     pytest.param({"public_paths": "/health"}, "public_paths", id="public_paths-str"),
     pytest.param({"public_paths": ["health"]}, "public_paths", id="public_paths-relative"),
     pytest.param({"rules": [{"path": "x"}]}, "rules.0.path", id="rules-path"),
-    pytest.param({"rules": [{"path": "/x", "scopes": "read"}]}, "rules.0.scopes", id="rules-scopes-str"),
-    pytest.param({"rules": [{"path": "/x", "verbs": ["GET"]}]}, "rules.0.verbs", id="rules-unknown"),
-    pytest.param({"scope_implies": {"write": "read"}}, "scope_implies.write", id="scope_implies-str"),
+    pytest.param(
+        {"rules": [{"path": "/x", "scopes": "read"}]}, "rules.0.scopes", id="rules-scopes-str"
+    ),
+    pytest.param(
+        {"rules": [{"path": "/x", "verbs": ["GET"]}]}, "rules.0.verbs", id="rules-unknown"
+    ),
+    pytest.param(
+        {"scope_implies": {"write": "read"}}, "scope_implies.write", id="scope_implies-str"
+    ),
     pytest.param({"trusted_proxies": "10.0.0.0/8"}, "trusted_proxies", id="trusted_proxies-str"),
     pytest.param({"trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies", id="trusted_proxies-bad"),
     pytest.param({"policy.max_keys_per_owner": 0}, "policy.max_keys_per_owner", id="max_keys-zero"),
-    pytest.param({"policy.max_keys_per_owner": "20"}, "policy.max_keys_per_owner", id="max_keys-str"),
-    pytest.param({"policy.unrestricted_max_days": -1}, "policy.unrestricted_max_days", id="max_days-neg"),
-    pytest.param({"policy.allow_private_ips": "yes"}, "policy.allow_private_ips", id="allow_private-str"),
+    pytest.param(
+        {"policy.max_keys_per_owner": "20"}, "policy.max_keys_per_owner", id="max_keys-str"
+    ),
+    pytest.param(
+        {"policy.unrestricted_max_days": -1}, "policy.unrestricted_max_days", id="max_days-neg"
+    ),
+    pytest.param(
+        {"policy.allow_private_ips": "yes"}, "policy.allow_private_ips", id="allow_private-str"
+    ),
     pytest.param({"policy": 5}, "policy", id="policy-not-dict"),
     pytest.param({"signing.profile": "aws"}, "signing.profile", id="signing.profile"),
     pytest.param({"signing.headers": {"nonce": "X"}}, "signing.headers", id="signing.headers-key"),
@@ -168,8 +184,12 @@ def test_non_string_key_refused() -> None:
 SECRETS = [
     pytest.param({"pepper": "short-secret"}, "short-secret", id="pepper-too-short"),
     pytest.param({"pepper": ["hunter2-hunter2-hunter2"]}, "hunter2", id="pepper-wrong-type"),
-    pytest.param({"signing.master_keys": "topsecret-master-key"}, "topsecret", id="master_keys-str"),
-    pytest.param({"signing.master_keys": [b"topsecret-master-key"]}, "topsecret", id="master_keys-bytes"),
+    pytest.param(
+        {"signing.master_keys": "topsecret-master-key"}, "topsecret", id="master_keys-str"
+    ),
+    pytest.param(
+        {"signing.master_keys": [b"topsecret-master-key"]}, "topsecret", id="master_keys-bytes"
+    ),
 ]
 
 

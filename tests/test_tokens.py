@@ -78,7 +78,10 @@ def test_random_text_never_parses(text: str) -> None:
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.integers(min_value=0, max_value=len(TOKEN) - 1), st.sampled_from(string.ascii_letters + string.digits))
+@given(
+    st.integers(min_value=0, max_value=len(TOKEN) - 1),
+    st.sampled_from(string.ascii_letters + string.digits),
+)
 def test_single_character_change_refused(pos: int, char: str) -> None:
     if TOKEN[pos] == char or TOKEN[pos] == "_":
         return

@@ -43,29 +43,54 @@ def expected_for_wsgi(status: int, expected: str | None, wsgi: Any) -> tuple[int
     return (status, expected) if wsgi is None else wsgi
 
 
-@pytest.mark.parametrize(("case", "method", "path", "headers", "peer", "status", "expected", "wsgi"), PARAMS)
-def test_request_table_flask_client(app: Flask, world: World, case: str, method: str, path: str,
-                                    headers: list[tuple[str, str]], peer: str | None, status: int,
-                                    expected: str | None, wsgi: Any) -> None:
+@pytest.mark.parametrize(
+    ("case", "method", "path", "headers", "peer", "status", "expected", "wsgi"), PARAMS
+)
+def test_request_table_flask_client(
+    app: Flask,
+    world: World,
+    case: str,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    peer: str | None,
+    status: int,
+    expected: str | None,
+    wsgi: Any,
+) -> None:
     status, expected = expected_for_wsgi(status, expected, wsgi)
     before = len(world.calls)
     environ = {"REMOTE_ADDR": peer or "127.0.0.1"}
-    resp = app.test_client().open(path, method=method, headers=render(headers, world.tokens),
-                                  environ_base=environ)
+    resp = app.test_client().open(
+        path, method=method, headers=render(headers, world.tokens), environ_base=environ
+    )
     check_response(resp.status_code, resp.headers, resp.get_data(), status, expected, world.tokens)
     assert len(world.calls) - before == (1 if status == OK else 0)
 
 
-@pytest.mark.parametrize(("case", "method", "path", "headers", "peer", "status", "expected", "wsgi"), PARAMS)
-def test_request_table_httpx(app: Flask, world: World, case: str, method: str, path: str,
-                             headers: list[tuple[str, str]], peer: str | None, status: int,
-                             expected: str | None, wsgi: Any) -> None:
+@pytest.mark.parametrize(
+    ("case", "method", "path", "headers", "peer", "status", "expected", "wsgi"), PARAMS
+)
+def test_request_table_httpx(
+    app: Flask,
+    world: World,
+    case: str,
+    method: str,
+    path: str,
+    headers: list[tuple[str, str]],
+    peer: str | None,
+    status: int,
+    expected: str | None,
+    wsgi: Any,
+) -> None:
     if wsgi is not None:
         # httpx's WSGITransport keeps only the last of repeated headers (real servers join
         # them, as Flask's client does): the rows about repeated headers run above only.
         pytest.skip("httpx.WSGITransport drops repeated headers")
     if case.startswith("non-ascii"):
-        pytest.skip("httpx.WSGITransport cannot carry non-ASCII header bytes (the Flask client run covers it)")
+        pytest.skip(
+            "httpx.WSGITransport cannot carry non-ASCII header bytes (the Flask run covers it)"
+        )
     before = len(world.calls)
     transport = httpx.WSGITransport(app=app, remote_addr=peer or "127.0.0.1")
     raw = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in render(headers, world.tokens)]
@@ -124,8 +149,9 @@ def test_store_unreachable_503_while_cached_key_works(tmp_path: Any) -> None:
         start_response("200 OK", [])
         return [b"ok"]
 
-    client = httpx.Client(transport=httpx.WSGITransport(app=KeyGuardMiddleware(inner, guard=g)),
-                          base_url="http://t")
+    client = httpx.Client(
+        transport=httpx.WSGITransport(app=KeyGuardMiddleware(inner, guard=g)), base_url="http://t"
+    )
     assert client.get("/", headers={"X-API-Key": warm}).status_code == 200
     break_sqlite(g, db, tmp_path / "aside")
     resp = client.get("/", headers={"X-API-Key": cold})
