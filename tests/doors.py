@@ -85,11 +85,11 @@ def make_world(settings: dict[str, Any] | None = None) -> World:
 
 
 def B(name: str) -> tuple[str, str]:
-    return ("Authorization", "Bearer {%s}" % name)
+    return ("Authorization", "Bearer {" + name + "}")
 
 
 def K(name: str) -> tuple[str, str]:
-    return ("X-API-Key", "{%s}" % name)
+    return ("X-API-Key", "{" + name + "}")
 
 
 OK = 200
