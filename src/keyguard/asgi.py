@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
@@ -81,8 +81,12 @@ class KeyGuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
-        if (kind != "http" and kind != "websocket") or self._is_public(scope["path"]):
+        if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
+            return
+        if self._is_public(scope["path"]):
+            # No key is checked, but a route dependency (current_key) may still refuse.
+            await self._call_app(scope, receive, send)
             return
         wanted = self._wanted
         headers: dict[str, list[str]] = {}
@@ -100,8 +104,22 @@ class KeyGuardMiddleware:
         scope["keyguard.guard"] = self.guard
         scope["auth"] = AuthCredentials(list(entry.scopes))
         scope["user"] = KeyUser(entry.info)
+        await self._call_app(scope, receive, send)
+
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_tracked)
         except RequestRejected as exc:
-            # From a route dependency (require_scopes), before any response was sent.
+            # From a route dependency (require_scopes). Once the app (or Starlette's
+            # ServerErrorMiddleware, when it sits inside us) has started an answer,
+            # a second one would break the protocol: let the error go on.
+            if started:
+                raise
             await send_problem(scope, send, exc)

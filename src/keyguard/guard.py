@@ -234,6 +234,10 @@ class KeyGuard:
         used, self._used = self._used, {}
         if not used:
             return
+        # A request thread that read `self._used` just before the swap may still add
+        # to `used`: the store iterates a snapshot (dict.copy is atomic), never a dict
+        # that changes size under it.
+        used = used.copy()
         try:
             self.store.touch(used)
         except StoreError:

@@ -1,0 +1,54 @@
+"""Hashes at rest: HMAC for bearer secrets, argon2id for passphrases, never a crash on bad input."""
+
+from __future__ import annotations
+
+import pytest
+
+from keyguard.hashing import Hasher
+
+H = Hasher(b"pepper-0123456789abcdef")
+
+
+def test_hmac_roundtrip_and_keyed() -> None:
+    stored = H.hash_secret("s3cret")
+    assert stored.startswith("hmac-sha256$") and "s3cret" not in stored
+    assert H.check(stored, "s3cret")
+    assert not H.check(stored, "s3creT")
+    assert not Hasher(b"another-pepper-0000").check(stored, "s3cret")
+
+
+def test_argon2id_for_passphrases_and_remembered() -> None:
+    stored = H.hash_passphrase("correct horse")
+    assert stored.startswith("$argon2id$")
+    assert H.check(stored, "correct horse")
+    assert H.check(stored, "correct horse")  # second time from the memory of successes
+    assert not H.check(stored, "wrong horse")
+
+
+def test_argon2id_bearer_scheme() -> None:
+    h = Hasher(b"pepper-0123456789abcdef", "argon2id")
+    stored = h.hash_secret("abc")
+    assert stored.startswith("$argon2id$") and h.check(stored, "abc") and not h.check(stored, "abd")
+    # a scheme change never locks existing hashes out
+    assert H.check(stored, "abc")
+    assert h.check(H.hash_secret("abc"), "abc")
+
+
+@pytest.mark.parametrize(
+    "stored",
+    [
+        pytest.param(None, id="none"),
+        pytest.param("", id="empty"),
+        pytest.param("hmac-sha256$", id="hmac-empty"),
+        pytest.param("hmac-sha256$zz", id="hmac-garbage"),
+        pytest.param("$argon2id$v=19$garbage", id="argon2-garbage"),
+        pytest.param("plain-text-secret", id="unknown-scheme"),
+    ],
+)
+def test_malformed_stored_hash_is_not_verified(stored: str | None) -> None:
+    assert H.check(stored, "anything") is False
+
+
+@pytest.mark.parametrize("presented", ["", "\udcff", "é" * 300])
+def test_odd_presented_values(presented: str) -> None:
+    assert H.check(H.hash_secret("x"), presented) is False

@@ -1,0 +1,412 @@
+"""Key lifecycle (SPEC section 3), sync and async twins, and the key policies."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from keyguard import (
+    AuthenticationError,
+    InvalidKeySettings,
+    KeyGuard,
+    KeyLimitExceeded,
+    KeyNotFound,
+)
+from keyguard.tokens import TokenParser
+
+from .kgutil import DAY_S, Clock, other_secret
+
+PUBLIC_IP = "8.8.8.8"
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/keys.db"
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def guard(store_url: str, clock: Clock) -> Iterator[KeyGuard]:
+    g = KeyGuard({"store": store_url, "pepper": "p" * 32}, clock=clock)
+    yield g
+    g.close()
+
+
+@pytest.fixture(params=["sync", "async"])
+def mode(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+async def op(mode: str, guard: KeyGuard, method: str, /, *args: Any, **kwargs: Any) -> Any:
+    """Call guard.keys.<method> or its async twin guard.keys.a<method>."""
+    if mode == "sync":
+        return getattr(guard.keys, method)(*args, **kwargs)
+    return await getattr(guard.keys, "a" + method)(*args, **kwargs)
+
+
+def code_of(guard: KeyGuard, token: str, **kwargs: Any) -> str:
+    try:
+        guard.verify(token, **kwargs)
+    except AuthenticationError as exc:
+        return exc.code
+    except Exception as exc:  # AuthorizationError and others
+        return getattr(exc, "code", type(exc).__name__)
+    return "ok"
+
+
+async def test_create_shows_token_once(mode: str, guard: KeyGuard) -> None:
+    issued = await op(
+        mode, guard, "create", owner="acme", name="ci", scopes=["read"], metadata={"team": "x"}
+    )
+    assert issued.token and issued.secret is None
+    assert issued.token not in repr(issued)
+    info = issued.info
+    assert (info.owner, info.name, info.kind, info.scopes) == ("acme", "ci", "bearer", ("read",))
+    assert info.metadata == {"team": "x"} and not info.has_passphrase and info.revoked_at is None
+    assert info.hint.startswith("kg_") and info.hint.endswith(issued.token[-4:])
+    assert guard.verify(issued.token).id == info.id
+    fetched = await op(mode, guard, "get", info.id)
+    assert (
+        fetched.id == info.id
+        and issued.token not in repr(fetched)
+        and issued.token not in str(fetched.to_dict())
+    )
+
+
+async def test_store_file_never_holds_token_secret_or_passphrase(mode: str, tmp_path: Path) -> None:
+    g = KeyGuard({"store": f"sqlite:///{tmp_path}/k.db"})
+    issued = await op(mode, g, "create", owner="o", name="n", passphrase="correct horse battery")
+    rotated = await op(mode, g, "rotate", issued.id, grace=timedelta(hours=1))
+    _, secret = TokenParser("kg").parse(issued.token)  # type: ignore[misc]
+    _, secret2 = TokenParser("kg").parse(rotated.token)  # type: ignore[misc]
+    g.verify(rotated.token, passphrase="correct horse battery")
+    g.close()
+    for path in tmp_path.iterdir():
+        data = path.read_bytes()
+        for needle in (issued.token, secret, rotated.token, secret2, "correct horse battery"):
+            assert needle.encode() not in data, (path.name, "holds a secret")
+
+
+async def test_get_unknown(mode: str, guard: KeyGuard) -> None:
+    with pytest.raises(KeyNotFound):
+        await op(mode, guard, "get", "A" * 16)
+
+
+async def test_list_sorted_owner_filter_and_hints_never_authenticate(
+    mode: str, guard: KeyGuard, clock: Clock
+) -> None:
+    made = []
+    for i, owner in enumerate(["a", "b", "a", "b"]):
+        made.append(await op(mode, guard, "create", owner=owner, name=f"k{i}"))
+        clock.advance(1)
+    listed = await op(mode, guard, "list")
+    assert [k.id for k in listed] == [m.id for m in made]
+    assert [k.name for k in await op(mode, guard, "list", owner="b")] == ["k1", "k3"]
+    await op(mode, guard, "revoke", made[0].id)
+    assert made[0].id not in [k.id for k in await op(mode, guard, "list")]
+    assert made[0].id in [k.id for k in await op(mode, guard, "list", include_revoked=True)]
+    for key in listed:
+        assert code_of(guard, key.hint) == "invalid_key"
+        assert code_of(guard, f"kg_{key.id}_" + key.hint[-4:]) == "invalid_key"
+        for value in key.to_dict().values():
+            assert code_of(guard, str(value)) == "invalid_key"
+
+
+async def test_update_fields(mode: str, guard: KeyGuard, clock: Clock) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n", scopes=["read"])
+    token = issued.token
+    assert code_of(guard, token, scopes=["write"]) == "insufficient_scope"
+    info = await op(mode, guard, "update", issued.id, name="renamed", scopes=["read", "write"])
+    assert (info.name, info.scopes) == ("renamed", ("read", "write"))
+    assert code_of(guard, token, scopes=["write"]) == "ok"  # takes effect at once
+    info = await op(mode, guard, "update", issued.id, allowed_ips=[PUBLIC_IP])
+    assert info.allowed_ips == ("8.8.8.8/32",) and info.expires_at is not None
+    assert code_of(guard, token, client_ip="1.1.1.1") == "ip_not_allowed"
+    assert code_of(guard, token, client_ip=PUBLIC_IP) == "ok"
+    when = datetime.fromtimestamp(clock() + 10 * 86400, UTC)
+    info = await op(mode, guard, "update", issued.id, expires_at=when)
+    assert info.expires_at == when
+    clock.advance(11 * 86400)
+    assert code_of(guard, token, client_ip=PUBLIC_IP) == "expired_key"
+    assert code_of(guard, other_secret(token), client_ip=PUBLIC_IP) == "invalid_key"
+
+
+async def test_update_unknown(mode: str, guard: KeyGuard) -> None:
+    with pytest.raises(KeyNotFound):
+        await op(mode, guard, "update", "A" * 16, name="x")
+
+
+async def test_revoke(mode: str, guard: KeyGuard) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n")
+    assert code_of(guard, issued.token) == "ok"  # cached now
+    info = await op(mode, guard, "revoke", issued.id)
+    assert info.revoked_at is not None
+    assert code_of(guard, issued.token) == "revoked_key"
+    # the code is told only to a caller who proves the secret
+    assert code_of(guard, other_secret(issued.token)) == "invalid_key"
+    again = await op(mode, guard, "revoke", issued.id)
+    assert again.revoked_at == info.revoked_at
+
+
+async def test_delete(mode: str, guard: KeyGuard) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n")
+    assert code_of(guard, issued.token) == "ok"
+    assert await op(mode, guard, "delete", issued.id) is None
+    assert code_of(guard, issued.token) == "invalid_key"
+    with pytest.raises(KeyNotFound):
+        await op(mode, guard, "get", issued.id)
+    with pytest.raises(KeyNotFound):
+        await op(mode, guard, "delete", issued.id)
+
+
+async def test_rotate_with_grace(mode: str, guard: KeyGuard, clock: Clock) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n")
+    old = issued.token
+    assert code_of(guard, old) == "ok"
+    rotated = await op(mode, guard, "rotate", issued.id, grace=timedelta(hours=1))
+    assert rotated.id == issued.id and rotated.token != old
+    assert code_of(guard, rotated.token) == "ok"
+    clock.advance(3599)
+    assert code_of(guard, old) == "ok"
+    clock.advance(2)
+    assert code_of(guard, old) == "invalid_key"
+    assert code_of(guard, rotated.token) == "ok"
+    # a second rotation: the first token is gone for good, the second in grace
+    third = await op(mode, guard, "rotate", issued.id, grace=60)
+    assert code_of(guard, old) == "invalid_key"
+    assert code_of(guard, rotated.token) == "ok"
+    assert code_of(guard, third.token) == "ok"
+
+
+async def test_rotate_without_grace(mode: str, guard: KeyGuard) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n")
+    rotated = await op(mode, guard, "rotate", issued.id)
+    assert code_of(guard, issued.token) == "invalid_key"
+    assert code_of(guard, rotated.token) == "ok"
+
+
+async def test_revoked_after_rotate(mode: str, guard: KeyGuard, clock: Clock) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n")
+    rotated = await op(mode, guard, "rotate", issued.id, grace=timedelta(minutes=5))
+    await op(mode, guard, "revoke", issued.id)
+    assert code_of(guard, rotated.token) == "revoked_key"
+    assert code_of(guard, issued.token) == "revoked_key"  # old secret still proves, in grace
+    clock.advance(301)
+    assert code_of(guard, issued.token) == "invalid_key"  # grace over: not proven
+    with pytest.raises(InvalidKeySettings):
+        await op(mode, guard, "rotate", issued.id)
+
+
+async def test_rotate_unknown(mode: str, guard: KeyGuard) -> None:
+    with pytest.raises(KeyNotFound):
+        await op(mode, guard, "rotate", "A" * 16)
+
+
+async def test_passphrase(mode: str, guard: KeyGuard) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n", passphrase="open sesame 42")
+    assert issued.info.has_passphrase
+    assert code_of(guard, issued.token) == "invalid_passphrase"
+    assert code_of(guard, issued.token, passphrase="open sesame 43") == "invalid_passphrase"
+    assert code_of(guard, issued.token, passphrase="open sesame 42") == "ok"
+    assert code_of(guard, other_secret(issued.token), passphrase="open sesame 42") == "invalid_key"
+
+
+async def test_expiry(mode: str, guard: KeyGuard, clock: Clock) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n", expires_in=timedelta(days=1))
+    assert issued.info.expires_at == datetime.fromtimestamp(clock() + 86400, UTC)
+    clock.advance(86399)
+    assert code_of(guard, issued.token) == "ok"
+    clock.advance(1)
+    assert code_of(guard, issued.token) == "expired_key"
+    assert code_of(guard, other_secret(issued.token)) == "invalid_key"
+
+
+# -- policies -------------------------------------------------------------------
+
+
+async def test_unrestricted_cap(mode: str, guard: KeyGuard, clock: Clock) -> None:
+    cap = clock() + 90 * DAY_S
+    plain = await op(mode, guard, "create", owner="o", name="plain")
+    assert plain.info.expires_at == datetime.fromtimestamp(cap, UTC)
+    later = datetime.fromtimestamp(clock() + 200 * DAY_S, UTC)
+    clamped = await op(mode, guard, "create", owner="o", name="late", expires_at=later)
+    assert clamped.info.expires_at == datetime.fromtimestamp(cap, UTC)
+    sooner = datetime.fromtimestamp(clock() + 30 * DAY_S, UTC)
+    kept = await op(mode, guard, "create", owner="o", name="soon", expires_at=sooner)
+    assert kept.info.expires_at == sooner
+    pinned = await op(mode, guard, "create", owner="o", name="pinned", allowed_ips=[PUBLIC_IP])
+    assert pinned.info.expires_at is None
+    # the allowlist is removed 10 days later: at most 90 days from then
+    clock.advance(10 * DAY_S)
+    info = await op(mode, guard, "update", pinned.id, allowed_ips=[])
+    assert info.expires_at == datetime.fromtimestamp(clock() + 90 * DAY_S, UTC)
+    # removing an expiry does not lift the cap
+    info = await op(mode, guard, "update", plain.id, expires_at=None)
+    assert info.expires_at == datetime.fromtimestamp(cap, UTC)
+    clock.advance(80 * DAY_S)
+    assert code_of(guard, plain.token) == "expired_key"
+    assert code_of(guard, pinned.token) == "ok"
+    clock.advance(10 * DAY_S)
+    assert code_of(guard, pinned.token) == "expired_key"
+
+
+async def test_cap_disabled(mode: str, tmp_path: Path) -> None:
+    g = KeyGuard({"store": "memory://", "policy": {"unrestricted_max_days": None}})
+    issued = await op(mode, g, "create", owner="o", name="n")
+    assert issued.info.expires_at is None
+
+
+BAD_IPS = [
+    pytest.param(["10.1.2.0/24"], id="private"),
+    pytest.param(["127.0.0.1"], id="loopback"),
+    pytest.param(["::1"], id="loopback-v6"),
+    pytest.param(["169.254.1.1"], id="link-local"),
+    pytest.param(["0.0.0.0/0"], id="everything"),
+    pytest.param(["::/0"], id="everything-v6"),
+    pytest.param(["8.8.8.8", "nope"], id="garbage"),
+]
+
+
+@pytest.mark.parametrize("ips", BAD_IPS)
+async def test_allowlist_refused(mode: str, guard: KeyGuard, ips: list[str]) -> None:
+    with pytest.raises(InvalidKeySettings) as info:
+        await op(mode, guard, "create", owner="o", name="n", allowed_ips=ips)
+    assert info.value.field == "allowed_ips"
+    ok = await op(mode, guard, "create", owner="o", name="n", allowed_ips=[PUBLIC_IP])
+    with pytest.raises(InvalidKeySettings):
+        await op(mode, guard, "update", ok.id, allowed_ips=ips)
+
+
+async def test_private_ranges_when_allowed(mode: str) -> None:
+    g = KeyGuard({"store": "memory://", "policy": {"allow_private_ips": True}})
+    issued = await op(mode, g, "create", owner="o", name="n", allowed_ips=["10.0.0.0/8", "::1"])
+    assert issued.info.allowed_ips == ("10.0.0.0/8", "::1/128")
+    assert code_of(g, issued.token, client_ip="10.2.3.4") == "ok"
+    assert code_of(g, issued.token, client_ip="::1") == "ok"
+    assert code_of(g, issued.token, client_ip="11.0.0.1") == "ip_not_allowed"
+    with pytest.raises(InvalidKeySettings):
+        await op(mode, g, "create", owner="o", name="n", allowed_ips=["0.0.0.0/0"])
+
+
+FIELD_ERRORS = [
+    pytest.param({"owner": ""}, "owner", id="owner-empty"),
+    pytest.param({"owner": 5}, "owner", id="owner-type"),
+    pytest.param({"name": "x" * 201}, "name", id="name-long"),
+    pytest.param({"scopes": "read"}, "scopes", id="scopes-str"),
+    pytest.param({"scopes": ["has space"]}, "scopes", id="scopes-bad"),
+    pytest.param({"expires_at": datetime(2099, 1, 1)}, "expires_at", id="expires-naive"),  # noqa: DTZ001
+    pytest.param({"expires_at": datetime(2000, 1, 1, tzinfo=UTC)}, "expires_at", id="expires-past"),
+    pytest.param({"expires_at": "2099-01-01"}, "expires_at", id="expires-str"),
+    pytest.param({"expires_in": -5}, "expires_in", id="expires_in-negative"),
+    pytest.param({"expires_in": 0}, "expires_at", id="expires_in-zero"),
+    pytest.param(
+        {"expires_in": 5, "expires_at": datetime(2099, 1, 1, tzinfo=UTC)}, "expires_in", id="both"
+    ),
+    pytest.param({"kind": "hmac"}, "kind", id="kind"),
+    pytest.param({"passphrase": "short"}, "passphrase", id="passphrase-short"),
+    pytest.param({"rate_limit": "fast"}, "rate_limit", id="rate_limit"),
+    pytest.param({"max_uses": 0}, "max_uses", id="max_uses"),
+    pytest.param({"metadata": {"x": object()}}, "metadata", id="metadata-json"),
+    pytest.param({"metadata": ["x"]}, "metadata", id="metadata-type"),
+]
+
+
+@pytest.mark.parametrize(("fields", "named"), FIELD_ERRORS)
+async def test_create_field_errors(
+    mode: str, guard: KeyGuard, fields: dict[str, Any], named: str
+) -> None:
+    kwargs = {"owner": "o", "name": "n", **fields}
+    with pytest.raises(InvalidKeySettings) as info:
+        await op(mode, guard, "create", **kwargs)
+    assert info.value.field == named
+    assert await op(mode, guard, "list") == []
+
+
+async def test_passphrase_never_in_error(mode: str, guard: KeyGuard) -> None:
+    with pytest.raises(InvalidKeySettings) as info:
+        await op(mode, guard, "create", owner="o", name="n", passphrase="x" * 300)
+    assert "xxxxxxxx" not in str(info.value)
+
+
+async def test_owner_limit(mode: str, clock: Clock) -> None:
+    g = KeyGuard({"store": "memory://", "policy": {"max_keys_per_owner": 2}}, clock=clock)
+    a = await op(mode, g, "create", owner="o", name="a")
+    await op(mode, g, "create", owner="o", name="b", expires_in=60)
+    await op(mode, g, "create", owner="other", name="c")
+    with pytest.raises(KeyLimitExceeded):
+        await op(mode, g, "create", owner="o", name="d")
+    await op(mode, g, "revoke", a.id)  # revoked keys do not count
+    await op(mode, g, "create", owner="o", name="e")
+    clock.advance(61)  # nor expired ones
+    await op(mode, g, "create", owner="o", name="f")
+    with pytest.raises(KeyLimitExceeded) as info:
+        await op(mode, g, "create", owner="o", name="g")
+    assert info.value.field == "owner" and isinstance(info.value, InvalidKeySettings)
+
+
+def test_owner_limit_threads_across_sqlite_connections(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/race.db"
+    guards = [KeyGuard({"store": url, "policy": {"max_keys_per_owner": 5}}) for _ in range(3)]
+    start = threading.Barrier(24)
+    made: list[str] = []
+    refused: list[Exception] = []
+
+    def worker(g: KeyGuard) -> None:
+        start.wait()
+        try:
+            made.append(g.keys.create(owner="racer", name="k").id)
+        except KeyLimitExceeded as exc:
+            refused.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(guards[i % 3],)) for i in range(24)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(made) == 5 and len(refused) == 19
+    assert len(guards[0].keys.list(owner="racer")) == 5
+    for g in guards:
+        g.close()
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+async def test_owner_limit_async_gather(url: str, tmp_path: Path) -> None:
+    if url == "sqlite":
+        url = f"sqlite:///{tmp_path}/race.db"
+    g = KeyGuard({"store": url, "policy": {"max_keys_per_owner": 4}})
+    results = await asyncio.gather(
+        *(g.keys.acreate(owner="racer", name=f"k{i}") for i in range(20)), return_exceptions=True
+    )
+    assert sum(1 for r in results if isinstance(r, KeyLimitExceeded)) == 16
+    assert sum(1 for r in results if not isinstance(r, BaseException)) == 4
+    assert len(await g.keys.alist(owner="racer")) == 4
+    g.close()
+
+
+async def test_async_twins_exist_and_are_coroutines(guard: KeyGuard) -> None:
+    import inspect
+
+    for name in ("create", "get", "list", "update", "revoke", "delete", "rotate"):
+        assert inspect.iscoroutinefunction(getattr(guard.keys, "a" + name)), name
+
+
+def test_default_store_is_sqlite_in_cwd(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    g = KeyGuard()
+    issued = g.keys.create(owner="o", name="n")
+    assert g.verify(issued.token).id == issued.id
+    g.close()
+    assert (tmp_path / "keyguard.db").exists()
+    again = KeyGuard()  # same file, pepper kept in the store: old keys still verify
+    assert again.verify(issued.token).id == issued.id
+    again.close()

@@ -1,0 +1,214 @@
+"""SPEC section 2: every setting accepted with good values; bad ones named."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from keyguard import ConfigurationError, KeyGuard
+from keyguard.settings import load_settings
+
+PEPPER = "pepper-that-is-secret-0123456789"
+
+GOOD = [
+    pytest.param("store", "memory://", id="store-memory"),
+    pytest.param("store", "sqlite:///tmp/x.db", id="store-sqlite"),
+    pytest.param("store", "postgresql://u@h/db", id="store-postgresql"),
+    pytest.param("store", "redis://localhost:6379/0", id="store-redis"),
+    pytest.param("cache", "memory://", id="cache-memory"),
+    pytest.param("cache", "redis://localhost:6379/0", id="cache-redis"),
+    pytest.param("cache", None, id="cache-none"),
+    pytest.param("cache_ttl", 30, id="cache_ttl-int"),
+    pytest.param("cache_ttl", 2.5, id="cache_ttl-float"),
+    pytest.param("local_cache_ttl", 1, id="local_cache_ttl"),
+    pytest.param("local_cache_size", 100, id="local_cache_size"),
+    pytest.param("pepper", PEPPER, id="pepper"),
+    pytest.param("hashing", "hmac-sha256", id="hashing-hmac"),
+    pytest.param("hashing", "argon2id", id="hashing-argon2id"),
+    pytest.param("token_prefix", "acme2", id="token_prefix"),
+    pytest.param("header", "X-Service-Key", id="header"),
+    pytest.param("public_paths", ["/health", "/docs*"], id="public_paths"),
+    pytest.param(
+        "rules", [{"path": "/v1/chat/*", "methods": ["post"], "scopes": ["inference"]}], id="rules"
+    ),
+    pytest.param("scope_implies", {"write": ["read"]}, id="scope_implies"),
+    pytest.param("trusted_proxies", ["10.0.0.0/8", "::1", "192.0.2.7"], id="trusted_proxies"),
+    pytest.param("policy.max_keys_per_owner", 5, id="policy.max_keys_per_owner"),
+    pytest.param("policy.max_keys_per_owner", None, id="policy.max_keys_per_owner-none"),
+    pytest.param("policy.unrestricted_max_days", 30, id="policy.unrestricted_max_days"),
+    pytest.param("policy.unrestricted_max_days", None, id="policy.unrestricted_max_days-none"),
+    pytest.param("policy.allow_private_ips", True, id="policy.allow_private_ips"),
+    pytest.param("signing.profile", "okx", id="signing.profile"),
+    pytest.param("signing.headers", {"key": "X-Access"}, id="signing.headers"),
+    pytest.param("signing.max_skew_seconds", 60, id="signing.max_skew_seconds"),
+    pytest.param("signing.max_body_bytes", 4096, id="signing.max_body_bytes"),
+    pytest.param("signing.master_keys", ["A" * 43], id="signing.master_keys"),
+    pytest.param("rate_limit", "100/minute", id="rate_limit"),
+    pytest.param("rate_limit", "10/second;1000/hour", id="rate_limit-multi"),
+    pytest.param("abuse.max_failures", "5/minute", id="abuse.max_failures"),
+    pytest.param("abuse.max_failures", None, id="abuse.max_failures-none"),
+]
+
+
+def _get(settings: object, dotted: str) -> object:
+    for part in dotted.split("."):
+        settings = getattr(settings, part)
+    return settings
+
+
+def _nested(dotted: str, value: object) -> dict[str, object]:
+    head, _, rest = dotted.partition(".")
+    return {head: {rest: value}} if rest else {head: value}
+
+
+@pytest.mark.parametrize(("key", "value"), GOOD)
+@pytest.mark.parametrize("form", ["dotted", "nested"])
+def test_every_setting_accepted(key: str, value: object, form: str) -> None:
+    raw = {key: value} if form == "dotted" else _nested(key, value)
+    s = load_settings(raw)
+    got = _get(s, key)
+    if isinstance(value, list) and key == "trusted_proxies":
+        assert got == tuple(ipaddress.ip_network(v) for v in value)
+    elif isinstance(value, list):
+        assert len(got) == len(value)  # type: ignore[arg-type]
+    elif key == "scope_implies":
+        assert got == {"write": ("read",)}
+    elif key == "signing.headers":
+        assert got == value
+    else:
+        assert got == value
+
+
+def test_defaults_match_spec() -> None:
+    s = load_settings(None)
+    assert s.store == "sqlite:///keyguard.db"
+    assert s.cache == "memory://"
+    assert (s.cache_ttl, s.local_cache_ttl, s.local_cache_size) == (60, 5, 10_000)
+    assert s.hashing == "hmac-sha256" and s.token_prefix == "kg" and s.header == "X-API-Key"
+    assert (
+        s.public_paths == () and s.rules == () and s.scope_implies == {} and s.trusted_proxies == ()
+    )
+    assert s.policy.max_keys_per_owner == 20 and s.policy.unrestricted_max_days == 90
+    assert s.policy.allow_private_ips is False
+    assert s.signing.profile == "kg" and s.signing.max_skew_seconds == 30
+    assert s.signing.max_body_bytes == 1_048_576
+    assert s.rate_limit is None and s.abuse.max_failures == "30/minute"
+
+
+def test_rule_methods_upper_cased() -> None:
+    s = load_settings({"rules": [{"path": "/x", "methods": ["get", "Post"]}]})
+    assert s.rules[0].methods == ("GET", "POST")
+
+
+def test_settings_frozen() -> None:
+    s = load_settings({"store": "memory://"})
+    with pytest.raises(Exception):  # pydantic's frozen-instance error
+        s.store = "x"  # type: ignore[misc]
+
+
+BAD = [
+    pytest.param({"stroe": "memory://"}, "stroe", id="unknown-top"),
+    pytest.param({"policy": {"max_keys": 3}}, "policy.max_keys", id="unknown-nested"),
+    pytest.param({"policy.max_keys": 3}, "policy.max_keys", id="unknown-dotted"),
+    pytest.param({"signing": {"colour": 1}}, "signing.colour", id="unknown-signing"),
+    pytest.param({"store": 5}, "store", id="store-type"),
+    pytest.param({"store": "mysql://x"}, "store", id="store-scheme"),
+    pytest.param({"cache": "sqlite:///x"}, "cache", id="cache-scheme"),
+    pytest.param({"cache_ttl": "60"}, "cache_ttl", id="cache_ttl-str"),
+    pytest.param({"cache_ttl": 0}, "cache_ttl", id="cache_ttl-zero"),
+    pytest.param({"local_cache_ttl": -1}, "local_cache_ttl", id="local_cache_ttl-negative"),
+    pytest.param({"local_cache_size": 1.5}, "local_cache_size", id="local_cache_size-float"),
+    pytest.param({"local_cache_size": True}, "local_cache_size", id="local_cache_size-bool"),
+    pytest.param({"pepper": 12345678901234567890}, "pepper", id="pepper-type"),
+    pytest.param({"hashing": "md5"}, "hashing", id="hashing"),
+    pytest.param({"token_prefix": "k_g"}, "token_prefix", id="token_prefix-underscore"),
+    pytest.param({"token_prefix": ""}, "token_prefix", id="token_prefix-empty"),
+    pytest.param({"header": "Authorization"}, "header", id="header-authorization"),
+    pytest.param({"header": "X Key"}, "header", id="header-space"),
+    pytest.param({"public_paths": "/health"}, "public_paths", id="public_paths-str"),
+    pytest.param({"public_paths": ["health"]}, "public_paths", id="public_paths-relative"),
+    pytest.param({"rules": [{"path": "x"}]}, "rules.0.path", id="rules-path"),
+    pytest.param(
+        {"rules": [{"path": "/x", "scopes": "read"}]}, "rules.0.scopes", id="rules-scopes-str"
+    ),
+    pytest.param(
+        {"rules": [{"path": "/x", "verbs": ["GET"]}]}, "rules.0.verbs", id="rules-unknown"
+    ),
+    pytest.param(
+        {"scope_implies": {"write": "read"}}, "scope_implies.write", id="scope_implies-str"
+    ),
+    pytest.param({"trusted_proxies": "10.0.0.0/8"}, "trusted_proxies", id="trusted_proxies-str"),
+    pytest.param({"trusted_proxies": ["10.0.0.0/33"]}, "trusted_proxies", id="trusted_proxies-bad"),
+    pytest.param({"policy.max_keys_per_owner": 0}, "policy.max_keys_per_owner", id="max_keys-zero"),
+    pytest.param(
+        {"policy.max_keys_per_owner": "20"}, "policy.max_keys_per_owner", id="max_keys-str"
+    ),
+    pytest.param(
+        {"policy.unrestricted_max_days": -1}, "policy.unrestricted_max_days", id="max_days-neg"
+    ),
+    pytest.param(
+        {"policy.allow_private_ips": "yes"}, "policy.allow_private_ips", id="allow_private-str"
+    ),
+    pytest.param({"policy": 5}, "policy", id="policy-not-dict"),
+    pytest.param({"signing.profile": "aws"}, "signing.profile", id="signing.profile"),
+    pytest.param({"signing.headers": {"nonce": "X"}}, "signing.headers", id="signing.headers-key"),
+    pytest.param({"signing.max_skew_seconds": 0}, "signing.max_skew_seconds", id="max_skew-zero"),
+    pytest.param({"signing.max_body_bytes": "1MB"}, "signing.max_body_bytes", id="max_body-str"),
+    pytest.param({"signing.master_keys": "abc"}, "signing.master_keys", id="master_keys-str"),
+    pytest.param({"rate_limit": "lots"}, "rate_limit", id="rate_limit"),
+    pytest.param({"rate_limit": 100}, "rate_limit", id="rate_limit-int"),
+    pytest.param({"abuse.max_failures": "30 per fortnight"}, "abuse.max_failures", id="abuse"),
+]
+
+
+@pytest.mark.parametrize(("raw", "named"), BAD)
+def test_bad_settings_named(raw: dict[str, object], named: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        KeyGuard(raw)
+    message = str(info.value)
+    assert message.startswith(named) and message[len(named)] in ":.", message
+    assert isinstance(info.value, ValueError)
+
+
+def test_settings_must_be_a_mapping() -> None:
+    with pytest.raises(ConfigurationError):
+        KeyGuard(["store", "memory://"])  # type: ignore[arg-type]
+
+
+def test_non_string_key_refused() -> None:
+    with pytest.raises(ConfigurationError):
+        load_settings({1: "x"})  # type: ignore[dict-item]
+
+
+SECRETS = [
+    pytest.param({"pepper": "short-secret"}, "short-secret", id="pepper-too-short"),
+    pytest.param({"pepper": ["hunter2-hunter2-hunter2"]}, "hunter2", id="pepper-wrong-type"),
+    pytest.param(
+        {"signing.master_keys": "topsecret-master-key"}, "topsecret", id="master_keys-str"
+    ),
+    pytest.param(
+        {"signing.master_keys": [b"topsecret-master-key"]}, "topsecret", id="master_keys-bytes"
+    ),
+]
+
+
+@pytest.mark.parametrize(("raw", "secret"), SECRETS)
+def test_secrets_never_echoed(raw: dict[str, object], secret: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(raw)
+    assert secret not in str(info.value)
+    assert secret not in repr(info.value)
+    assert info.value.__cause__ is None  # pydantic's error (which holds the input) is not chained
+    assert info.value.__suppress_context__
+
+
+def test_pepper_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_PEPPER", PEPPER)
+    assert load_settings({}).pepper == PEPPER
+    assert load_settings({"pepper": "x" * 20}).pepper == "x" * 20
+
+
+def test_master_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", "aaa, bbb,")
+    assert load_settings({}).signing.master_keys == ("aaa", "bbb")
