@@ -308,7 +308,7 @@ FIELD_ERRORS = [
     pytest.param({"expires_at": datetime(2000, 1, 1, tzinfo=UTC)}, "expires_at", id="expires-past"),
     pytest.param({"expires_at": "2099-01-01"}, "expires_at", id="expires-str"),
     pytest.param({"expires_in": -5}, "expires_in", id="expires_in-negative"),
-    pytest.param({"expires_in": 0}, "expires_at", id="expires_in-zero"),
+    pytest.param({"expires_in": 0}, "expires_in", id="expires_in-zero"),
     pytest.param(
         {"expires_in": 5, "expires_at": datetime(2099, 1, 1, tzinfo=UTC)}, "expires_in", id="both"
     ),

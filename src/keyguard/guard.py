@@ -139,7 +139,7 @@ class KeyGuard:
         """Check a bearer token without HTTP; raises the errors of SPEC section 5."""
         key_id, secret = self._parse(token)
         entry = self._local.get(key_id) or self._fetch(key_id)
-        return self._decide(entry, secret, _ip(client_ip), scopes, passphrase).info
+        return self._decide(entry, secret, _ip(client_ip), _scopes(scopes), passphrase).info
 
     async def averify(
         self,
@@ -151,7 +151,7 @@ class KeyGuard:
     ) -> KeyInfo:
         key_id, secret = self._parse(token)
         entry = self._local.get(key_id) or await self._afetch(key_id)
-        return self._decide(entry, secret, _ip(client_ip), scopes, passphrase).info
+        return self._decide(entry, secret, _ip(client_ip), _scopes(scopes), passphrase).info
 
     def authenticate(self, facts: Facts) -> Entry:
         """Steps 1-7 for a request the door described; returns the passing entry."""
@@ -253,6 +253,10 @@ def _flush_at_exit(ref: weakref.ref[KeyGuard]) -> None:
     guard = ref()
     if guard is not None:
         guard.flush()
+
+
+def _scopes(value: str | Sequence[str]) -> Sequence[str]:
+    return (value,) if isinstance(value, str) else value
 
 
 def _ip(value: str | IPAddress | None) -> IPAddress | None:

@@ -67,16 +67,16 @@ def _scopes(value: Iterable[str]) -> tuple[str, ...]:
     return tuple(out)
 
 
-def _when(value: datetime | None, now: float) -> float | None:
+def _when(value: datetime | None, now: float, field: str = "expires_at") -> float | None:
     if value is None:
         return None
     if not isinstance(value, datetime):
-        raise InvalidKeySettings("expires_at", "must be a datetime")
+        raise InvalidKeySettings(field, "must be a datetime")
     if value.tzinfo is None:
-        raise InvalidKeySettings("expires_at", "must be timezone-aware (use datetime.now(UTC) + ...)")
+        raise InvalidKeySettings(field, "must be timezone-aware (use datetime.now(UTC) + ...)")
     ts = value.timestamp()
     if ts <= now:
-        raise InvalidKeySettings("expires_at", "must be in the future")
+        raise InvalidKeySettings(field, "must be in the future")
     return ts
 
 
@@ -160,8 +160,10 @@ class KeyManager:
         now = guard.clock()
         if expires_at is not None and expires_in is not None:
             raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
+        field = "expires_at"
         if expires_in is not None:
             expires_at = datetime.fromtimestamp(now + _duration("expires_in", expires_in), UTC)
+            field = "expires_in"
         if kind not in ("bearer", "signing"):
             raise InvalidKeySettings("kind", "must be 'bearer' or 'signing'")
         if passphrase is not None and (not isinstance(passphrase, str) or not 8 <= len(passphrase) <= 256):
@@ -177,7 +179,7 @@ class KeyManager:
             allowed_ips=self._allowlist(allowed_ips),
             created_at=now,
             hint="",
-            expires_at=_when(expires_at, now),
+            expires_at=_when(expires_at, now, field),
             rate_limit=_rate(rate_limit),
             max_uses=max_uses,
             metadata=_metadata(metadata),

@@ -91,6 +91,26 @@ class ClientResolver:
         return ip  # every hop is a trusted proxy: the leftmost one called
 
 
+# What `policy.allow_private_ips` is about: RFC 1918 and unique-local ranges, loopback,
+# link-local, "this network". (Python's `is_private` also counts documentation and other
+# special ranges, which are no deployment risk.)
+PRIVATE_RANGES = tuple(
+    ipaddress.ip_network(n)
+    for n in (
+        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
+        "169.254.0.0/16", "0.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128", "::/128",
+    )
+)
+
+
+def is_private(net: IPNetwork) -> bool:
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+        mapped = net.network_address.ipv4_mapped
+        assert mapped is not None
+        net = ipaddress.ip_network(f"{mapped}/{max(0, net.prefixlen - 96)}", strict=False)
+    return any(net.version == r.version and net.overlaps(r) for r in PRIVATE_RANGES)
+
+
 def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetwork, ...]:
     """Validate an allowlist; raises InvalidKeySettings('allowed_ips', ...)."""
     if isinstance(entries, str):
@@ -105,7 +125,7 @@ def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetw
             raise InvalidKeySettings("allowed_ips", f"{entry[:64]!r} is not an IP address or CIDR") from None
         if net.prefixlen == 0:
             raise InvalidKeySettings("allowed_ips", f"{entry!r} allows every address; leave the list empty instead")
-        if not allow_private and (net.is_private or net.is_loopback or net.is_link_local):
+        if not allow_private and is_private(net):
             raise InvalidKeySettings(
                 "allowed_ips",
                 f"{entry!r} is a private, loopback or link-local range (policy.allow_private_ips is off)",
