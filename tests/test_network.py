@@ -139,7 +139,10 @@ ALLOW_BAD = [
     pytest.param(["169.254.0.0/16"], False, id="link-local"),
     pytest.param(["fe80::/10"], False, id="link-local-v6"),
     pytest.param(["192.168.1.0/24"], False, id="private-192"),
-    pytest.param(["203.0.113.0/24"], False, id="documentation-range"),
+    pytest.param(["10.0.0.0/7"], False, id="overlaps-private"),
+    pytest.param(["fd12:3456::/48"], False, id="unique-local-v6"),
+    pytest.param(["::ffff:192.168.0.1"], False, id="v4-mapped-private"),
+    pytest.param(["100.64.0.0/10"], False, id="shared-cgnat"),
     pytest.param(["not-an-ip"], True, id="garbage"),
     pytest.param(["1.2.3.4/40"], True, id="bad-prefix"),
     pytest.param("8.8.8.0/24", True, id="string-not-list"),
@@ -160,6 +163,7 @@ def test_allowlist_refused(entries: object, allow_private: bool) -> None:
         pytest.param(["8.8.8.0/24", "2606:4700::/32"], False, id="public"),
         pytest.param(["10.0.0.0/8", "127.0.0.1"], True, id="private-allowed"),
         pytest.param(["1.1.1.1"], False, id="single"),
+        pytest.param(["203.0.113.0/24", "2001:db8::/32"], False, id="documentation-ranges"),
     ],
 )
 def test_allowlist_accepted(entries: list[str], allow_private: bool) -> None:
