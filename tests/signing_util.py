@@ -71,7 +71,11 @@ def signed(
     """Headers for a request signed under `profile` at `now`."""
     p = PROFILES[profile]
     ts = format_timestamp(time.time() if now is None else now, p.iso_time)
-    headers = {p.key: key_id, p.timestamp: ts, p.signature: sign(secret, ts, method, path, query, body)}
+    headers = {
+        p.key: key_id,
+        p.timestamp: ts,
+        p.signature: sign(secret, ts, method, path, query, body),
+    }
     if passphrase is not None:
         headers[p.passphrase] = passphrase
     return headers
@@ -80,7 +84,11 @@ def signed(
 async def _asgi_echo(request: Request) -> JSONResponse:
     body = await request.body()
     return JSONResponse(
-        {"key": request.scope["keyguard.key"].id, "body": body.decode("latin-1"), "path": request.url.path}
+        {
+            "key": request.scope["keyguard.key"].id,
+            "body": body.decode("latin-1"),
+            "path": request.url.path,
+        }
     )
 
 
@@ -93,7 +101,11 @@ def asgi_app(guard: KeyGuard) -> Any:
 def _wsgi_echo(environ: dict[str, Any], start_response: Any) -> Any:
     request = WRequest(environ)
     body = request.get_data()
-    payload = {"key": environ["keyguard.key"].id, "body": body.decode("latin-1"), "path": request.path}
+    payload = {
+        "key": environ["keyguard.key"].id,
+        "body": body.decode("latin-1"),
+        "path": request.path,
+    }
     return WResponse(json.dumps(payload), content_type="application/json")(environ, start_response)
 
 
@@ -108,12 +120,21 @@ class Door:
         self.kind = kind
         self.guard = guard
         if kind == "asgi":
-            self._async = httpx.AsyncClient(transport=httpx.ASGITransport(asgi_app(guard)), base_url="http://t")
+            self._async = httpx.AsyncClient(
+                transport=httpx.ASGITransport(asgi_app(guard)), base_url="http://t"
+            )
         else:
-            self._sync = httpx.Client(transport=httpx.WSGITransport(wsgi_app(guard)), base_url="http://t")
+            self._sync = httpx.Client(
+                transport=httpx.WSGITransport(wsgi_app(guard)), base_url="http://t"
+            )
 
     async def request(
-        self, method: str, url: str, headers: Mapping[str, str] | None = None, content: Any = None, **kw: Any
+        self,
+        method: str,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        content: Any = None,
+        **kw: Any,
     ) -> httpx.Response:
         if self.kind == "asgi":
             return await self._async.request(method, url, headers=headers, content=content, **kw)
@@ -130,7 +151,9 @@ class Door:
 def wsgi_server(app: Any) -> Iterator[str]:
     """A real threaded werkzeug server on 127.0.0.1, port chosen by the OS."""
     server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+    )
     thread.start()
     try:
         yield f"http://127.0.0.1:{server.server_port}"

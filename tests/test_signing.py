@@ -46,21 +46,48 @@ BITGET_ORDER = (
 OKX_LEVER = b'{"instId":"BTC-USDT","lever":"5","mgnMode":"isolated"}'
 VECTORS = [
     pytest.param(
-        "okx", "2020-12-08T09:08:57.715Z", 1607418537.715, "GET", "/api/v5/account/balance", "ccy=BTC", b"",
-        "HiZhvSfMtWJA3uUIVXV3a/bSXNPCWvYFXoGCVS8V4zY=", id="okx-get-balance",
+        "okx",
+        "2020-12-08T09:08:57.715Z",
+        1607418537.715,
+        "GET",
+        "/api/v5/account/balance",
+        "ccy=BTC",
+        b"",
+        "HiZhvSfMtWJA3uUIVXV3a/bSXNPCWvYFXoGCVS8V4zY=",
+        id="okx-get-balance",
     ),
     pytest.param(
-        "okx", "2020-12-08T09:08:57.715Z", 1607418537.715, "POST", "/api/v5/account/set-leverage", "",
-        OKX_LEVER, "eCnnCgWLjlQ9XnpUkrcny3qNq3WW/81KNrDr/XR6Xv8=", id="okx-post-leverage",
+        "okx",
+        "2020-12-08T09:08:57.715Z",
+        1607418537.715,
+        "POST",
+        "/api/v5/account/set-leverage",
+        "",
+        OKX_LEVER,
+        "eCnnCgWLjlQ9XnpUkrcny3qNq3WW/81KNrDr/XR6Xv8=",
+        id="okx-post-leverage",
     ),
     pytest.param(
-        "bitget", "1591089508404", 1591089508.404, "GET", "/api/v2/market/depth",
-        "symbol=btcusdt_spbl&limit=20", b"", "+P0dtmfbOitmKdyWwuZ/LlmRuPRr7FvD4Jr5AbUfjXA=",
+        "bitget",
+        "1591089508404",
+        1591089508.404,
+        "GET",
+        "/api/v2/market/depth",
+        "symbol=btcusdt_spbl&limit=20",
+        b"",
+        "+P0dtmfbOitmKdyWwuZ/LlmRuPRr7FvD4Jr5AbUfjXA=",
         id="bitget-get-depth",
     ),
     pytest.param(
-        "bitget", "1561022985382", 1561022985.382, "POST", "/api/spotPro/v3/order/order", "",
-        BITGET_ORDER, "07DfzKQ8Y86H5Zu3JkZXutoH0+A50SlO0AKYHHTAAqk=", id="bitget-post-order",
+        "bitget",
+        "1561022985382",
+        1561022985.382,
+        "POST",
+        "/api/spotPro/v3/order/order",
+        "",
+        BITGET_ORDER,
+        "07DfzKQ8Y86H5Zu3JkZXutoH0+A50SlO0AKYHHTAAqk=",
+        id="bitget-post-order",
     ),
 ]
 DOCUMENTED_STRINGS = {
@@ -107,10 +134,19 @@ def _code(response: httpx.Response) -> str:
     return str(response.json()["code"])
 
 
-@pytest.mark.parametrize(("profile", "ts", "epoch", "method", "path", "query", "body", "expected"), VECTORS)
+@pytest.mark.parametrize(
+    ("profile", "ts", "epoch", "method", "path", "query", "body", "expected"), VECTORS
+)
 def test_known_answer_signature(
-    request: pytest.FixtureRequest, profile: str, ts: str, epoch: float, method: str, path: str,
-    query: str, body: bytes, expected: str,
+    request: pytest.FixtureRequest,
+    profile: str,
+    ts: str,
+    epoch: float,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
+    expected: str,
 ) -> None:
     name = request.node.callspec.id
     if name in DOCUMENTED_STRINGS:
@@ -119,15 +155,26 @@ def test_known_answer_signature(
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
-@pytest.mark.parametrize(("profile", "ts", "epoch", "method", "path", "query", "body", "expected"), VECTORS)
+@pytest.mark.parametrize(
+    ("profile", "ts", "epoch", "method", "path", "query", "body", "expected"), VECTORS
+)
 async def test_exchange_signed_request_passes_under_its_profile(
-    kind: str, profile: str, ts: str, epoch: float, method: str, path: str, query: str, body: bytes,
+    kind: str,
+    profile: str,
+    ts: str,
+    epoch: float,
+    method: str,
+    path: str,
+    query: str,
+    body: bytes,
     expected: str,
 ) -> None:
     clock = Clock()
     clock.now = epoch + 1.0
     guard = make_guard(clock, signing={"profile": profile})
-    issued = guard.keys.create(owner="acme", name="exchange", kind="signing", passphrase="correct horse")
+    issued = guard.keys.create(
+        owner="acme", name="exchange", kind="signing", passphrase="correct horse"
+    )
     _with_secret(guard, issued.info.id, DOC_SECRET)
     prefix = "OK-ACCESS-" if profile == "okx" else "ACCESS-"
     headers = {
@@ -139,7 +186,9 @@ async def test_exchange_signed_request_passes_under_its_profile(
     }
     d = Door(kind, guard)
     try:
-        r = await d.request(method, path + ("?" + query if query else ""), headers=headers, content=body)
+        r = await d.request(
+            method, path + ("?" + query if query else ""), headers=headers, content=body
+        )
         assert r.status_code == 200, r.text
         assert r.json() == {"key": issued.info.id, "body": body.decode(), "path": path}
         # The same request under the default profile's header names is not a credential at all.
@@ -187,7 +236,9 @@ async def test_signed_request_passes_and_body_reaches_app(
         pytest.param({"body": b'{"amount":1000}'}, "invalid_signature", id="body"),
         pytest.param({"timestamp": +1}, "invalid_signature", id="timestamp-plus-1ms"),
         pytest.param({"signature": "not base64!"}, "invalid_signature", id="wrong-base64"),
-        pytest.param({"signature": base64.b64encode(b"x" * 31).decode()}, "invalid_signature", id="short-mac"),
+        pytest.param(
+            {"signature": base64.b64encode(b"x" * 31).decode()}, "invalid_signature", id="short-mac"
+        ),
         pytest.param({"secret": "x" * 43}, "invalid_signature", id="wrong-secret"),
         pytest.param({"key": "A" * 16}, "invalid_key", id="unknown-access-key"),
         pytest.param({"key": "not-a-key"}, "invalid_key", id="malformed-access-key"),
@@ -198,8 +249,15 @@ async def test_tampered_requests_are_refused(
     door: Door, key: Any, clock: Clock, sent: dict[str, Any], code: str
 ) -> None:
     signed_as = {"method": "POST", "path": "/orders", "query": "a=1", "body": b'{"amount":1}'}
-    headers = signed(key.info.id, sent.get("secret", key.secret), "POST", "/orders", "a=1",
-                     b'{"amount":1}', now=clock.now)
+    headers = signed(
+        key.info.id,
+        sent.get("secret", key.secret),
+        "POST",
+        "/orders",
+        "a=1",
+        b'{"amount":1}',
+        now=clock.now,
+    )
     if isinstance(sent.get("timestamp"), int):
         headers["KG-TIMESTAMP"] = str(int(headers["KG-TIMESTAMP"]) + sent["timestamp"])
     elif "timestamp" in sent:
@@ -224,7 +282,9 @@ async def test_tampered_requests_are_refused(
         pytest.param(["KG-TIMESTAMP", "KG-SIGNATURE"], id="access-key-only"),
     ],
 )
-async def test_missing_signing_headers_are_400(door: Door, key: Any, clock: Clock, drop: list[str]) -> None:
+async def test_missing_signing_headers_are_400(
+    door: Door, key: Any, clock: Clock, drop: list[str]
+) -> None:
     headers = signed(key.info.id, key.secret, "GET", "/items", now=clock.now)
     for name in drop:
         del headers[name]
@@ -275,7 +335,9 @@ async def test_bearer_key_cannot_sign_and_signing_key_has_no_token(
         pytest.param(+6.0, 401, id="6s-ahead"),
     ],
 )
-async def test_freshness_window(door: Door, key: Any, clock: Clock, offset: float, status: int) -> None:
+async def test_freshness_window(
+    door: Door, key: Any, clock: Clock, offset: float, status: int
+) -> None:
     headers = signed(key.info.id, key.secret, "GET", "/items", now=clock.now + offset)
     r = await door.request("GET", "/items", headers=headers)
     assert r.status_code == status
@@ -321,7 +383,9 @@ async def test_refused_signature_is_not_remembered(door: Door, key: Any, clock: 
 async def test_passphrase(
     door: Door, guard: KeyGuard, clock: Clock, passphrase: str | None, status: int, code: str | None
 ) -> None:
-    k = guard.keys.create(owner="acme", name="pp", kind="signing", passphrase="correct horse battery")
+    k = guard.keys.create(
+        owner="acme", name="pp", kind="signing", passphrase="correct horse battery"
+    )
     assert k.info.has_passphrase
     headers = signed(k.info.id, k.secret, "GET", "/items", now=clock.now, passphrase=passphrase)
     r = await door.request("GET", "/items", headers=headers)
@@ -351,13 +415,21 @@ async def test_revoked_ip_and_scope_checks_apply(clock: Clock) -> None:
     d = Door("asgi", guard)
     try:
         k = guard.keys.create(owner="acme", name="s", kind="signing", scopes=["read"])
-        r = await d.request("GET", "/admin/x", headers=signed(k.info.id, k.secret, "GET", "/admin/x", now=clock.now))
+        r = await d.request(
+            "GET", "/admin/x", headers=signed(k.info.id, k.secret, "GET", "/admin/x", now=clock.now)
+        )
         assert r.status_code == 403 and _code(r) == "insufficient_scope"
-        far = guard.keys.create(owner="acme", name="ip", kind="signing", allowed_ips=["203.0.113.0/24"])
-        r = await d.request("GET", "/x", headers=signed(far.info.id, far.secret, "GET", "/x", now=clock.now))
+        far = guard.keys.create(
+            owner="acme", name="ip", kind="signing", allowed_ips=["203.0.113.0/24"]
+        )
+        r = await d.request(
+            "GET", "/x", headers=signed(far.info.id, far.secret, "GET", "/x", now=clock.now)
+        )
         assert r.status_code == 403 and _code(r) == "ip_not_allowed"
         guard.keys.revoke(k.info.id)
-        r = await d.request("GET", "/x", headers=signed(k.info.id, k.secret, "GET", "/x", now=clock.now))
+        r = await d.request(
+            "GET", "/x", headers=signed(k.info.id, k.secret, "GET", "/x", now=clock.now)
+        )
         assert r.status_code == 401 and _code(r) == "revoked_key"
     finally:
         await d.aclose()
@@ -403,7 +475,9 @@ def test_master_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         KeyGuard({"store": "memory://"})
 
 
-async def test_without_master_keys_signing_keys_are_refused(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_without_master_keys_signing_keys_are_refused(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("KEYGUARD_MASTER_KEYS", raising=False)
     url = f"sqlite:///{tmp_path}/k.db"
     plain = KeyGuard({"store": url, "policy": {"allow_private_ips": True}})
@@ -415,7 +489,9 @@ async def test_without_master_keys_signing_keys_are_refused(tmp_path: Any, monke
     k = with_keys.keys.create(owner="a", name="n", kind="signing")
     record = with_keys.store.get(k.info.id)
     assert record is not None and k.secret not in record.to_json()  # stored encrypted only
-    r = await Door("asgi", plain).request("GET", "/x", headers=signed(k.info.id, k.secret, "GET", "/x"))
+    r = await Door("asgi", plain).request(
+        "GET", "/x", headers=signed(k.info.id, k.secret, "GET", "/x")
+    )
     assert r.status_code == 401 and _code(r) == "invalid_key"
     plain.close()
     with_keys.close()
@@ -431,7 +507,9 @@ async def test_master_key_rotation_and_reencrypt(tmp_path: Any) -> None:
     async def passes(g: KeyGuard, key_id: str, secret: str, path: str) -> int:
         d = Door("asgi", g)
         try:
-            return (await d.request("GET", path, headers=signed(key_id, secret, "GET", path))).status_code
+            return (
+                await d.request("GET", path, headers=signed(key_id, secret, "GET", path))
+            ).status_code
         finally:
             await d.aclose()
 
@@ -465,7 +543,9 @@ async def test_master_key_rotation_and_reencrypt(tmp_path: Any) -> None:
 # -- the body: limits, short bodies, chunked ----------------------------------------
 
 
-@pytest.mark.parametrize("chunked", [pytest.param(False, id="content-length"), pytest.param(True, id="chunked")])
+@pytest.mark.parametrize(
+    "chunked", [pytest.param(False, id="content-length"), pytest.param(True, id="chunked")]
+)
 async def test_body_over_the_limit_is_413(clock: Clock, chunked: bool) -> None:
     guard = make_guard(clock, signing={"max_body_bytes": 64})
     k = guard.keys.create(owner="a", name="n", kind="signing")
@@ -476,7 +556,9 @@ async def test_body_over_the_limit_is_413(clock: Clock, chunked: bool) -> None:
         yield body[:40]
         yield body[40:]
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(asgi_app(guard)), base_url="http://t") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(asgi_app(guard)), base_url="http://t"
+    ) as c:
         r = await c.post("/x", headers=headers, content=stream() if chunked else body)
     assert r.status_code == 413 and _code(r) == "payload_too_large"
     ok = signed(k.info.id, k.secret, "POST", "/x", "", body[:64], now=clock.now)
@@ -486,7 +568,9 @@ async def test_body_over_the_limit_is_413(clock: Clock, chunked: bool) -> None:
     guard.close()
 
 
-async def test_asgi_chunked_body_is_read_and_replayed(guard: KeyGuard, key: Any, clock: Clock) -> None:
+async def test_asgi_chunked_body_is_read_and_replayed(
+    guard: KeyGuard, key: Any, clock: Clock
+) -> None:
     parts = [b'{"a":', b"1,", b'"b":2}']
     headers = signed(key.info.id, key.secret, "POST", "/x", "", b"".join(parts), now=clock.now)
 
@@ -494,7 +578,9 @@ async def test_asgi_chunked_body_is_read_and_replayed(guard: KeyGuard, key: Any,
         for part in parts:
             yield part
 
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(asgi_app(guard)), base_url="http://t") as c:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(asgi_app(guard)), base_url="http://t"
+    ) as c:
         r = await c.post("/x", headers=headers, content=stream())
     assert r.status_code == 200 and r.json()["body"] == '{"a":1,"b":2}'
 
@@ -504,13 +590,24 @@ def _scope(headers: dict[str, str], content_length: int | None) -> dict[str, Any
     if content_length is not None:
         raw.append((b"content-length", str(content_length).encode()))
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/x", "raw_path": b"/x", "query_string": b"", "root_path": "",
-        "headers": raw, "client": ("127.0.0.1", 5000), "server": ("t", 80),
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/x",
+        "raw_path": b"/x",
+        "query_string": b"",
+        "root_path": "",
+        "headers": raw,
+        "client": ("127.0.0.1", 5000),
+        "server": ("t", 80),
     }
 
 
-async def _call(app: Any, scope: dict[str, Any], messages: list[dict[str, Any]]) -> tuple[int, bytes]:
+async def _call(
+    app: Any, scope: dict[str, Any], messages: list[dict[str, Any]]
+) -> tuple[int, bytes]:
     queue = list(messages)
     sent: list[dict[str, Any]] = []
 
@@ -530,18 +627,41 @@ async def _call(app: Any, scope: dict[str, Any], messages: list[dict[str, Any]])
 @pytest.mark.parametrize(
     ("content_length", "messages", "status", "code"),
     [
-        pytest.param(100, [{"type": "http.request", "body": b"x" * 10, "more_body": False}], 400,
-                     "invalid_request", id="more-body-false-early"),
-        pytest.param(100, [{"type": "http.request", "body": b"x" * 10, "more_body": True},
-                           {"type": "http.disconnect"}], 400, "invalid_request", id="disconnect-early"),
+        pytest.param(
+            100,
+            [{"type": "http.request", "body": b"x" * 10, "more_body": False}],
+            400,
+            "invalid_request",
+            id="more-body-false-early",
+        ),
+        pytest.param(
+            100,
+            [
+                {"type": "http.request", "body": b"x" * 10, "more_body": True},
+                {"type": "http.disconnect"},
+            ],
+            400,
+            "invalid_request",
+            id="disconnect-early",
+        ),
         pytest.param(10**9, [], 413, "payload_too_large", id="content-length-too-big-read-nothing"),
-        pytest.param(5, [{"type": "http.request", "body": b"x" * 10, "more_body": False}], 413,
-                     "payload_too_large", id="more-than-content-length"),
+        pytest.param(
+            5,
+            [{"type": "http.request", "body": b"x" * 10, "more_body": False}],
+            413,
+            "payload_too_large",
+            id="more-than-content-length",
+        ),
     ],
 )
 async def test_asgi_short_or_oversized_body(
-    guard: KeyGuard, key: Any, clock: Clock, content_length: int, messages: list[dict[str, Any]],
-    status: int, code: str,
+    guard: KeyGuard,
+    key: Any,
+    clock: Clock,
+    content_length: int,
+    messages: list[dict[str, Any]],
+    status: int,
+    code: str,
 ) -> None:
     headers = signed(key.info.id, key.secret, "POST", "/x", "", b"x" * 10, now=clock.now)
     got, body = await _call(asgi_app(guard), _scope(headers, content_length), messages)
@@ -554,7 +674,10 @@ def test_wsgi_short_body_over_a_real_socket_is_400(guard: KeyGuard, key: Any, cl
         port = int(base.rsplit(":", 1)[1])
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             head = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
-            s.sendall(f"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n{head}\r\n".encode() + b"x" * 10)
+            s.sendall(
+                f"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n{head}\r\n".encode()
+                + b"x" * 10
+            )
             s.shutdown(socket.SHUT_WR)  # the client stops sending: the server sees a short read
             reply = b""
             while chunk := s.recv(65536):
@@ -565,7 +688,10 @@ def test_wsgi_short_body_over_a_real_socket_is_400(guard: KeyGuard, key: Any, cl
 def test_wsgi_chunked_body_over_a_real_server(guard: KeyGuard, key: Any, clock: Clock) -> None:
     parts = [b"hello ", b"chunked ", b"world"]
     headers = signed(key.info.id, key.secret, "POST", "/x", "q=1", b"".join(parts), now=clock.now)
-    with wsgi_server(wsgi_app(guard)) as base, httpx.Client(base_url=base, timeout=5) as c:
+    with (
+        wsgi_server(wsgi_app(guard)) as base,
+        httpx.Client(base_url=base, timeout=5, trust_env=False) as c,
+    ):
         r = c.post("/x?q=1", headers=headers, content=iter(parts))
     assert r.status_code == 200, r.text
     assert r.json()["body"] == "hello chunked world"
@@ -586,8 +712,14 @@ def test_bearer_requests_never_have_their_body_read(guard: KeyGuard) -> None:
     from keyguard.wsgi import KeyGuardMiddleware
 
     stream = BytesIO(b"untouched")
-    environ = {"REQUEST_METHOD": "POST", "PATH_INFO": "/x", "REMOTE_ADDR": "127.0.0.1",
-               "CONTENT_LENGTH": "9", "wsgi.input": stream, "HTTP_AUTHORIZATION": f"Bearer {token}"}
+    environ = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": "/x",
+        "REMOTE_ADDR": "127.0.0.1",
+        "CONTENT_LENGTH": "9",
+        "wsgi.input": stream,
+        "HTTP_AUTHORIZATION": f"Bearer {token}",
+    }
     KeyGuardMiddleware(app, guard=guard)(environ, lambda *a: None)
     assert seen["input"] is stream and stream.tell() == 0
 
@@ -611,8 +743,11 @@ def _cleanup(redis_url: str, prefix: str) -> None:
 async def test_replay_to_another_instance_is_refused_through_redis(
     tmp_path: Any, redis_url: str, redis_prefix: str, kind: str
 ) -> None:
-    settings = {"store": f"sqlite:///{tmp_path}/k.db", "cache": redis_url,
-                "signing": {"replay_prefix": redis_prefix}}
+    settings = {
+        "store": f"sqlite:///{tmp_path}/k.db",
+        "cache": redis_url,
+        "signing": {"replay_prefix": redis_prefix},
+    }
     one, two = make_guard(**settings), make_guard(**settings)
     d1, d2 = Door(kind, one), Door(kind, two)
     try:
@@ -622,7 +757,9 @@ async def test_replay_to_another_instance_is_refused_through_redis(
         r = await d2.request("POST", "/pay", headers=headers, content=b"{}")
         assert r.status_code == 401 and _code(r) == "replayed_request"
         fresh = signed(k.info.id, k.secret, "POST", "/pay", "", b'{"n":2}')
-        assert (await d2.request("POST", "/pay", headers=fresh, content=b'{"n":2}')).status_code == 200
+        assert (
+            await d2.request("POST", "/pay", headers=fresh, content=b'{"n":2}')
+        ).status_code == 200
     finally:
         await d1.aclose()
         await d2.aclose()

@@ -180,7 +180,10 @@ class SignedRequests:
         self.profile = profile(s.profile, {str(k): v for k, v in s.headers.items()})
         p = self.profile
         self._key, self._ts, self._sig, self._pass = (
-            p.key.lower(), p.timestamp.lower(), p.signature.lower(), p.passphrase.lower()
+            p.key.lower(),
+            p.timestamp.lower(),
+            p.signature.lower(),
+            p.passphrase.lower(),
         )
         if {self._key, self._ts, self._sig, self._pass} & {"authorization", guard.header}:
             raise ConfigurationError(
