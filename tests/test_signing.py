@@ -193,8 +193,11 @@ async def test_exchange_signed_request_passes_under_its_profile(
         assert r.json() == {"key": issued.info.id, "body": body.decode(), "path": path}
         # The same request under the default profile's header names is not a credential at all.
         other = make_guard(clock)
-        r2 = await Door(kind, other).request(method, path, headers=headers, content=body)
+        other_door = Door(kind, other)
+        r2 = await other_door.request(method, path, headers=headers, content=body)
         assert r2.status_code == 401 and _code(r2) == "missing_credentials"
+        await other_door.aclose()
+        other.close()
     finally:
         await d.aclose()
         guard.close()
@@ -489,10 +492,10 @@ async def test_without_master_keys_signing_keys_are_refused(
     k = with_keys.keys.create(owner="a", name="n", kind="signing")
     record = with_keys.store.get(k.info.id)
     assert record is not None and k.secret not in record.to_json()  # stored encrypted only
-    r = await Door("asgi", plain).request(
-        "GET", "/x", headers=signed(k.info.id, k.secret, "GET", "/x")
-    )
+    d = Door("asgi", plain)
+    r = await d.request("GET", "/x", headers=signed(k.info.id, k.secret, "GET", "/x"))
     assert r.status_code == 401 and _code(r) == "invalid_key"
+    await d.aclose()
     plain.close()
     with_keys.close()
 
@@ -768,7 +771,6 @@ async def test_replay_to_another_instance_is_refused_through_redis(
         _cleanup(redis_url, redis_prefix)
 
 
-@pytest.mark.servers
 async def test_redis_down_falls_back_to_the_local_replay_cache_and_says_so(
     caplog: pytest.LogCaptureFixture,
 ) -> None:

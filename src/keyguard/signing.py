@@ -32,11 +32,11 @@ import base64
 import binascii
 import hashlib
 import hmac
-import itertools
 import logging
 import re
 import threading
 import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -195,6 +195,7 @@ class SignedRequests:
         self.max_body_bytes = s.max_body_bytes
         self._secrets: dict[str, bytes | None] = {}  # ciphertext -> secret (decrypt once)
         self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
+        self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
         self._seen_lock = threading.Lock()
         self._redis_url = guard.settings.cache if _is_redis(guard.settings.cache) else None
         self._redis: Any = None
@@ -301,25 +302,22 @@ class SignedRequests:
     def _remember_locally(self, signed: Signed, now: float) -> bool:
         """Record the MAC; False when it was already seen inside its window."""
         until = signed.ts + self.max_skew + 1.0
-        seen = self._seen
+        seen, queue = self._seen, self._expiry
         with self._seen_lock:
             previous = seen.get(signed.mac)
             if previous is not None and previous > now:
                 return False
-            # Entries are roughly in expiry order: drop expired ones from the front.
-            expired = []
-            for mac in itertools.islice(seen, 64):
-                if seen[mac] > now:
-                    break
-                expired.append(mac)
-            for mac in expired:
-                del seen[mac]
+            # Arrival order is nearly expiry order: forget what expired, from the front.
+            while queue and queue[0][0] <= now:
+                old_until, mac = queue.popleft()
+                if seen.get(mac) == old_until:
+                    del seen[mac]
             if len(seen) >= REPLAY_LIMIT:
                 raise ServiceUnavailable(
                     detail="Too many signed requests in the window; try again later."
                 )
-            seen.pop(signed.mac, None)  # re-insert at the end, keeping expiry order
             seen[signed.mac] = until
+            queue.append((until, signed.mac))
         return True
 
     def _client(self) -> Any:
