@@ -16,6 +16,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .body import asgi_body, asgi_target
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
@@ -96,6 +97,10 @@ class KeyGuardMiddleware:
         client = scope.get("client")
         facts = Facts(scope.get("method", "GET"), scope["path"], client[0] if client else None, headers)
         try:
+            if self.guard.signing.is_signed(headers):  # only signed requests have their body read
+                facts.raw_path, facts.query = asgi_target(scope)
+                limit = self.guard.signing.max_body_bytes
+                facts.body, receive = await asgi_body(scope, receive, limit)
             entry = await self.guard.aauthenticate(facts)
         except RequestRejected as exc:
             await send_problem(scope, send, exc)

@@ -32,6 +32,7 @@ from .models import KeyInfo, KeyRecord
 from .network import ClientResolver, IPAddress, IPNetwork, parse_ip
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
+from .signing import Signed, SignedRequests
 from .stores import Store, open_store
 from .tokens import TokenParser
 
@@ -48,6 +49,9 @@ class Facts:
     peer: str | None
     headers: dict[str, list[str]] = field(default_factory=dict)
     query: str = ""
+    # Signed requests only (the door reads them when `guard.signing.is_signed`):
+    body: bytes | None = None
+    raw_path: str | None = None
 
 
 class KeyGuard:
@@ -74,9 +78,10 @@ class KeyGuard:
         self._next_flush = clock() + FLUSH_INTERVAL
         self.header = s.header.lower()
         self.passphrase_header = "kg-passphrase"
+        self.signing = SignedRequests(self)  # checks signing.master_keys now, not on first use
         self.header_names = frozenset(
             {"authorization", self.header, "x-forwarded-for", "forwarded", self.passphrase_header}
-        )
+        ) | self.signing.header_names
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
@@ -155,11 +160,23 @@ class KeyGuard:
 
     def authenticate(self, facts: Facts) -> Entry:
         """Steps 1-7 for a request the door described; returns the passing entry."""
+        if self.signing.is_signed(facts.headers):
+            signed = self.signing.begin(facts)
+            found = self._local.get(signed.key_id) or self._fetch(signed.key_id)
+            passed = self._decide(found, "", signed.ip, signed.needed, signed.passphrase, signed)
+            self.signing.remember(signed)
+            return passed
         key_id, secret, ip, needed, passphrase = self._begin(facts)
         entry = self._local.get(key_id) or self._fetch(key_id)
         return self._decide(entry, secret, ip, needed, passphrase)
 
     async def aauthenticate(self, facts: Facts) -> Entry:
+        if self.signing.is_signed(facts.headers):
+            signed = self.signing.begin(facts)
+            found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
+            passed = self._decide(found, "", signed.ip, signed.needed, signed.passphrase, signed)
+            await self.signing.aremember(signed)
+            return passed
         key_id, secret, ip, needed, passphrase = self._begin(facts)
         entry = self._local.get(key_id) or await self._afetch(key_id)
         return self._decide(entry, secret, ip, needed, passphrase)
@@ -199,6 +216,7 @@ class KeyGuard:
         ip: IPAddress | None,
         needed: Sequence[str],
         passphrase: str | None,
+        signed: Signed | None = None,
     ) -> Entry:
         if entry is ABSENT:
             raise invalid_key()
@@ -207,7 +225,11 @@ class KeyGuard:
         hasher = self.hasher
         decide(
             entry,
-            proven=bearer_proven(entry, secret, hasher, now),
+            proven=(
+                bearer_proven(entry, secret, hasher, now)
+                if signed is None
+                else self.signing.prove(entry, signed, now)
+            ),
             now=now,
             hasher=hasher,
             passphrase=passphrase,
@@ -246,6 +268,7 @@ class KeyGuard:
 
     def close(self) -> None:
         self.flush()
+        self.signing.close()
         self.store.close()
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 import anyio.to_thread
 
 from . import tokens
-from .exceptions import InvalidKeySettings, KeyNotFound
+from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound
 from .models import IssuedKey, KeyInfo, KeyRecord
 from .network import parse_allowlist
 from .settings import _check_rate
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 DAY = 86_400.0
+SIGNING_SECRET_LEN = 43  # base62: ~256 bits
 _SCOPE = re.compile(r"[A-Za-z0-9_.:*/-]{1,128}")
 
 
@@ -106,6 +107,12 @@ def _metadata(value: Mapping[str, Any] | None) -> dict[str, Any]:
     if len(text) > 16_384:
         raise InvalidKeySettings("metadata", "must be at most 16 KiB as JSON")
     return dict(json.loads(text))
+
+
+def _lost_master_key(key_id: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"signing.master_keys: the secret of key {key_id} is not under any configured master key"
+    )
 
 
 class KeyManager:
@@ -198,7 +205,23 @@ class KeyManager:
         """A fresh secret for `record`: (record with its hash or ciphertext, token, secret)."""
         guard = self._guard
         if record.kind == "signing":
-            raise InvalidKeySettings("kind", "signing keys are not available in this build")
+            ring = guard.signing.ring
+            if not ring.enabled:
+                raise InvalidKeySettings(
+                    "kind",
+                    "signing keys need a master key to encrypt their secret: set "
+                    "signing.master_keys or KEYGUARD_MASTER_KEYS",
+                )
+            secret = tokens.random_string(SIGNING_SECRET_LEN)
+            return (
+                record.replace(
+                    secret_hash="",
+                    encrypted_secret=ring.encrypt(secret, record.id),
+                    hint=f"{record.id}_…{secret[-4:]}",
+                ),
+                None,
+                secret,
+            )
         token, _secret = tokens.make_token(guard.settings.token_prefix, record.id)
         return (
             record.replace(secret_hash=guard.hasher.hash_secret(_secret), hint=tokens.hint(token)),
@@ -290,6 +313,47 @@ class KeyManager:
         token, secret = issued[0]
         return IssuedKey(self._info(record), token=token, secret=secret)
 
+    def reencrypt(self) -> int:
+        """Re-encrypt every signing secret (and any previous one still stored) under
+        the newest master key; returns how many keys changed. After it, older
+        master keys can be dropped from `signing.master_keys`. Idempotent.
+
+        Refuses (ConfigurationError, nothing changed) when a secret is under a
+        master key that is no longer in the ring."""
+        ring = self._guard.signing.ring
+        if not ring.enabled:
+            raise ConfigurationError("signing.master_keys: no master key is configured")
+        records = [r for r in self._store().list(None, True) if r.kind == "signing"]
+        for r in records:
+            for text in (r.encrypted_secret, r.previous_encrypted_secret):
+                if text is not None and ring.decrypt(text, r.id) is None:
+                    raise _lost_master_key(r.id)
+
+        def again(text: str | None, key_id: str) -> str | None:
+            if ring.is_current(text):
+                return text
+            plain = ring.decrypt(text, key_id)
+            if plain is None:
+                raise _lost_master_key(key_id)
+            return ring.encrypt(plain, key_id)
+
+        def change(record: KeyRecord) -> KeyRecord:
+            return record.replace(
+                encrypted_secret=again(record.encrypted_secret, record.id),
+                previous_encrypted_secret=again(record.previous_encrypted_secret, record.id),
+            )
+
+        count = 0
+        for r in records:
+            current = ring.is_current(r.encrypted_secret)
+            if not (current and ring.is_current(r.previous_encrypted_secret)):
+                try:
+                    self._modify(r.id, change)
+                except KeyNotFound:  # deleted meanwhile: nothing to re-encrypt
+                    continue
+                count += 1
+        return count
+
     acreate = _offload(create)
     aget = _offload(get)
     alist = _offload(list)
@@ -297,4 +361,5 @@ class KeyManager:
     arevoke = _offload(revoke)
     adelete = _offload(delete)
     arotate = _offload(rotate)
+    areencrypt = _offload(reencrypt)
 

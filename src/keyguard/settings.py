@@ -61,6 +61,7 @@ class Signing(_Section):
     max_skew_seconds: PositiveInt = 30
     max_body_bytes: PositiveInt = 1_048_576
     master_keys: tuple[str, ...] = ()
+    replay_prefix: str = "keyguard:replay:"
 
 
 class Abuse(_Section):

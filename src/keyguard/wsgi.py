@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from .asgi import guard_from
+from .body import wsgi_body, wsgi_target
 from .exceptions import RequestRejected, problem
 from .guard import Facts, KeyGuard
 
@@ -56,6 +57,9 @@ class KeyGuardMiddleware:
         headers = {name: [environ[key]] for name, key in self._environ_names if key in environ}
         facts = Facts(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers)
         try:
+            if self.guard.signing.is_signed(headers):  # only signed requests have their body read
+                facts.raw_path, facts.query = wsgi_target(environ)
+                facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
             entry = self.guard.authenticate(facts)
         except RequestRejected as exc:
             return problem_response(exc, start_response)

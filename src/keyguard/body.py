@@ -1,0 +1,147 @@
+"""The request target and body of a signed request, for both doors.
+
+Only signed requests come here (a bearer request's body is never touched).
+The body is read once, bounded by `signing.max_body_bytes` (413
+`payload_too_large`, also when Content-Length says so before any byte is
+read), and handed back to the app unchanged: ASGI wraps `receive`, WSGI
+replaces `wsgi.input` with a `BytesIO` and sets `CONTENT_LENGTH`. Chunked and
+empty bodies work. A body that ends before its Content-Length (the client
+stopped sending) is a 400, not a hang.
+
+The target is the raw path and query as sent (a client signs the bytes it
+puts on the wire, not their percent-decoded form).
+"""
+
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+from urllib.parse import quote
+
+from starlette.types import Message, Receive, Scope
+
+from .exceptions import BadRequest, PayloadTooLarge
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import WSGIEnvironment
+
+_CHUNK = 65_536
+_PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": left as is by clients
+
+
+def _short() -> BadRequest:
+    return BadRequest("invalid_request", "The request body ended before its Content-Length.")
+
+
+def _declared(value: str | None, limit: int) -> int | None:
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    if not text.isdigit():
+        raise BadRequest("invalid_request", "The Content-Length header is not a number.")
+    size = int(text)
+    if size > limit:
+        raise PayloadTooLarge()
+    return size
+
+
+# -- ASGI ----------------------------------------------------------------------
+
+
+def asgi_target(scope: Scope) -> tuple[str, str]:
+    """(raw path, raw query) of an ASGI request."""
+    raw = scope.get("raw_path")
+    if raw:
+        path = bytes(raw).partition(b"?")[0].decode("latin-1")
+    else:
+        path = quote(scope.get("root_path", "") + scope["path"], safe=_PATH_SAFE)
+    return path, bytes(scope.get("query_string", b"")).decode("latin-1")
+
+
+async def asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
+    """Read the whole body (at most `limit` bytes); return it and a `receive`
+    that gives it to the app again."""
+    if scope["type"] != "http":
+        return b"", receive  # a websocket handshake has no body
+    length: str | None = None
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            if length is not None:
+                raise BadRequest("invalid_request", "Send one Content-Length header.")
+            length = value.decode("latin-1")
+    declared = _declared(length, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] != "http.request":  # http.disconnect: the client went away
+            raise _short()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit or (declared is not None and size > declared):
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    if declared is not None and size != declared:
+        raise _short()
+    body = b"".join(chunks)
+    replayed = False
+
+    async def replay() -> Message:
+        nonlocal replayed
+        if not replayed:
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()  # after the body: wait for http.disconnect as usual
+
+    return body, replay
+
+
+# -- WSGI ----------------------------------------------------------------------
+
+
+def wsgi_target(environ: WSGIEnvironment) -> tuple[str, str]:
+    """(raw path, raw query) of a WSGI request: the server's raw URI when it
+    gives one (gunicorn RAW_URI, werkzeug REQUEST_URI), else re-quoted."""
+    raw = environ.get("RAW_URI") or environ.get("REQUEST_URI")
+    if isinstance(raw, str) and raw.startswith("/"):
+        path = raw.partition("?")[0]
+    else:
+        text = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        path = quote(text.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
+    return path, environ.get("QUERY_STRING", "")
+
+
+def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
+    """Read the whole body (at most `limit` bytes) and put it back for the app."""
+    stream = environ.get("wsgi.input")
+    declared = _declared(environ.get("CONTENT_LENGTH"), limit)
+    chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
+    chunks: list[bytes] = []
+    size = 0
+    if stream is not None and declared is not None and not chunked:
+        while size < declared:
+            chunk = stream.read(min(_CHUNK, declared - size))
+            if not chunk:
+                raise _short()
+            chunks.append(chunk)
+            size += len(chunk)
+    elif stream is not None and environ.get("wsgi.input_terminated"):
+        # The server de-chunks and ends the stream; read until it does, within the limit.
+        while True:
+            chunk = stream.read(min(_CHUNK, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge()
+    elif chunked:  # a server that does not de-chunk: reading could hang or see framing
+        raise BadRequest("invalid_request", "Send a Content-Length with a signed body.")
+    # Otherwise no body (PEP 3333: do not read past a missing Content-Length).
+    body = b"".join(chunks)
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    environ.pop("HTTP_TRANSFER_ENCODING", None)
+    return body

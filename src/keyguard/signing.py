@@ -1,0 +1,385 @@
+"""Signed requests (SPEC section 6): header profiles, the string to sign, the
+signature check, freshness and replay protection.
+
+    signature = base64(HMAC-SHA256(secret, timestamp + METHOD + path
+                                           + ("?" + raw query if any) + body))
+
+`path` and the query are the raw bytes of the request target, as the client
+sent them (not percent-decoded). The pure functions (`message`, `sign`,
+`format_timestamp`, `parse_timestamp`) are shared with `keyguard.client`.
+
+`SignedRequests` (`guard.signing`) is what the guard uses. Order of checks:
+headers well-formed (400) -> timestamp fresh (401 `stale_request`, no I/O) ->
+key found (401 `invalid_key`) -> signature matches, the previous secret too
+during a rotate grace (401 `invalid_signature`) -> the rest of `decide()` ->
+signature not seen before (401 `replayed_request`). A signature is remembered
+until its timestamp leaves the window, in this process always, and in Redis
+(`SET NX PX`) when `cache` is a redis:// URL, so another instance refuses it
+too. If Redis cannot be reached the check falls back to this process's cache
+alone and logs a warning (at most once a minute): a replay to *another*
+instance is then not caught until Redis is back. It does not fail closed
+there, since that would turn a cache outage into a full outage of signed
+traffic; it does not fail silently either.
+
+Two identical requests signed in the same millisecond have the same
+signature: the second one is refused as a replay (clients must vary the
+timestamp, the path or the body).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+import re
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+
+from .crypto import MasterKeyRing
+from .exceptions import AuthenticationError, BadRequest, ConfigurationError, ServiceUnavailable
+from .network import IPAddress
+from .tokens import ID_LEN
+
+if TYPE_CHECKING:
+    from .decision import Entry
+    from .guard import Facts, KeyGuard
+
+log = logging.getLogger("keyguard.signing")
+
+FUTURE_SKEW = 5.0  # seconds a timestamp may be ahead of our clock
+REPLAY_LIMIT = 1_000_000  # remembered signatures per process before refusing (fail closed)
+REDIS_RETRY_AFTER = 1.0  # seconds to skip Redis after it failed, so requests don't each time out
+_KEY_ID = re.compile(rf"[0-9A-Za-z]{{{ID_LEN}}}").fullmatch
+_MILLIS = re.compile(r"[0-9]{1,15}").fullmatch
+_ISO = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
+).fullmatch
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """Header names of one signing scheme, and how its timestamp is written."""
+
+    key: str
+    timestamp: str
+    signature: str
+    passphrase: str
+    iso_time: bool = False
+
+
+PROFILES: dict[str, Profile] = {
+    "kg": Profile("KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE", "KG-PASSPHRASE"),
+    "bitget": Profile("ACCESS-KEY", "ACCESS-TIMESTAMP", "ACCESS-SIGN", "ACCESS-PASSPHRASE"),
+    "okx": Profile(
+        "OK-ACCESS-KEY",
+        "OK-ACCESS-TIMESTAMP",
+        "OK-ACCESS-SIGN",
+        "OK-ACCESS-PASSPHRASE",
+        iso_time=True,
+    ),
+}
+
+
+def profile(name: str, headers: Mapping[str, str] | None = None) -> Profile:
+    """The named profile, with single header names replaced by `headers`
+    (keys `key`, `timestamp`, `signature`, `passphrase`)."""
+    if name not in PROFILES:
+        raise ConfigurationError(f"signing.profile: must be one of {', '.join(PROFILES)}")
+    base = PROFILES[name]
+    names = {
+        "key": base.key,
+        "timestamp": base.timestamp,
+        "signature": base.signature,
+        "passphrase": base.passphrase,
+    }
+    for field, value in (headers or {}).items():
+        if field not in names:
+            raise ConfigurationError(
+                f"signing.headers.{field}: unknown (use key, timestamp, signature, passphrase)"
+            )
+        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", value):
+            raise ConfigurationError(f"signing.headers.{field}: must be a header name")
+        names[field] = value
+    if len({n.lower() for n in names.values()}) != 4:
+        raise ConfigurationError("signing.headers: the four header names must differ")
+    return Profile(**names, iso_time=base.iso_time)
+
+
+def message(timestamp: str, method: str, path: str, query: str = "", body: bytes = b"") -> bytes:
+    """The string to sign: timestamp + METHOD + path + ("?" + query if any) + body."""
+    target = path + "?" + query if query else path
+    return (timestamp + method.upper() + target).encode("utf-8") + body
+
+
+def sign(
+    secret: str | bytes, timestamp: str, method: str, path: str, query: str = "", body: bytes = b""
+) -> str:
+    """base64(HMAC-SHA256(secret, message(...))), as a client sends it."""
+    key = secret.encode("utf-8") if isinstance(secret, str) else secret
+    mac = hmac.digest(key, message(timestamp, method, path, query, body), "sha256")
+    return base64.b64encode(mac).decode("ascii")
+
+
+def format_timestamp(now: float, iso: bool = False) -> str:
+    """Unix milliseconds (`kg`, `bitget`) or ISO 8601 UTC with milliseconds (`okx`)."""
+    if iso:
+        text = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
+        return text.replace("+00:00", "Z")
+    return str(int(now * 1000))
+
+
+def parse_timestamp(text: str, iso: bool = False) -> float | None:
+    """Seconds since the epoch, or None when `text` is not a timestamp of that form."""
+    if iso:
+        if not _ISO(text):
+            return None
+        try:
+            return datetime.fromisoformat(text).timestamp()
+        except ValueError:
+            return None
+    return int(text) / 1000 if _MILLIS(text) else None
+
+
+def _bad(detail: str) -> BadRequest:
+    return BadRequest("invalid_request", detail)
+
+
+def invalid_signature() -> AuthenticationError:
+    return AuthenticationError("invalid_signature", "The request signature does not match.")
+
+
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A signed request whose headers parsed and whose timestamp is fresh."""
+
+    key_id: str
+    ts: float
+    mac: bytes
+    message: bytes
+    ip: IPAddress | None
+    needed: tuple[str, ...]
+    passphrase: str | None
+
+
+class SignedRequests:
+    """`guard.signing`: recognises, checks and remembers signed requests."""
+
+    def __init__(self, guard: KeyGuard) -> None:
+        s = guard.settings.signing
+        self._guard = guard
+        self.ring = MasterKeyRing(s.master_keys)
+        self.profile = profile(s.profile, {str(k): v for k, v in s.headers.items()})
+        p = self.profile
+        self._key, self._ts, self._sig, self._pass = (
+            p.key.lower(),
+            p.timestamp.lower(),
+            p.signature.lower(),
+            p.passphrase.lower(),
+        )
+        if {self._key, self._ts, self._sig, self._pass} & {"authorization", guard.header}:
+            raise ConfigurationError(
+                "signing.headers: may not reuse Authorization or the API key header"
+            )
+        self.names = frozenset({self._key, self._ts, self._sig})
+        self.header_names = self.names | {self._pass}
+        self.max_skew = float(s.max_skew_seconds)
+        self.max_body_bytes = s.max_body_bytes
+        self._secrets: dict[str, bytes | None] = {}  # ciphertext -> secret (decrypt once)
+        self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
+        self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
+        self._seen_lock = threading.Lock()
+        self._redis_url = guard.settings.cache if _is_redis(guard.settings.cache) else None
+        self._redis: Any = None
+        self._redis_lock = threading.Lock()
+        self._redis_skip_until = 0.0
+        self._redis_warned = 0.0
+        self.replay_prefix = s.replay_prefix
+
+    # -- recognise and parse (no I/O) ---------------------------------------
+
+    def is_signed(self, headers: Mapping[str, Sequence[str]]) -> bool:
+        """Does the request carry any signing header (so it is a signed credential)?"""
+        return not self.names.isdisjoint(headers)
+
+    def begin(self, facts: Facts) -> Signed:
+        """Step 1 and freshness for a signed request; raises the rejection."""
+        h = facts.headers
+        guard = self._guard
+        if h.get(guard.header) or any(
+            v.strip().partition(" ")[0].lower() == "bearer" for v in h.get("authorization", ())
+        ):
+            raise _bad("Send either a signed request or an API key, not both.")
+        key_id = self._one(h, self._key)
+        timestamp = self._one(h, self._ts)
+        signature = self._one(h, self._sig)
+        if facts.body is None:  # a door that cannot give the body cannot check a signature
+            raise _bad("This endpoint does not accept signed requests.")
+        ts = parse_timestamp(timestamp, self.profile.iso_time)
+        if ts is None:
+            raise _bad(f"{self.profile.timestamp} is not a valid timestamp.")
+        now = guard.clock()
+        if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
+            raise AuthenticationError(
+                "stale_request", "The request timestamp is outside the allowed window."
+            )
+        if not _KEY_ID(key_id):
+            raise AuthenticationError("invalid_key", "The API key is not valid.")
+        try:
+            mac = base64.b64decode(signature, validate=True)
+        except (binascii.Error, ValueError):
+            mac = b""
+        if len(mac) != hashlib.sha256().digest_size:
+            raise invalid_signature()
+        passphrases = h.get(self._pass)
+        path = facts.raw_path if facts.raw_path is not None else facts.path
+        return Signed(
+            key_id=key_id,
+            ts=ts,
+            mac=mac,
+            message=message(timestamp, facts.method, path, facts.query, facts.body),
+            ip=guard.clients.resolve(
+                facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ())
+            ),
+            needed=guard.router.required(facts.method, facts.path),
+            passphrase=passphrases[0] if passphrases else None,
+        )
+
+    def _one(self, headers: Mapping[str, Sequence[str]], name: str) -> str:
+        values = headers.get(name, ())
+        if len(values) != 1 or not values[0].strip():
+            raise _bad(f"A signed request needs exactly one {name.upper()} header.")
+        return values[0].strip()
+
+    # -- the proof (no I/O) -------------------------------------------------
+
+    def _secret(self, ciphertext: str | None, key_id: str) -> bytes | None:
+        if ciphertext is None:
+            return None
+        cache = self._secrets
+        try:
+            return cache[ciphertext]
+        except KeyError:
+            pass
+        secret = self.ring.decrypt(ciphertext, key_id)
+        value = None if secret is None else secret.encode("utf-8")
+        if len(cache) >= 2 * self._guard.settings.local_cache_size:
+            cache.clear()
+        cache[ciphertext] = value
+        return value
+
+    def prove(self, entry: Entry, signed: Signed, now: float) -> bool:
+        """True when the signature matches the key's secret (or the previous one
+        within a rotate grace). False (-> `invalid_key`) when the key is not a
+        signing key or its secret cannot be decrypted; `invalid_signature` otherwise."""
+        record = entry.record
+        if record.kind != "signing":
+            return False
+        secret = self._secret(record.encrypted_secret, record.id)
+        if secret is None:
+            return False
+        if hmac.compare_digest(hmac.digest(secret, signed.message, "sha256"), signed.mac):
+            return True
+        until = record.previous_valid_until
+        if until is not None and now < until:
+            previous = self._secret(record.previous_encrypted_secret, record.id)
+            if previous is not None and hmac.compare_digest(
+                hmac.digest(previous, signed.message, "sha256"), signed.mac
+            ):
+                return True
+        raise invalid_signature()
+
+    # -- replay protection --------------------------------------------------
+
+    def _remember_locally(self, signed: Signed, now: float) -> bool:
+        """Record the MAC; False when it was already seen inside its window."""
+        until = signed.ts + self.max_skew + 1.0
+        seen, queue = self._seen, self._expiry
+        with self._seen_lock:
+            previous = seen.get(signed.mac)
+            if previous is not None and previous > now:
+                return False
+            # Arrival order is nearly expiry order: forget what expired, from the front.
+            while queue and queue[0][0] <= now:
+                old_until, mac = queue.popleft()
+                if seen.get(mac) == old_until:
+                    del seen[mac]
+            if len(seen) >= REPLAY_LIMIT:
+                raise ServiceUnavailable(
+                    detail="Too many signed requests in the window; try again later."
+                )
+            seen[signed.mac] = until
+            queue.append((until, signed.mac))
+        return True
+
+    def _client(self) -> Any:
+        if self._redis is None:
+            with self._redis_lock:
+                if self._redis is None:
+                    import redis
+
+                    assert self._redis_url is not None
+
+                    self._redis = redis.Redis.from_url(
+                        self._redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
+                    )
+        return self._redis
+
+    def _remember_shared(self, signed: Signed, now: float) -> bool:
+        """SET NX in Redis; False when another request (anywhere) had this MAC."""
+        wall = time.monotonic()
+        if wall < self._redis_skip_until:
+            return True
+        ttl_ms = max(1000, int((signed.ts + self.max_skew + 1.0 - now) * 1000))
+        mac = base64.urlsafe_b64encode(signed.mac).decode()
+        key = f"{self.replay_prefix}{signed.key_id}:{mac}"
+        try:
+            return bool(self._client().set(key, b"1", nx=True, px=ttl_ms))
+        except Exception:  # redis.RedisError, OSError, a missing driver: fall back, loudly
+            self._redis_skip_until = wall + REDIS_RETRY_AFTER
+            if wall - self._redis_warned > 60.0:
+                self._redis_warned = wall
+                log.warning(
+                    "keyguard: Redis replay cache unreachable; signed requests are checked "
+                    "against this process's replay cache only until it is back",
+                    exc_info=True,
+                )
+            return True
+
+    def _replayed(self) -> AuthenticationError:
+        return AuthenticationError("replayed_request", "This signed request was already received.")
+
+    def remember(self, signed: Signed) -> None:
+        """Refuse a signature seen before inside its window (blocking Redis call)."""
+        now = self._guard.clock()
+        if not self._remember_locally(signed, now):
+            raise self._replayed()
+        if self._redis_url is not None and not self._remember_shared(signed, now):
+            raise self._replayed()
+
+    async def aremember(self, signed: Signed) -> None:
+        """`remember` for the event loop: the Redis call runs in a worker thread."""
+        now = self._guard.clock()
+        if not self._remember_locally(signed, now):
+            raise self._replayed()
+        if self._redis_url is not None and not await anyio.to_thread.run_sync(
+            self._remember_shared, signed, now
+        ):
+            raise self._replayed()
+
+    def close(self) -> None:
+        client, self._redis = self._redis, None
+        if client is not None:
+            client.close()
+
+
+def _is_redis(url: str | None) -> bool:
+    return url is not None and url.split("://", 1)[0] in {"redis", "rediss"}
