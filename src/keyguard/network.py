@@ -103,8 +103,11 @@ PRIVATE_RANGES = tuple(
 )
 
 
+_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
 def is_private(net: IPNetwork) -> bool:
-    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(ipaddress.ip_network("::ffff:0:0/96")):
+    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_V4_MAPPED):
         mapped = net.network_address.ipv4_mapped
         assert mapped is not None
         net = ipaddress.ip_network(f"{mapped}/{max(0, net.prefixlen - 96)}", strict=False)
