@@ -16,6 +16,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from . import audit
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
@@ -94,6 +95,7 @@ class KeyGuardMiddleware:
         try:
             entry = await self.guard.aauthenticate(facts)
         except RequestRejected as exc:
+            audit.denied(self.guard, facts, exc)
             await send_problem(scope, send, exc)
             return
         scope["keyguard.key"] = entry.info
@@ -104,4 +106,5 @@ class KeyGuardMiddleware:
             await self.app(scope, receive, send)
         except RequestRejected as exc:
             # From a route dependency (require_scopes), before any response was sent.
+            audit.denied(self.guard, facts, exc)
             await send_problem(scope, send, exc)

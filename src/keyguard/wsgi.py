@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import audit
 from .asgi import guard_from
 from .exceptions import RequestRejected, problem
 from .guard import Facts, KeyGuard
@@ -58,6 +59,7 @@ class KeyGuardMiddleware:
         try:
             entry = self.guard.authenticate(facts)
         except RequestRejected as exc:
+            audit.denied(self.guard, facts, exc)
             return problem_response(exc, start_response)
         environ["keyguard.key"] = entry.info
         environ["keyguard.guard"] = self.guard
