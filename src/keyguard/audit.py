@@ -32,7 +32,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec, TypeVar
 
-from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound, RequestRejected, StoreError
+from .exceptions import (
+    ConfigurationError,
+    InvalidKeySettings,
+    KeyNotFound,
+    RequestRejected,
+    StoreError,
+)
 from .models import IssuedKey, KeyInfo
 
 if TYPE_CHECKING:
@@ -83,10 +89,8 @@ def emit(action: str, *, result: str, key_id: str | None = None, **fields: Any) 
         "at": datetime.now(UTC).isoformat(timespec="milliseconds"),
         **fields,
     }
-    try:
+    with contextlib.suppress(Exception):  # auditing must never break the audited call
         logger.info(json.dumps(event, default=str, separators=(",", ":")), extra={"audit": event})
-    except Exception:  # noqa: BLE001, S110 - auditing must never break the audited call
-        pass
 
 
 def _key_of(value: object) -> KeyInfo | None:
@@ -107,13 +111,21 @@ def audited(
     def decorate(method: Callable[Concatenate[Any, P], R]) -> Callable[Concatenate[Any, P], R]:
         @functools.wraps(method)
         def wrapper(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
-            key_id = args[0] if args and isinstance(args[0], str) else kwargs.get("key_id")
+            first = args[0] if args else kwargs.get("key_id")
+            key_id = first if isinstance(first, str) else None
             names = sorted(k for k in kwargs if k != "passphrase" or kwargs[k] is not None)
             owner = kwargs.get("owner") if isinstance(kwargs.get("owner"), str) else None
             try:
                 out = method(self, *args, **kwargs)
             except InvalidKeySettings as exc:
-                emit(action, result=exc.code, key_id=key_id, owner=owner, field=exc.field, fields=names)
+                emit(
+                    action,
+                    result=exc.code,
+                    key_id=key_id,
+                    owner=owner,
+                    field=exc.field,
+                    fields=names,
+                )
                 raise
             except KeyNotFound:
                 emit(action, result="not_found", key_id=key_id, fields=names)
@@ -131,7 +143,7 @@ def audited(
             )
             return out
 
-        return wrapper
+        return wrapper  # type: ignore[return-value]
 
     return decorate
 

@@ -131,7 +131,9 @@ def _datetime(field: str, value: Any) -> datetime | None:
     try:
         return datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidKeySettings(field, "must be an ISO 8601 date-time such as 2030-01-31T00:00:00Z") from None
+        raise InvalidKeySettings(
+            field, "must be an ISO 8601 date-time such as 2030-01-31T00:00:00Z"
+        ) from None
 
 
 def _seconds(field: str, value: Any) -> float | None:
@@ -142,7 +144,9 @@ def _seconds(field: str, value: Any) -> float | None:
         return float(value)
     if isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         return float(m[1]) * _UNITS[m[2]]
-    raise InvalidKeySettings(field, "must be a number of seconds or a duration such as '30d' or '24h'")
+    raise InvalidKeySettings(
+        field, "must be a number of seconds or a duration such as '30d' or '24h'"
+    )
 
 
 def _object(field: str, value: Any) -> dict[str, Any] | None:
@@ -225,7 +229,9 @@ class AdminAPI:
 
     def _client_ip(self, facts: Facts) -> str | None:
         h = facts.headers
-        ip = self.guard.clients.resolve(facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ()))
+        ip = self.guard.clients.resolve(
+            facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ())
+        )
         return None if ip is None else str(ip)
 
     async def _principal(self, request: Request, facts: Facts) -> Principal:
@@ -268,17 +274,17 @@ class AdminAPI:
     ) -> Response:
         facts = self._facts(request)
         try:
-            if self.require_csrf_header and request.method in _UNSAFE:
-                if not request.headers.get("x-requested-with"):
-                    raise CsrfRefused()
+            unsafe = request.method in _UNSAFE
+            if unsafe and self.require_csrf_header and not request.headers.get("x-requested-with"):
+                raise CsrfRefused()
             principal = await self._principal(request, facts)
         except RequestRejected as exc:
             audit.denied(self.guard, facts, exc)
             return _problem(exc)
         except StoreError:
-            exc = ServiceUnavailable()
-            audit.denied(self.guard, facts, exc)
-            return _problem(exc)
+            unavailable = ServiceUnavailable()
+            audit.denied(self.guard, facts, unavailable)
+            return _problem(unavailable)
         key_id = request.path_params.get("key_id")
         with audit.acting_as(principal.who, self._client_ip(facts)):
             try:
@@ -309,7 +315,9 @@ class AdminAPI:
             return {}
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
-            raise BadRequest("invalid_request", "Send a JSON body with Content-Type: application/json.")
+            raise BadRequest(
+                "invalid_request", "Send a JSON body with Content-Type: application/json."
+            )
         try:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
@@ -364,6 +372,18 @@ class AdminAPI:
     async def openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_document(self.title, request.scope.get("root_path", "")))
 
+    async def collection(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create_key(request)
+        return await self.list_keys(request)
+
+    async def item(self, request: Request) -> Response:
+        if request.method == "PATCH":
+            return await self.update_key(request)
+        if request.method == "DELETE":
+            return await self.delete_key(request)
+        return await self.get_key(request)
+
     async def list_keys(self, request: Request) -> Response:
         return await self._run(request, "key.list", self._list)
 
@@ -374,7 +394,9 @@ class AdminAPI:
             raise BadRequest("invalid_request", "include_revoked must be true or false.")
         if principal.owner is not None:
             owner = principal.owner
-        keys = await self.guard.keys.alist(owner=owner, include_revoked=flag in ("true", "1", "yes"))
+        keys = await self.guard.keys.alist(
+            owner=owner, include_revoked=flag in ("true", "1", "yes")
+        )
         return _json({"keys": [_key(k) for k in keys], "owner": principal.owner})
 
     async def create_key(self, request: Request) -> Response:
@@ -382,9 +404,11 @@ class AdminAPI:
 
     async def _create(self, request: Request, principal: Principal) -> Response:
         args = await self._parse(request, CREATE_FIELDS)
-        if principal.owner is not None:
-            if args.setdefault("owner", principal.owner) != principal.owner:
-                raise _Refused("owner", "you may only create keys for your own account")
+        if (
+            principal.owner is not None
+            and args.setdefault("owner", principal.owner) != principal.owner
+        ):
+            raise _Refused("owner", "you may only create keys for your own account")
         args.setdefault("owner", None)
         args.setdefault("name", None)
         issued: IssuedKey = await self.guard.keys.acreate(**args)
@@ -483,11 +507,8 @@ def admin_app(
     routes = [
         Route("/", api.page, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
-        Route("/api/keys", api.list_keys, methods=["GET"]),
-        Route("/api/keys", api.create_key, methods=["POST"]),
-        Route("/api/keys/{key_id}", api.get_key, methods=["GET"]),
-        Route("/api/keys/{key_id}", api.update_key, methods=["PATCH"]),
-        Route("/api/keys/{key_id}", api.delete_key, methods=["DELETE"]),
+        Route("/api/keys", api.collection, methods=["GET", "POST"]),
+        Route("/api/keys/{key_id}", api.item, methods=["GET", "PATCH", "DELETE"]),
         Route("/api/keys/{key_id}/rotate", api.rotate_key, methods=["POST"]),
         Route("/api/keys/{key_id}/revoke", api.revoke_key, methods=["POST"]),
     ]

@@ -17,7 +17,10 @@ _ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "str
 _STR_LIST = {"type": "array", "items": {"type": "string"}}
 _WHEN = {"type": ["string", "null"], "format": "date-time"}
 _DURATION = {
-    "oneOf": [{"type": "number", "minimum": 0}, {"type": "string", "pattern": r"^\d+(\.\d+)?[smhdw]?$"}],
+    "oneOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": r"^\d+(\.\d+)?[smhdw]?$"},
+    ],
     "description": "seconds, or a duration such as '30d', '24h', '15m'",
 }
 
@@ -100,7 +103,9 @@ def openapi_document(title: str, root_path: str) -> dict[str, Any]:
             "field": {"type": "string", "description": "the refused field (422 only)"},
         },
     }
-    problem_content = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
+    problem_content = {
+        "application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}
+    }
     return {
         "openapi": "3.1.0",
         "info": {"title": f"{title} (keyguard admin)", "version": "1"},

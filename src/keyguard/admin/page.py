@@ -1,3 +1,4 @@
+# ruff: noqa: E501 - the page is HTML, CSS and JS in strings
 """The "API Keys" page: one server-rendered HTML document, inline CSS and JS.
 
 No build step, no asset from anywhere: the page is this string. Its script

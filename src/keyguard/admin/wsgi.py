@@ -33,23 +33,33 @@ class AsgiToWsgi:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+
+    @staticmethod
+    def _serve(loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            loop.run_forever()
+        finally:
+            loop.close()
 
     def _event_loop(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._loop is None:
-                loop = asyncio.new_event_loop()
-                threading.Thread(
-                    target=loop.run_forever, name="keyguard-admin-loop", daemon=True
-                ).start()
-                self._loop = loop
+                self._loop = asyncio.new_event_loop()
+                self._thread = threading.Thread(
+                    target=self._serve, args=(self._loop,), name="keyguard-admin-loop", daemon=True
+                )
+                self._thread.start()
             return self._loop
 
     def close(self) -> None:
+        """Stop the bridge's event loop (a later request starts a new one)."""
         with self._lock:
-            if self._loop is not None:
-                self._loop.call_soon_threadsafe(self._loop.stop)
-                self._loop = None
+            loop, thread, self._loop, self._thread = self._loop, self._thread, None, None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=5)
 
     @staticmethod
     def _scope(environ: WSGIEnvironment) -> dict[str, Any]:
@@ -64,9 +74,13 @@ class AsgiToWsgi:
         headers = []
         for name, value in environ.items():
             if name.startswith("HTTP_"):
-                headers.append((name[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
+                headers.append(
+                    (name[5:].replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+                )
             elif name in ("CONTENT_TYPE", "CONTENT_LENGTH") and value:
-                headers.append((name.replace("_", "-").lower().encode("latin-1"), value.encode("latin-1")))
+                headers.append(
+                    (name.replace("_", "-").lower().encode("latin-1"), value.encode("latin-1"))
+                )
         peer = environ.get("REMOTE_ADDR")
         return {
             "type": "http",
@@ -80,7 +94,10 @@ class AsgiToWsgi:
             "query_string": environ.get("QUERY_STRING", "").encode("latin-1"),
             "headers": headers,
             "client": (peer, int(environ.get("REMOTE_PORT") or 0)) if peer else None,
-            "server": (environ.get("SERVER_NAME", "localhost"), int(environ.get("SERVER_PORT") or 80)),
+            "server": (
+                environ.get("SERVER_NAME", "localhost"),
+                int(environ.get("SERVER_PORT") or 80),
+            ),
         }
 
     @staticmethod
@@ -102,8 +119,7 @@ class AsgiToWsgi:
 
         async def receive() -> Message:
             nonlocal received
-            if received:
-                await asyncio.sleep(3600)  # nothing more will come; the app never waits for it
+            if received:  # the whole body was given at once; nothing more will come
                 return {"type": "http.disconnect"}
             received = True
             return {"type": "http.request", "body": body, "more_body": False}
@@ -115,8 +131,10 @@ class AsgiToWsgi:
             elif message["type"] == "http.response.body":
                 sent["body"].append(message.get("body", b""))
 
-        future = asyncio.run_coroutine_threadsafe(self.app(scope, receive, send), self._event_loop())
-        future.result()
+        async def run() -> None:
+            await self.app(scope, receive, send)
+
+        asyncio.run_coroutine_threadsafe(run(), self._event_loop()).result()
         status = int(sent["status"])
         try:
             phrase = HTTPStatus(status).phrase
@@ -130,7 +148,7 @@ class AsgiToWsgi:
 def admin_wsgi(guard: KeyGuard, **options: Any) -> AsgiToWsgi:
     """`admin_app(guard, **options)` as a WSGI app, e.g. for Flask:
 
-        from werkzeug.middleware.dispatcher import DispatcherMiddleware
-        app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/keys-admin": admin_wsgi(guard)})
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/keys-admin": admin_wsgi(guard)})
     """
     return AsgiToWsgi(admin_app(guard, **options))
