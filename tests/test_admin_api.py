@@ -87,7 +87,7 @@ def _problem(r: httpx.Response, status: int, code: str) -> dict[str, Any]:
     return dict(doc)
 
 
-# -- routes --------------------------------------------------------------------------------
+# -- routes ------
 
 
 async def test_create_shows_token_once_and_it_works(
@@ -200,7 +200,7 @@ async def test_unknown_route_and_method_are_problems(client: httpx.AsyncClient) 
     assert "POST" in r.headers["allow"]
 
 
-# -- refused settings: 422 naming the field ----------------------------------------------------
+# -- refused settings: 422 naming the field ------
 
 
 REFUSED = [
@@ -314,7 +314,7 @@ async def test_bad_bodies(
     )
 
 
-# -- who may use it ---------------------------------------------------------------------
+# -- who may use it ------
 
 
 @pytest.mark.parametrize(("method", "path"), ALL_ROUTES)
@@ -430,7 +430,7 @@ async def test_owner_scoped_mode(guard: KeyGuard) -> None:
     assert guard.keys.get(theirs).name == "bob's"
 
 
-# -- the page and the description ------------------------------------------------------------
+# -- the page and the description ------
 
 
 async def test_openapi_describes_every_route(client: httpx.AsyncClient) -> None:
@@ -462,7 +462,7 @@ async def test_page_is_self_contained(guard: KeyGuard) -> None:
         assert r.headers["x-frame-options"] == "DENY"
 
 
-# -- WSGI -------------------------------------------------------------------------------------------
+# -- WSGI ------
 
 
 def test_admin_wsgi_under_flask(guard: KeyGuard, admin_token: str) -> None:
@@ -502,7 +502,7 @@ def test_admin_wsgi_under_flask(guard: KeyGuard, admin_token: str) -> None:
         admin.close()
 
 
-# -- audit trail -------------------------------------------------------------------------------------
+# -- audit trail ------
 
 
 async def test_audit_events_for_management(
@@ -591,7 +591,7 @@ def test_audit_for_the_wsgi_door(guard: KeyGuard, audit_log: list[dict[str, Any]
     ]
 
 
-# -- Prometheus ----------------------------------------------------------------------------------------
+# -- Prometheus ------
 
 
 async def test_prometheus_counters(guard: KeyGuard) -> None:

@@ -383,7 +383,9 @@ _JS = r"""
     const td = document.createElement('td');
     td.dataset.label = label;
     if (cls) td.className = cls;
-    if (typeof content === 'string') td.textContent = content; else td.append(content);
+    const box = document.createElement('div');  // one grid item on narrow screens
+    if (typeof content === 'string') box.textContent = content; else box.append(content);
+    td.append(box);
     return td;
   }
 
@@ -405,7 +407,7 @@ _JS = r"""
       const state = statusOf(key);
       const name = document.createElement('strong'); name.textContent = key.name;
       const nameCell = cell('Name', name);
-      if (!viewerOwner) { const o = document.createElement('div'); o.className = 'hint'; o.textContent = key.owner; nameCell.append(o); }
+      if (!viewerOwner) { const o = document.createElement('div'); o.className = 'hint'; o.textContent = key.owner; nameCell.firstChild.append(o); }
       tr.append(nameCell);
       tr.append(cell('Key', key.hint, 'mono'));
       tr.append(cell('Scopes', tags(key.scopes, 'none')));
@@ -533,7 +535,7 @@ _JS = r"""
     if (!done) { input.focus(); input.select(); try { done = document.execCommand('copy'); } catch (e) { done = false; } }
     $('copy-status').textContent = done ? 'Copied to the clipboard.' : 'Copy failed: select the key and copy it by hand.';
   });
-  $('secret-done').addEventListener('click', () => closeDialog($('secret-dialog')));
+  $('secret-done').addEventListener('click', () => { $('secret-value').value = ''; closeDialog($('secret-dialog')); });
   $('secret-dialog').addEventListener('close', () => { $('secret-value').value = ''; });
 
   // -- create ---------------------------------------------------------------------------
@@ -678,6 +680,6 @@ _JS = r"""
       });
   }
 
-  load();
+  if (!cfg.hostAuth && !sessionStorage.getItem(STORE)) showSignin(''); else load();
 })();
 """
