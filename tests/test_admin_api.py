@@ -621,3 +621,27 @@ async def test_prometheus_counters(guard: KeyGuard) -> None:
     assert value("keyguard_requests_total", outcome="denied", code="missing_credentials") == 1
     assert value("keyguard_cache_lookups_total", result="miss") == 1
     assert value("keyguard_cache_lookups_total", result="hit") == 2
+
+
+def test_audit_for_flask_require_scopes(audit_log: list[dict[str, Any]]) -> None:
+    flask = pytest.importorskip("flask")
+    from keyguard.flask import KeyGuardExtension, require_scopes
+
+    app = flask.Flask(__name__)
+    app.config["KEYGUARD"] = {"store": "memory://"}
+    ext = KeyGuardExtension(app)
+
+    @app.get("/write")
+    @require_scopes("write")
+    def write() -> str:
+        return "ok"
+
+    assert ext.guard is not None
+    issued = ext.guard.keys.create(owner="acme", name="ro", scopes=["read"])
+    with app.test_client() as c:
+        r = c.get("/write", headers={"Authorization": f"Bearer {issued.token}"})
+        assert r.status_code == 403
+    denied = [e for e in audit_log if e["action"] == "request.denied"]
+    assert [(e["result"], e["key_id"], e["path"]) for e in denied] == [
+        ("insufficient_scope", issued.id, "/write")
+    ]

@@ -26,7 +26,7 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -180,6 +180,23 @@ def denied(guard: KeyGuard, facts: Facts, exc: RequestRejected) -> None:
         method=facts.method,
         path=facts.path,
     )
+
+
+def denied_in_wsgi_view(environ: Mapping[str, Any], exc: RequestRejected) -> None:
+    """`denied` for a rejection raised after the WSGI door passed (Flask decorators)."""
+    guard = environ.get("keyguard.guard")
+    if guard is None or not logger.isEnabledFor(logging.INFO):
+        return
+    from .guard import Facts
+
+    headers = {
+        name: [environ[key]]
+        for name in guard.header_names
+        if (key := "HTTP_" + name.upper().replace("-", "_")) in environ
+    }
+    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    facts = Facts(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers)
+    denied(guard, facts, exc)
 
 
 # -- Prometheus ---------------------------------------------------------------
