@@ -16,7 +16,11 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+<<<<<<< HEAD
 from .body import asgi_body, asgi_target
+=======
+from . import audit
+>>>>>>> admin
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
@@ -103,6 +107,7 @@ class KeyGuardMiddleware:
                 facts.body, receive = await asgi_body(scope, receive, limit)
             entry = await self.guard.aauthenticate(facts)
         except RequestRejected as exc:
+            audit.denied(self.guard, facts, exc)
             await send_problem(scope, send, exc)
             return
         scope["keyguard.key"] = entry.info
@@ -122,9 +127,14 @@ class KeyGuardMiddleware:
         try:
             await self.app(scope, receive, send_tracked)
         except RequestRejected as exc:
+<<<<<<< HEAD
             # From a route dependency (require_scopes). Once the app (or Starlette's
             # ServerErrorMiddleware, when it sits inside us) has started an answer,
             # a second one would break the protocol: let the error go on.
             if started:
                 raise
+=======
+            # From a route dependency (require_scopes), before any response was sent.
+            audit.denied(self.guard, facts, exc)
+>>>>>>> admin
             await send_problem(scope, send, exc)

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, request
 from werkzeug.local import LocalProxy
 
+from . import audit
 from .exceptions import AuthenticationError, AuthorizationError, ConfigurationError, RequestRejected, problem
 from .guard import KeyGuard
 from .models import KeyInfo
@@ -57,6 +58,7 @@ def require_scopes(*scopes: str) -> Callable[[F], F]:
                         "insufficient_scope", "The API key lacks a scope this route needs.", scopes=missing
                     )
             except RequestRejected as exc:
+                audit.denied_in_wsgi_view(request.environ, exc)
                 return problem_response(exc)
             return view(*args, **kwargs)
 

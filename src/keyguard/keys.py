@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 import anyio.to_thread
 
 from . import tokens
+from .audit import audited
 from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound
 from .models import IssuedKey, KeyInfo, KeyRecord
 from .network import parse_allowlist
@@ -147,6 +148,7 @@ class KeyManager:
 
     # -- operations ---------------------------------------------------------
 
+    @audited("key.create")
     def create(
         self,
         *,
@@ -244,6 +246,7 @@ class KeyManager:
         self._guard.forget(key_id)
         return record
 
+    @audited("key.update")
     def update(
         self,
         key_id: str,
@@ -280,6 +283,7 @@ class KeyManager:
 
         return self._info(self._modify(key_id, change))
 
+    @audited("key.revoke")
     def revoke(self, key_id: str) -> KeyInfo:
         """Refuse the key from now on (it stays listed with `include_revoked`)."""
         now = self._guard.clock()
@@ -287,11 +291,13 @@ class KeyManager:
             self._modify(key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now))
         )
 
+    @audited("key.delete")
     def delete(self, key_id: str) -> None:
         if not self._store().delete(key_id):
             raise KeyNotFound(key_id)
         self._guard.forget(key_id)
 
+    @audited("key.rotate")
     def rotate(self, key_id: str, grace: timedelta | float = timedelta(0)) -> IssuedKey:
         """A new secret now; the old one keeps working for `grace`, then stops."""
         now = self._guard.clock()

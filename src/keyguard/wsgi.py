@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
+from . import audit
 from .asgi import guard_from
 from .body import wsgi_body, wsgi_target
 from .exceptions import RequestRejected, problem
@@ -62,6 +63,7 @@ class KeyGuardMiddleware:
                 facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
             entry = self.guard.authenticate(facts)
         except RequestRejected as exc:
+            audit.denied(self.guard, facts, exc)
             return problem_response(exc, start_response)
         environ["keyguard.key"] = entry.info
         environ["keyguard.guard"] = self.guard

@@ -1,0 +1,520 @@
+"""The admin ASGI app: the JSON API of SPEC section 8 and the "API Keys" page.
+
+Owns who may manage keys (a key holding `keyguard:admin`, or the app's own
+`authorize` callable), the translation of JSON bodies into `guard.keys` calls
+(every refused field is a 422 `invalid_key_settings` naming it), owner scoping,
+and CSRF protection for cookie-based hosts. It authenticates every request
+itself, so it works whether or not the host app runs the KeyGuard middleware
+(if it does, make the mount a public path). It never returns a stored hash,
+and returns a token or secret only in the answer to create and rotate.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Union
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.routing import Route
+
+from .. import audit
+from ..decision import credential
+from ..exceptions import (
+    AuthorizationError,
+    BadRequest,
+    InvalidKeySettings,
+    KeyNotFound,
+    PayloadTooLarge,
+    RequestRejected,
+    ServiceUnavailable,
+    StoreError,
+    problem,
+)
+from ..guard import Facts, KeyGuard
+from ..models import IssuedKey, KeyInfo
+from .openapi import openapi_document
+from .page import render_page
+
+ADMIN_SCOPE = "keyguard:admin"
+MAX_BODY = 64 * 1024
+_UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+CREATE_FIELDS = (
+    "owner", "name", "scopes", "allowed_ips", "expires_at", "expires_in", "kind",
+    "passphrase", "rate_limit", "max_uses", "metadata",
+)  # fmt: skip
+_READS = frozenset({"key.get", "key.list"})
+UPDATE_FIELDS = ("name", "scopes", "allowed_ips", "expires_at", "rate_limit", "metadata")
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is using the admin app. `owner=None` may manage every owner's keys."""
+
+    who: str
+    owner: str | None = None
+
+
+AuthorizeResult = Union[bool, str, Principal, None]  # noqa: UP007 - a runtime alias
+Authorize = Callable[[Request], AuthorizeResult | Awaitable[AuthorizeResult]]
+
+
+class NotFound(RequestRejected):
+    status_code = 404
+    title = "Not Found"
+    code = "not_found"
+    detail = "No such key."
+
+
+class _Refused(InvalidKeySettings):
+    """A field the admin API refused itself (types, unknown names, owner scoping)."""
+
+
+class CsrfRefused(RequestRejected):
+    status_code = 403
+    title = "Forbidden"
+    code = "invalid_request"
+    detail = "Unsafe requests must carry the X-Requested-With header."
+
+
+def _problem(exc: RequestRejected) -> Response:
+    status, headers, body = problem(exc)
+    return Response(body, status_code=status, headers=dict(headers))
+
+
+def _settings_problem(exc: InvalidKeySettings) -> Response:
+    doc = {
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": exc.message,
+        "code": exc.code,
+        "field": exc.field,
+    }
+    return JSONResponse(doc, 422, {"cache-control": "no-store"}, "application/problem+json")
+
+
+def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+    return JSONResponse(data, status, {"cache-control": "no-store", **(headers or {})})
+
+
+# -- JSON -> keyword arguments of guard.keys ------------------------------------
+
+
+def _str_list(field: str, value: Any) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidKeySettings(field, "must be a list of strings")
+    return value
+
+
+def _optional_str(field: str, value: Any) -> str | None:
+    if value is not None and not isinstance(value, str):
+        raise InvalidKeySettings(field, "must be a string or null")
+    return value
+
+
+def _datetime(field: str, value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidKeySettings(field, "must be an ISO 8601 date-time string or null")
+    try:
+        return datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidKeySettings(
+            field, "must be an ISO 8601 date-time such as 2030-01-31T00:00:00Z"
+        ) from None
+
+
+def _seconds(field: str, value: Any) -> float | None:
+    """A duration: seconds as a number, or a string such as '90d', '24h', '30m'."""
+    if value is None:
+        return None
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    if isinstance(value, str) and (m := _DURATION.fullmatch(value)):
+        return float(m[1]) * _UNITS[m[2]]
+    raise InvalidKeySettings(
+        field, "must be a number of seconds or a duration such as '30d' or '24h'"
+    )
+
+
+def _object(field: str, value: Any) -> dict[str, Any] | None:
+    if value is not None and not isinstance(value, dict):
+        raise InvalidKeySettings(field, "must be a JSON object or null")
+    return value
+
+
+_CONVERT: dict[str, Callable[[str, Any], Any]] = {
+    "scopes": _str_list,
+    "allowed_ips": _str_list,
+    "expires_at": _datetime,
+    "expires_in": _seconds,
+    "rate_limit": _optional_str,
+    "passphrase": _optional_str,
+    "metadata": _object,
+    "grace": _seconds,
+}
+
+
+def _arguments(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in body.items():
+        if name not in allowed:
+            raise InvalidKeySettings(str(name)[:64], "unknown field")
+        convert = _CONVERT.get(name)
+        out[name] = convert(name, value) if convert else value
+    return out
+
+
+def _key(info: KeyInfo) -> dict[str, Any]:
+    return info.to_dict()
+
+
+def _issued(issued: IssuedKey) -> dict[str, Any]:
+    out: dict[str, Any] = {"key": _key(issued.info)}
+    if issued.token is not None:
+        out["token"] = issued.token
+    if issued.secret is not None:
+        out["secret"] = issued.secret
+    return out
+
+
+# -- the app ----------------------------------------------------------------------
+
+
+class AdminAPI:
+    """The routes, bound to one guard. Built by `admin_app`."""
+
+    def __init__(
+        self,
+        guard: KeyGuard,
+        authorize: Authorize | None,
+        scope_choices: Sequence[str],
+        title: str,
+        require_csrf_header: bool,
+    ) -> None:
+        if not isinstance(guard, KeyGuard):
+            raise TypeError("admin_app: guard must be a keyguard.KeyGuard")
+        self.guard = guard
+        self.authorize = authorize
+        self._authorize_is_async = authorize is not None and (
+            inspect.iscoroutinefunction(authorize)
+            or inspect.iscoroutinefunction(getattr(authorize, "__call__", None))  # noqa: B004
+        )
+        self.scope_choices = list(dict.fromkeys(scope_choices))
+        self.title = title
+        self.require_csrf_header = require_csrf_header
+
+    # -- who is calling -------------------------------------------------------
+
+    def _facts(self, request: Request) -> Facts:
+        wanted = self.guard.header_names
+        headers: dict[str, list[str]] = {}
+        for name, value in request.headers.items():
+            if name in wanted:
+                headers.setdefault(name, []).append(value)
+        peer = request.client.host if request.client else None
+        return Facts(request.method, request.url.path, peer, headers)
+
+    def _client_ip(self, facts: Facts) -> str | None:
+        h = facts.headers
+        ip = self.guard.clients.resolve(
+            facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ())
+        )
+        return None if ip is None else str(ip)
+
+    async def _principal(self, request: Request, facts: Facts) -> Principal:
+        if self.authorize is not None:
+            return await self._from_authorize(request)
+        h = facts.headers
+        token = credential(h.get("authorization", ()), h.get(self.guard.header, ()))
+        phrases = h.get(self.guard.passphrase_header)
+        info = await self.guard.averify(
+            token,
+            client_ip=self._client_ip(facts),
+            scopes=[ADMIN_SCOPE],
+            passphrase=phrases[0] if phrases else None,
+        )
+        return Principal(who=f"key:{info.id}")
+
+    async def _from_authorize(self, request: Request) -> Principal:
+        assert self.authorize is not None
+        if self._authorize_is_async:
+            result = await self.authorize(request)  # type: ignore[misc]
+        else:
+            result = await run_in_threadpool(self.authorize, request)
+            if inspect.isawaitable(result):
+                result = await result
+        if isinstance(result, Principal):
+            return result
+        if result is True:
+            return Principal(who="app")
+        if isinstance(result, str) and result:
+            return Principal(who=f"owner:{result}", owner=result)
+        raise AuthorizationError("insufficient_scope", "You may not manage API keys.")
+
+    # -- the request cycle ----------------------------------------------------
+
+    async def _run(
+        self,
+        request: Request,
+        action: str,
+        handler: Callable[[Request, Principal], Awaitable[Response]],
+    ) -> Response:
+        facts = self._facts(request)
+        try:
+            unsafe = request.method in _UNSAFE
+            if unsafe and self.require_csrf_header and not request.headers.get("x-requested-with"):
+                raise CsrfRefused()
+            principal = await self._principal(request, facts)
+        except RequestRejected as exc:
+            audit.denied(self.guard, facts, exc)
+            return _problem(exc)
+        except StoreError:
+            unavailable = ServiceUnavailable()
+            audit.denied(self.guard, facts, unavailable)
+            return _problem(unavailable)
+        key_id = request.path_params.get("key_id")
+        with audit.acting_as(principal.who, self._client_ip(facts)):
+            try:
+                return await handler(request, principal)
+            except _Refused as exc:  # refused here, before guard.keys saw (and logged) it
+                audit.emit(action, result=exc.code, key_id=key_id, field=exc.field)
+                return _settings_problem(exc)
+            except InvalidKeySettings as exc:
+                return _settings_problem(exc)
+            except (KeyNotFound, NotFound):
+                if action not in _READS:
+                    audit.emit(action, result="not_found", key_id=key_id)
+                return _problem(NotFound())
+            except RequestRejected as exc:
+                return _problem(exc)
+            except StoreError:
+                return _problem(ServiceUnavailable())
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > MAX_BODY:
+                raise PayloadTooLarge()
+            chunks.append(chunk)
+        raw = b"".join(chunks)
+        if not raw.strip():
+            return {}
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/json" and not ctype.endswith("+json"):
+            raise BadRequest(
+                "invalid_request", "Send a JSON body with Content-Type: application/json."
+            )
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            raise BadRequest("invalid_request", "The body is not valid JSON.") from None
+        if not isinstance(body, dict):
+            raise BadRequest("invalid_request", "The body must be a JSON object.")
+        return body
+
+    async def _parse(self, request: Request, allowed: Sequence[str]) -> dict[str, Any]:
+        body = await self._body(request)
+        try:
+            return _arguments(body, allowed)
+        except InvalidKeySettings as exc:
+            raise _Refused(exc.field, exc.message) from None
+
+    async def _own(self, principal: Principal, key_id: str) -> KeyInfo:
+        """The key, if this principal may see it; else 404 (never reveal others' ids)."""
+        if len(key_id) > 64:
+            raise NotFound()
+        info: KeyInfo = await self.guard.keys.aget(key_id)
+        if principal.owner is not None and info.owner != principal.owner:
+            raise NotFound()
+        return info
+
+    # -- routes ---------------------------------------------------------------
+
+    async def page(self, request: Request) -> Response:
+        html, nonce = render_page(
+            title=self.title,
+            base=request.scope.get("root_path", ""),
+            scope_choices=self.scope_choices,
+            host_auth=self.authorize is not None,
+            max_days=self.guard.settings.policy.unrestricted_max_days,
+        )
+        csp = (
+            "default-src 'none'; "
+            f"script-src 'nonce-{nonce}'; style-src 'nonce-{nonce}'; "
+            "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+            "form-action 'none'; frame-ancestors 'none'"
+        )
+        return HTMLResponse(
+            html,
+            headers={
+                "content-security-policy": csp,
+                "x-frame-options": "DENY",
+                "x-content-type-options": "nosniff",
+                "referrer-policy": "no-referrer",
+                "cache-control": "no-store",
+            },
+        )
+
+    async def openapi(self, request: Request) -> Response:
+        return JSONResponse(openapi_document(self.title, request.scope.get("root_path", "")))
+
+    async def collection(self, request: Request) -> Response:
+        if request.method == "POST":
+            return await self.create_key(request)
+        return await self.list_keys(request)
+
+    async def item(self, request: Request) -> Response:
+        if request.method == "PATCH":
+            return await self.update_key(request)
+        if request.method == "DELETE":
+            return await self.delete_key(request)
+        return await self.get_key(request)
+
+    async def list_keys(self, request: Request) -> Response:
+        return await self._run(request, "key.list", self._list)
+
+    async def _list(self, request: Request, principal: Principal) -> Response:
+        owner = request.query_params.get("owner") or None
+        flag = request.query_params.get("include_revoked", "false").lower()
+        if flag not in ("true", "false", "1", "0", "yes", "no", ""):
+            raise BadRequest("invalid_request", "include_revoked must be true or false.")
+        if principal.owner is not None:
+            owner = principal.owner
+        keys = await self.guard.keys.alist(
+            owner=owner, include_revoked=flag in ("true", "1", "yes")
+        )
+        return _json({"keys": [_key(k) for k in keys], "owner": principal.owner})
+
+    async def create_key(self, request: Request) -> Response:
+        return await self._run(request, "key.create", self._create)
+
+    async def _create(self, request: Request, principal: Principal) -> Response:
+        args = await self._parse(request, CREATE_FIELDS)
+        if (
+            principal.owner is not None
+            and args.setdefault("owner", principal.owner) != principal.owner
+        ):
+            raise _Refused("owner", "you may only create keys for your own account")
+        args.setdefault("owner", None)
+        args.setdefault("name", None)
+        issued: IssuedKey = await self.guard.keys.acreate(**args)
+        location = f"{request.scope.get('root_path', '')}/api/keys/{issued.id}"
+        return _json(_issued(issued), 201, {"location": location})
+
+    async def get_key(self, request: Request) -> Response:
+        return await self._run(request, "key.get", self._get)
+
+    async def _get(self, request: Request, principal: Principal) -> Response:
+        return _json(_key(await self._own(principal, request.path_params["key_id"])))
+
+    async def update_key(self, request: Request) -> Response:
+        return await self._run(request, "key.update", self._update)
+
+    async def _update(self, request: Request, principal: Principal) -> Response:
+        key_id = request.path_params["key_id"]
+        args = await self._parse(request, UPDATE_FIELDS)
+        await self._own(principal, key_id)
+        info: KeyInfo = await self.guard.keys.aupdate(key_id, **args)
+        return _json(_key(info))
+
+    async def rotate_key(self, request: Request) -> Response:
+        return await self._run(request, "key.rotate", self._rotate)
+
+    async def _rotate(self, request: Request, principal: Principal) -> Response:
+        key_id = request.path_params["key_id"]
+        body = await self._body(request)
+        try:
+            grace = _arguments(body, ("grace",)).get("grace") or 0.0
+        except InvalidKeySettings as exc:
+            raise _Refused(exc.field, exc.message) from None
+        await self._own(principal, key_id)
+        issued: IssuedKey = await self.guard.keys.arotate(key_id, grace=timedelta(seconds=grace))
+        return _json(_issued(issued))
+
+    async def revoke_key(self, request: Request) -> Response:
+        return await self._run(request, "key.revoke", self._revoke)
+
+    async def _revoke(self, request: Request, principal: Principal) -> Response:
+        key_id = request.path_params["key_id"]
+        await self._own(principal, key_id)
+        return _json(_key(await self.guard.keys.arevoke(key_id)))
+
+    async def delete_key(self, request: Request) -> Response:
+        return await self._run(request, "key.delete", self._delete)
+
+    async def _delete(self, request: Request, principal: Principal) -> Response:
+        key_id = request.path_params["key_id"]
+        await self._own(principal, key_id)
+        await self.guard.keys.adelete(key_id)
+        return Response(status_code=204, headers={"cache-control": "no-store"})
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return _problem(NotFound("not_found", "No such route."))
+    rejected = BadRequest("invalid_request", str(exc.detail))
+    rejected.status_code = exc.status_code
+    rejected.title = "Method Not Allowed" if exc.status_code == 405 else "Bad Request"
+    response = _problem(rejected)
+    for name, value in (exc.headers or {}).items():
+        response.headers[name] = value
+    return response
+
+
+def admin_app(
+    guard: KeyGuard,
+    *,
+    authorize: Authorize | None = None,
+    scope_choices: Sequence[str] = (),
+    title: str = "API Keys",
+    require_csrf_header: bool | None = None,
+) -> Starlette:
+    """The admin ASGI app: `app.mount("/keys-admin", admin_app(guard))`.
+
+    - By default a request must carry a key (Bearer or the `header` setting)
+      holding the scope `keyguard:admin`; such a key manages every owner's keys.
+    - `authorize(request)` replaces that rule (sync or async). It returns True
+      (may manage every key), an owner string (may manage only that owner's
+      keys: the owner-scoped mode), a `Principal`, or False/None (403); it may
+      also raise a `keyguard.RequestRejected` such as `AuthenticationError`.
+    - `scope_choices`: the scopes the page offers as checkboxes.
+    - `require_csrf_header`: unsafe methods need an `X-Requested-With` header
+      (browsers cannot send it cross-site without CORS). Default: on when
+      `authorize` is given (cookie-based hosts), off for bearer keys.
+    """
+    api = AdminAPI(
+        guard,
+        authorize,
+        scope_choices,
+        title,
+        authorize is not None if require_csrf_header is None else require_csrf_header,
+    )
+    routes = [
+        Route("/", api.page, methods=["GET"]),
+        Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/api/keys", api.collection, methods=["GET", "POST"]),
+        Route("/api/keys/{key_id}", api.item, methods=["GET", "PATCH", "DELETE"]),
+        Route("/api/keys/{key_id}/rotate", api.rotate_key, methods=["POST"]),
+        Route("/api/keys/{key_id}/revoke", api.revoke_key, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
+    app.state.keyguard_admin = api
+    return app
+
+
+__all__ = ["ADMIN_SCOPE", "Authorize", "Principal", "admin_app"]
