@@ -16,11 +16,8 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-<<<<<<< HEAD
-from .body import asgi_body, asgi_target
-=======
 from . import audit
->>>>>>> admin
+from .body import asgi_body, asgi_target
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
@@ -91,7 +88,7 @@ class KeyGuardMiddleware:
             return
         if self._is_public(scope["path"]):
             # No key is checked, but a route dependency (current_key) may still refuse.
-            await self._call_app(scope, receive, send)
+            await self._call_app(scope, receive, send, None)
             return
         wanted = self._wanted
         headers: dict[str, list[str]] = {}
@@ -114,9 +111,9 @@ class KeyGuardMiddleware:
         scope["keyguard.guard"] = self.guard
         scope["auth"] = AuthCredentials(list(entry.scopes))
         scope["user"] = KeyUser(entry.info)
-        await self._call_app(scope, receive, send)
+        await self._call_app(scope, receive, send, facts)
 
-    async def _call_app(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _call_app(self, scope: Scope, receive: Receive, send: Send, facts: Facts | None) -> None:
         started = False
 
         async def send_tracked(message: Message) -> None:
@@ -127,14 +124,11 @@ class KeyGuardMiddleware:
         try:
             await self.app(scope, receive, send_tracked)
         except RequestRejected as exc:
-<<<<<<< HEAD
             # From a route dependency (require_scopes). Once the app (or Starlette's
             # ServerErrorMiddleware, when it sits inside us) has started an answer,
             # a second one would break the protocol: let the error go on.
             if started:
                 raise
-=======
-            # From a route dependency (require_scopes), before any response was sent.
-            audit.denied(self.guard, facts, exc)
->>>>>>> admin
+            if facts is not None:
+                audit.denied(self.guard, facts, exc)
             await send_problem(scope, send, exc)
