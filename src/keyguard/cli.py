@@ -4,6 +4,7 @@
     keyguard keys list [--owner O] [--all] [--json]
     keyguard keys show|revoke|delete ID
     keyguard keys rotate ID [--grace 24h]
+    keyguard keys reencrypt          (signing secrets -> newest master key)
 
 Settings come from `--settings FILE` (TOML), then `KEYGUARD_*` environment
 variables (`KEYGUARD_STORE`, `KEYGUARD_POLICY__MAX_KEYS_PER_OWNER=5`, values
@@ -272,6 +273,14 @@ def delete(ctx: click.Context, key_id: str, yes: bool) -> None:
         click.confirm(f"Delete key {key_id}?", abort=True, err=True)
     _guard(ctx).keys.delete(key_id)
     click.echo(f"Deleted key {key_id}.")
+
+
+@keys.command()
+@click.pass_context
+def reencrypt(ctx: click.Context) -> None:
+    """Re-encrypt every signing secret under the newest master key."""
+    count = _guard(ctx).keys.reencrypt()
+    click.echo(f"Re-encrypted {count} signing key(s) under the newest master key.")
 
 
 def _fail(message: str, code: int) -> NoReturn:
