@@ -282,15 +282,26 @@ def test_invariants_hold_across_two_processes(
         store = open_store(url)
         store.setup()
         store.insert(
-            KeyRecord(id="counter", owner="c", name="n", kind="bearer", scopes=(), allowed_ips=(),
-                      created_at=1.0, hint="h"),
+            KeyRecord(
+                id="counter",
+                owner="c",
+                name="n",
+                kind="bearer",
+                scopes=(),
+                allowed_ips=(),
+                created_at=1.0,
+                hint="h",
+            ),
             None,
             1.0,
         )
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
         procs = [
             subprocess.Popen(
-                [sys.executable, "-c", _WORKER, url, tag], stdout=subprocess.PIPE, env=env, text=True
+                [sys.executable, "-c", _WORKER, url, tag],
+                stdout=subprocess.PIPE,
+                env=env,
+                text=True,
             )
             for tag in ("p1", "p2")
         ]

@@ -117,8 +117,8 @@ class KeyGuard:
         epoch = self._epoch
         try:
             self.hasher  # noqa: B018 - sets the store up on first use
-            shared = self._shared
-            record = self.store.get(key_id) if shared is None else shared.load(key_id, self.store.get)
+            shared, fetch = self._shared, self.store.get
+            record = fetch(key_id) if shared is None else shared.load(key_id, fetch)
         except StoreError as exc:
             raise ServiceUnavailable() from exc
         value: Entry | _Absent = ABSENT if record is None else self._prepare(record)

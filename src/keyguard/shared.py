@@ -106,7 +106,9 @@ class SharedCache:
             except (ValueError, TypeError, KeyError):
                 pass  # not ours or corrupt: read the store and overwrite it
         record = fetch(key_id)
-        value, ttl = (_NEGATIVE, self._negative_ms) if record is None else (record.to_json(), self._ttl_ms)
+        value, ttl = (
+            (_NEGATIVE, self._negative_ms) if record is None else (record.to_json(), self._ttl_ms)
+        )
         try:
             self._set(keys=[entry, gen_key], args=[gen or b"", value, ttl])
         except redis.RedisError as exc:
@@ -156,13 +158,13 @@ class SharedCache:
     def _listen(self) -> None:
         delay = 0.05
         while not self._closed.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
             try:
                 pubsub.subscribe(self.channel)
                 self._on_reset()  # whatever was published before now was missed
                 delay = 0.05
                 while not self._closed.is_set():
-                    message = pubsub.get_message(timeout=0.5)
+                    message = pubsub.get_message(timeout=0.2)
                     if message is not None and message["type"] == "message":
                         data = message["data"]
                         self._on_change(data.decode() if isinstance(data, bytes) else str(data))

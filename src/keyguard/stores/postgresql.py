@@ -47,7 +47,6 @@ MIGRATIONS = {
     ],
 }
 
-_COLUMNS = "data, last_used_at"
 _LOCK_SPACE = 0x6B67  # "kg": first half of every advisory lock key we take
 _SETUP_LOCK = 0
 _OWN_PARAMS = {"pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout"}
@@ -71,7 +70,9 @@ class PostgreSQLStore(Store):
             self._wait = float(own.get("pool_timeout", 3))
             statement_ms = int(own.get("statement_timeout", 5000))
         except ValueError:
-            raise ConfigurationError("store: pool_* and statement_timeout must be numbers") from None
+            raise ConfigurationError(
+                "store: pool_* and statement_timeout must be numbers"
+            ) from None
         self._conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
         self._options = f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}"
         # For messages: never the password.
@@ -118,9 +119,12 @@ class PostgreSQLStore(Store):
         with self._db(write=True) as db:
             db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _SETUP_LOCK))
             db.execute(
-                "CREATE TABLE IF NOT EXISTS keyguard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+                "CREATE TABLE IF NOT EXISTS keyguard_meta"
+                " (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
             )
-            row = db.execute("SELECT value FROM keyguard_meta WHERE name = 'schema_version'").fetchone()
+            row = db.execute(
+                "SELECT value FROM keyguard_meta WHERE name = 'schema_version'"
+            ).fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -140,14 +144,18 @@ class PostgreSQLStore(Store):
 
     def get(self, key_id: str) -> KeyRecord | None:
         with self._db() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = %s", (key_id,)).fetchone()
+            row = db.execute(
+                "SELECT data, last_used_at FROM keyguard_keys WHERE id = %s", (key_id,)
+            ).fetchone()
         return None if row is None else _record(row)
 
     def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
         with self._db(write=True) as db:
             if max_live_per_owner is not None:
                 # Serialises creates per owner across every process; released at commit.
-                db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, record.owner))
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, record.owner)
+                )
                 row = db.execute(
                     "SELECT count(*) FROM keyguard_keys WHERE owner = %s AND revoked_at IS NULL"
                     " AND (expires_at IS NULL OR expires_at > %s)",
@@ -156,7 +164,8 @@ class PostgreSQLStore(Store):
                 if row is not None and row[0] >= max_live_per_owner:
                     raise KeyLimitExceeded(max_live_per_owner)
             db.execute(
-                "INSERT INTO keyguard_keys (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
+                "INSERT INTO keyguard_keys"
+                " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (
                     record.id,
@@ -172,7 +181,7 @@ class PostgreSQLStore(Store):
     def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
         with self._db(write=True) as db:
             row = db.execute(
-                f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = %s FOR UPDATE", (key_id,)
+                "SELECT data, last_used_at FROM keyguard_keys WHERE id = %s FOR UPDATE", (key_id,)
             ).fetchone()
             if row is None:
                 raise KeyNotFound(key_id)
@@ -189,7 +198,7 @@ class PostgreSQLStore(Store):
             return db.execute("DELETE FROM keyguard_keys WHERE id = %s", (key_id,)).rowcount > 0
 
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
-        sql = f"SELECT {_COLUMNS} FROM keyguard_keys WHERE TRUE"
+        sql = "SELECT data, last_used_at FROM keyguard_keys WHERE TRUE"
         args: list[object] = []
         if owner is not None:
             sql += " AND owner = %s"
@@ -222,7 +231,8 @@ class PostgreSQLStore(Store):
     def set_meta_default(self, name: str, value: str) -> str:
         with self._db(write=True) as db:
             db.execute(
-                "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING",
+                "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
                 (name, value),
             )
             row = db.execute("SELECT value FROM keyguard_meta WHERE name = %s", (name,)).fetchone()

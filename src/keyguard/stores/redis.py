@@ -145,7 +145,14 @@ class RedisStore(Store):
         try:
             done = self._insert(
                 keys=[self._k("key", record.id), self._k("owner", record.owner), self._k("all")],
-                args=[record.to_json(), repr(record.created_at), record.id, limit, repr(now), self.prefix],
+                args=[
+                    record.to_json(),
+                    repr(record.created_at),
+                    record.id,
+                    limit,
+                    repr(now),
+                    self.prefix,
+                ],
             )
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
@@ -160,7 +167,7 @@ class RedisStore(Store):
             with self._client.pipeline(transaction=True) as pipe:
                 for _ in range(_MODIFY_ATTEMPTS):
                     try:
-                        pipe.watch(key)
+                        pipe.watch(key)  # type: ignore[no-untyped-call]
                         doc = pipe.get(key)
                         if doc is None:
                             raise KeyNotFound(key_id)
@@ -195,7 +202,7 @@ class RedisStore(Store):
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
         index = self._k("all") if owner is None else self._k("owner", owner)
         try:
-            ids = [i.decode() for i in self._client.zrange(index, 0, -1)]
+            ids = [i.decode() for i in self._client.zrange(index, 0, -1)]  # type: ignore[union-attr]
             if not ids:
                 return []
             pipe = self._client.pipeline(transaction=False)
@@ -231,7 +238,7 @@ class RedisStore(Store):
             value = self._client.hget(self._k("meta"), name)
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
-        return None if value is None else value.decode()
+        return None if value is None else value.decode()  # type: ignore[union-attr]
 
     def set_meta_default(self, name: str, value: str) -> str:
         try:
@@ -239,7 +246,7 @@ class RedisStore(Store):
             stored = self._client.hget(self._k("meta"), name)
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
-        return value if stored is None else stored.decode()
+        return value if stored is None else stored.decode()  # type: ignore[union-attr]
 
     def set_meta(self, name: str, value: str) -> None:
         try:
