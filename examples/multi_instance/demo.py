@@ -1,4 +1,5 @@
-"""Two app processes share one Redis and one PostgreSQL; a revoke through one is refused by the other.
+"""Two app processes share one Redis and one PostgreSQL; a key revoked through one is refused
+by the other.
 
     PYTHONPATH=src python examples/multi_instance/demo.py
 
@@ -44,7 +45,8 @@ def scratch_database(admin_url: str) -> Iterator[str]:
         conn.execute(f'CREATE DATABASE "{name}"')
     p = conninfo_to_dict(admin_url)
     try:
-        yield f"postgresql://{p.get('user', 'postgres')}@{p.get('host')}:{p.get('port', 5432)}/{name}"
+        host = f"{p.get('host', '127.0.0.1')}:{p.get('port', 5432)}"
+        yield f"postgresql://{p.get('user', 'postgres')}@{host}/{name}"
     finally:
         with psycopg.connect(admin_url, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -100,7 +102,7 @@ def run(store: str, cache: str) -> None:
         t1 = time.perf_counter()
         print(f"POST {a}/admin/keys/{user.id}/revoke -> {r.status_code} {r.json()}")
         polls = 0
-        for polls in range(1, 501):
+        for polls in range(1, 501):  # noqa: B007 - reported after the loop
             r = http.get(b + "/v1/hello", headers=auth)
             if r.status_code != 200:
                 break
