@@ -119,6 +119,7 @@ class SharedCache:
 
     def publish(self, key_id: str) -> None:
         """Drop the shared copy and tell every instance; queued if Redis is away."""
+        self._ensure_listener()  # it re-publishes what could not be sent now
         with self._lock:
             self._pending.add(key_id)
         if self._up():

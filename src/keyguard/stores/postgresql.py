@@ -2,7 +2,8 @@
 
 psycopg 3 with a `psycopg_pool.ConnectionPool`, opened lazily on first use and
 checked on every borrow, so a PostgreSQL restart costs no failed request once
-the server answers again. Timeouts are bounded by default (connect 3 s, pool
+the server answers again (and, should the pool still be backing off then, a
+fresh pool replaces it). Timeouts are bounded by default (connect 3 s, pool
 wait 3 s, statement 5 s) so a dead server gives `StoreError` (503 upstream)
 after a bounded wait, never a hang. Query parameters `pool_min_size`,
 `pool_max_size`, `pool_timeout` (seconds) and `statement_timeout` (ms) tune
@@ -25,7 +26,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
@@ -101,15 +102,38 @@ class PostgreSQLStore(Store):
                     self._pool = pool
         return self._pool
 
+    def _borrow(self) -> tuple[ConnectionPool[Any], psycopg.Connection[Any]]:
+        pool = self._get_pool()
+        try:
+            return pool, pool.getconn()
+        except PoolTimeout:
+            # After an outage the pool retries with a growing backoff; if the server
+            # answers now, do not wait for it: start a fresh pool and try once more.
+            with psycopg.connect(self._conninfo, options=self._options):
+                pass
+            self._replace(pool)
+            pool = self._get_pool()
+            return pool, pool.getconn()
+
+    def _replace(self, pool: ConnectionPool[Any]) -> None:
+        with self._lock:
+            if self._pool is not pool:
+                return
+            self._pool = None
+        pool.close(timeout=0)
+
     @contextmanager
     def _db(self, write: bool = False) -> Iterator[psycopg.Connection[Any]]:
         try:
-            with self._get_pool().connection() as conn:
+            pool, conn = self._borrow()
+            try:
                 if write:
                     with conn.transaction():
                         yield conn
                 else:
                     yield conn
+            finally:
+                pool.putconn(conn)
         except psycopg.Error as exc:
             raise StoreError(f"postgresql store {self._where}: {type(exc).__name__}") from exc
 
