@@ -22,11 +22,11 @@ import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .cache import ABSENT, LocalCache, SingleFlight, _Absent
 from .decision import Entry, bearer_proven, credential, decide, invalid_key
-from .exceptions import ServiceUnavailable, StoreError
+from .exceptions import ConfigurationError, ServiceUnavailable, StoreError
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import ClientResolver, IPAddress, IPNetwork, parse_ip
@@ -35,6 +35,9 @@ from .settings import Settings, load_settings
 from .signing import Signed, SignedRequests
 from .stores import Store, open_store
 from .tokens import TokenParser
+
+if TYPE_CHECKING:
+    from .shared import SharedCache
 
 FLUSH_INTERVAL = 60.0
 _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
@@ -70,6 +73,7 @@ class KeyGuard:
         self._tokens = TokenParser(s.token_prefix)
         self._local: LocalCache[Entry] = LocalCache(s.local_cache_size)
         self._cache_positive = s.cache is not None
+        self._shared = _shared_cache(s, self._dropped, self._dropped_all)
         self._flight: SingleFlight[Entry | _Absent] = SingleFlight(self._load)
         self._epoch = 0  # bumped on every local change; a load that saw an older one isn't cached
         self._hasher: Hasher | None = None
@@ -117,7 +121,8 @@ class KeyGuard:
         epoch = self._epoch
         try:
             self.hasher  # noqa: B018 - sets the store up on first use
-            record = self.store.get(key_id)
+            shared, fetch = self._shared, self.store.get
+            record = fetch(key_id) if shared is None else shared.load(key_id, fetch)
         except StoreError as exc:
             raise ServiceUnavailable() from exc
         value: Entry | _Absent = ABSENT if record is None else self._prepare(record)
@@ -127,9 +132,18 @@ class KeyGuard:
         return value
 
     def forget(self, key_id: str) -> None:
-        """Drop any cached copy of a key (called after every change)."""
+        """Drop any cached copy of a key (called after every change), on every instance."""
+        self._dropped(key_id)
+        if self._shared is not None:
+            self._shared.publish(key_id)
+
+    def _dropped(self, key_id: str) -> None:
         self._epoch += 1
         self._local.drop(key_id)
+
+    def _dropped_all(self) -> None:
+        self._epoch += 1
+        self._local.clear()
 
     # -- verification -------------------------------------------------------
 
@@ -269,6 +283,8 @@ class KeyGuard:
     def close(self) -> None:
         self.flush()
         self.signing.close()
+        if self._shared is not None:
+            self._shared.close()
         self.store.close()
 
 
@@ -280,6 +296,20 @@ def _flush_at_exit(ref: weakref.ref[KeyGuard]) -> None:
 
 def _scopes(value: str | Sequence[str]) -> Sequence[str]:
     return (value,) if isinstance(value, str) else value
+
+
+def _shared_cache(
+    s: Settings, on_change: Callable[[str], None], on_reset: Callable[[], None]
+) -> SharedCache | None:
+    if s.cache is None or not s.cache.startswith(("redis://", "rediss://")):
+        return None
+    try:
+        from .shared import SharedCache
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"cache: a redis:// cache needs its driver: pip install 'keyguard[redis]' ({exc.name})"
+        ) from None
+    return SharedCache(s.cache, s.cache_ttl, on_change, on_reset)
 
 
 def _ip(value: str | IPAddress | None) -> IPAddress | None:

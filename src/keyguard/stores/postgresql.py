@@ -1,0 +1,278 @@
+"""`postgresql://user@host:port/db`: the durable store shared by many instances.
+
+psycopg 3 with a `psycopg_pool.ConnectionPool`, opened lazily on first use and
+checked on every borrow, so a PostgreSQL restart costs no failed request once
+the server answers again (and, should the pool still be backing off then, a
+fresh pool replaces it). Timeouts are bounded by default (connect 3 s, pool
+wait 3 s, statement 5 s) so a dead server gives `StoreError` (503 upstream)
+after a bounded wait, never a hang. Query parameters `pool_min_size`,
+`pool_max_size`, `pool_timeout` (seconds) and `statement_timeout` (ms) tune
+them; every other parameter goes to libpq unchanged.
+
+Atomicity: `insert` takes a transaction-scoped advisory lock on the owner
+before counting live keys, so `max_keys_per_owner` holds across processes;
+`modify` reads with `SELECT ... FOR UPDATE`. The record is a JSON document; the
+columns beside it serve filtering and `touch`. `keyguard_meta.schema_version`
+drives migrations (run under an advisory lock, so racing instances migrate
+once). This module must never put a password from the URL into a message.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
+from ..models import KeyRecord
+from .base import SCHEMA_VERSION, Store
+
+# MIGRATIONS[n] brings a schema at version n to version n + 1.
+MIGRATIONS = {
+    0: [
+        """CREATE TABLE IF NOT EXISTS keyguard_keys (
+            id TEXT PRIMARY KEY,
+            owner TEXT NOT NULL,
+            created_at DOUBLE PRECISION NOT NULL,
+            expires_at DOUBLE PRECISION,
+            revoked_at DOUBLE PRECISION,
+            last_used_at DOUBLE PRECISION,
+            data TEXT NOT NULL)""",
+        "CREATE INDEX IF NOT EXISTS keyguard_keys_owner ON keyguard_keys (owner, created_at, id)",
+        "CREATE INDEX IF NOT EXISTS keyguard_keys_created ON keyguard_keys (created_at, id)",
+    ],
+}
+
+_LOCK_SPACE = 0x6B67  # "kg": first half of every advisory lock key we take
+_SETUP_LOCK = 0
+_OWN_PARAMS = {"pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout"}
+
+
+def _record(row: tuple[str, float | None]) -> KeyRecord:
+    record = KeyRecord.from_json(row[0])
+    return record if row[1] is None else record.replace(last_used_at=row[1])
+
+
+class PostgreSQLStore(Store):
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parts = urlsplit(url)
+        query = dict(parse_qsl(parts.query))
+        own = {k: query.pop(k) for k in list(query) if k in _OWN_PARAMS}
+        query.setdefault("connect_timeout", "3")
+        try:
+            self._min = int(own.get("pool_min_size", 1))
+            self._max = int(own.get("pool_max_size", 10))
+            self._wait = float(own.get("pool_timeout", 3))
+            statement_ms = int(own.get("statement_timeout", 5000))
+        except ValueError:
+            raise ConfigurationError(
+                "store: pool_* and statement_timeout must be numbers"
+            ) from None
+        self._conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
+        self._options = f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}"
+        # For messages: never the password.
+        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        self._pool: ConnectionPool[Any] | None = None
+        self._lock = threading.Lock()
+
+    # -- connections --------------------------------------------------------
+
+    def _get_pool(self) -> ConnectionPool[Any]:
+        if self._pool is None:
+            with self._lock:
+                if self._pool is None:
+                    pool: ConnectionPool[Any] = ConnectionPool(
+                        self._conninfo,
+                        kwargs={"autocommit": True, "options": self._options},
+                        min_size=self._min,
+                        max_size=self._max,
+                        timeout=self._wait,
+                        check=ConnectionPool.check_connection,
+                        reconnect_timeout=60,
+                        name="keyguard",
+                        open=False,
+                    )
+                    pool.open(wait=False)
+                    self._pool = pool
+        return self._pool
+
+    def _borrow(self) -> tuple[ConnectionPool[Any], psycopg.Connection[Any]]:
+        pool = self._get_pool()
+        try:
+            return pool, pool.getconn()
+        except PoolTimeout:
+            # After an outage the pool retries with a growing backoff; if the server
+            # answers now, do not wait for it: start a fresh pool and try once more.
+            with psycopg.connect(self._conninfo, options=self._options):
+                pass
+            self._replace(pool)
+            pool = self._get_pool()
+            return pool, pool.getconn()
+
+    def _replace(self, pool: ConnectionPool[Any]) -> None:
+        with self._lock:
+            if self._pool is not pool:
+                return
+            self._pool = None
+        pool.close(timeout=0)
+
+    @contextmanager
+    def _db(self, write: bool = False) -> Iterator[psycopg.Connection[Any]]:
+        try:
+            pool, conn = self._borrow()
+            try:
+                if write:
+                    with conn.transaction():
+                        yield conn
+                else:
+                    yield conn
+            finally:
+                pool.putconn(conn)
+        except psycopg.Error as exc:
+            raise StoreError(f"postgresql store {self._where}: {type(exc).__name__}") from exc
+
+    # -- schema -------------------------------------------------------------
+
+    def setup(self) -> None:
+        with self._db(write=True) as db:
+            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _SETUP_LOCK))
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS keyguard_meta"
+                " (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            row = db.execute(
+                "SELECT value FROM keyguard_meta WHERE name = 'schema_version'"
+            ).fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"postgresql store {self._where} has schema version {version}; "
+                    f"this keyguard knows up to {SCHEMA_VERSION}: upgrade keyguard"
+                )
+            for step in range(version, SCHEMA_VERSION):
+                for sql in MIGRATIONS[step]:
+                    db.execute(sql)
+            db.execute(
+                "INSERT INTO keyguard_meta (name, value) VALUES ('schema_version', %s)"
+                " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (str(SCHEMA_VERSION),),
+            )
+
+    # -- records ------------------------------------------------------------
+
+    def get(self, key_id: str) -> KeyRecord | None:
+        with self._db() as db:
+            row = db.execute(
+                "SELECT data, last_used_at FROM keyguard_keys WHERE id = %s", (key_id,)
+            ).fetchone()
+        return None if row is None else _record(row)
+
+    def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
+        with self._db(write=True) as db:
+            if max_live_per_owner is not None:
+                # Serialises creates per owner across every process; released at commit.
+                db.execute(
+                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, record.owner)
+                )
+                row = db.execute(
+                    "SELECT count(*) FROM keyguard_keys WHERE owner = %s AND revoked_at IS NULL"
+                    " AND (expires_at IS NULL OR expires_at > %s)",
+                    (record.owner, now),
+                ).fetchone()
+                if row is not None and row[0] >= max_live_per_owner:
+                    raise KeyLimitExceeded(max_live_per_owner)
+            db.execute(
+                "INSERT INTO keyguard_keys"
+                " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (
+                    record.id,
+                    record.owner,
+                    record.created_at,
+                    record.expires_at,
+                    record.revoked_at,
+                    record.last_used_at,
+                    record.to_json(),
+                ),
+            )
+
+    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+        with self._db(write=True) as db:
+            row = db.execute(
+                "SELECT data, last_used_at FROM keyguard_keys WHERE id = %s FOR UPDATE", (key_id,)
+            ).fetchone()
+            if row is None:
+                raise KeyNotFound(key_id)
+            new = change(_record(row))
+            db.execute(
+                "UPDATE keyguard_keys SET owner = %s, expires_at = %s, revoked_at = %s, data = %s"
+                " WHERE id = %s",
+                (new.owner, new.expires_at, new.revoked_at, new.to_json(), key_id),
+            )
+            return new
+
+    def delete(self, key_id: str) -> bool:
+        with self._db() as db:
+            return db.execute("DELETE FROM keyguard_keys WHERE id = %s", (key_id,)).rowcount > 0
+
+    def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
+        sql = "SELECT data, last_used_at FROM keyguard_keys WHERE TRUE"
+        args: list[object] = []
+        if owner is not None:
+            sql += " AND owner = %s"
+            args.append(owner)
+        if not include_revoked:
+            sql += " AND revoked_at IS NULL"
+        with self._db() as db:
+            rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
+        return [_record(r) for r in rows]
+
+    def touch(self, last_used: Mapping[str, float]) -> None:
+        if not last_used:
+            return
+        ids = sorted(last_used)  # one lock order for every instance: no deadlock between flushes
+        with self._db() as db:
+            db.execute(
+                "UPDATE keyguard_keys AS k SET last_used_at = v.ts"
+                " FROM unnest(%s::text[], %s::float8[]) AS v(id, ts)"
+                " WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.ts)",
+                (ids, [last_used[i] for i in ids]),
+            )
+
+    # -- meta ---------------------------------------------------------------
+
+    def get_meta(self, name: str) -> str | None:
+        with self._db() as db:
+            row = db.execute("SELECT value FROM keyguard_meta WHERE name = %s", (name,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def set_meta_default(self, name: str, value: str) -> str:
+        with self._db(write=True) as db:
+            db.execute(
+                "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO NOTHING",
+                (name, value),
+            )
+            row = db.execute("SELECT value FROM keyguard_meta WHERE name = %s", (name,)).fetchone()
+        assert row is not None
+        return str(row[0])
+
+    def set_meta(self, name: str, value: str) -> None:
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s)"
+                " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+                (name, value),
+            )
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(timeout=2)

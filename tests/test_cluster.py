@@ -1,0 +1,297 @@
+"""Many instances: the shared Redis cache, change propagation, and outages.
+
+Two `KeyGuard`s sharing one store and one Redis cache stand for two app
+instances. Fault tests start their own throwaway Redis/PostgreSQL and kill
+them; the shared servers are never touched beyond a random key prefix.
+Bounded polls only, no timing assertions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from keyguard import KeyGuard, tokens
+from keyguard.asgi import KeyGuardMiddleware
+from keyguard.exceptions import AuthenticationError, AuthorizationError, RequestRejected
+
+from . import servers
+from .test_stores import _redis_cleanup
+
+POLL = 0.01
+POLL_LIMIT = 500  # a bounded poll: at most ~5 s, normally done in milliseconds
+
+
+def settings(store: str, cache: str | None, **extra: Any) -> dict[str, Any]:
+    return {
+        "store": store,
+        "cache": cache,
+        "local_cache_ttl": 60,  # long: only the invalidation channel can explain a fast refusal
+        "pepper": "a-pepper-for-tests-only",
+        "policy": {"allow_private_ips": True},
+        "rules": [{"path": "/v1/*", "scopes": ["read"]}],
+        **extra,
+    }
+
+
+@pytest.fixture
+def cache_url(redis_url: str, redis_prefix: str) -> Iterator[str]:
+    yield f"{redis_url}?prefix={redis_prefix}"
+    _redis_cleanup(redis_url, redis_prefix)
+
+
+@pytest.fixture(params=["postgresql", "redis"])
+def shared_store(request: pytest.FixtureRequest, redis_url: str) -> Iterator[str]:
+    if request.param == "postgresql":
+        yield request.getfixturevalue("postgres_url")
+    else:
+        prefix = request.getfixturevalue("redis_prefix") + "store:"
+        yield f"{redis_url}?prefix={prefix}"
+        _redis_cleanup(redis_url, prefix)
+
+
+@pytest.fixture
+def pair(shared_store: str, cache_url: str) -> Iterator[tuple[KeyGuard, KeyGuard]]:
+    one, two = (
+        KeyGuard(settings(shared_store, cache_url)),
+        KeyGuard(settings(shared_store, cache_url)),
+    )
+    yield one, two
+    one.close()
+    two.close()
+
+
+def refusal(check: Callable[[], object]) -> RequestRejected | None:
+    """Poll `check` until it raises; the rejection, or None when it never did."""
+    for _ in range(POLL_LIMIT):
+        try:
+            check()
+        except RequestRejected as exc:
+            return exc
+        time.sleep(POLL)
+    return None
+
+
+@pytest.mark.parametrize(
+    ("change", "code"),
+    [
+        pytest.param(lambda g, k: g.keys.revoke(k), "revoked_key", id="revoke"),
+        pytest.param(
+            lambda g, k: g.keys.update(k, scopes=["other"]), "insufficient_scope", id="scopes"
+        ),
+        pytest.param(lambda g, k: g.keys.rotate(k), "invalid_key", id="rotate"),
+        pytest.param(lambda g, k: g.keys.delete(k), "invalid_key", id="delete"),
+        pytest.param(
+            lambda g, k: g.keys.update(k, allowed_ips=["203.0.113.0/24"]),
+            "ip_not_allowed",
+            id="allowlist",
+        ),
+    ],
+)
+def test_change_in_one_instance_is_enforced_by_the_other(
+    pair: tuple[KeyGuard, KeyGuard], change: Callable[[KeyGuard, str], object], code: str
+) -> None:
+    one, two = pair
+    issued = one.keys.create(owner="o", name="n", scopes=["read"])
+    assert issued.token is not None
+    token = issued.token
+
+    def check() -> object:
+        return two.verify(token, scopes=["read"], client_ip="10.0.0.1")
+
+    check()  # now cached in `two`'s process and in Redis
+    change(one, issued.id)
+    rejected = refusal(check)
+    assert rejected is not None, "the other instance never refused the changed key"
+    assert rejected.code == code
+
+
+def test_new_key_is_visible_although_its_id_was_cached_as_unknown(
+    pair: tuple[KeyGuard, KeyGuard],
+) -> None:
+    one, two = pair
+    issued = one.keys.create(owner="o", name="n", scopes=["read"])
+    assert issued.token is not None
+    assert two.verify(issued.token).id == issued.id
+    one.keys.delete(issued.id)
+    assert refusal(lambda: two.verify(issued.token)) is not None  # type: ignore[arg-type]
+
+
+# -- HTTP and outages ----------------------------------------------------------
+
+
+def make_app(guard: KeyGuard) -> Starlette:
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/v1/hello", hello), Route("/admin", hello)])
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+    return app
+
+
+@pytest.fixture
+async def client_for() -> AsyncIterator[Callable[[KeyGuard], httpx.AsyncClient]]:
+    clients: list[httpx.AsyncClient] = []
+
+    def make(guard: KeyGuard) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=make_app(guard)), base_url="http://t"
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        await client.aclose()
+
+
+def bearer(token: str | None) -> dict[str, str]:
+    assert token is not None
+    return {"authorization": f"Bearer {token}"}
+
+
+async def test_redis_killed_and_restarted_while_requests_flow(
+    postgres_url: str, client_for: Callable[[KeyGuard], httpx.AsyncClient]
+) -> None:
+    with servers.throwaway_redis() as redis_server:
+        guard = KeyGuard(settings(postgres_url, redis_server.url, local_cache_ttl=0.02))
+        try:
+            good = guard.keys.create(owner="o", name="good", scopes=["read"])
+            revoked = guard.keys.create(owner="o", name="gone", scopes=["read"])
+            guard.keys.revoke(revoked.id)
+            narrow = guard.keys.create(owner="o", name="narrow", scopes=["write"])
+            unknown = well_formed_unknown()
+            expected = [
+                (bearer(good.token), 200, None),
+                (bearer(revoked.token), 401, "revoked_key"),
+                (bearer(narrow.token), 403, "insufficient_scope"),
+                (bearer(unknown), 401, "invalid_key"),
+            ]
+            client = client_for(guard)
+            seen: list[tuple[int, str | None]] = []
+
+            async def round_of_requests() -> None:
+                for headers, status, code in expected:
+                    r = await client.get("/v1/hello", headers=headers)
+                    got = (r.status_code, r.json().get("code") if r.status_code != 200 else None)
+                    seen.append(got)
+                    assert got == (status, code)
+                time.sleep(0.03)  # let the local copies expire, so Redis/the store answer
+
+            for _ in range(5):
+                await round_of_requests()
+            redis_server.stop()  # killed (SIGKILL) while requests flow
+            for _ in range(10):
+                await round_of_requests()
+            redis_server.start()  # back on the same port, empty
+            import redis
+
+            probe = redis.Redis.from_url(redis_server.url)
+            try:
+                for _ in range(POLL_LIMIT // 5):
+                    await round_of_requests()
+                    if probe.dbsize() > 0:
+                        break
+                assert probe.dbsize() > 0, "caching did not resume after Redis came back"
+            finally:
+                probe.close()
+            assert all(status < 500 for status, _ in seen)
+        finally:
+            guard.close()
+
+
+@pytest.fixture(scope="module")
+def pg_server() -> Iterator[servers.PostgresServer]:
+    with servers.throwaway_postgres() as server:
+        yield server
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "redis"])
+async def test_store_unreachable(
+    backend: str,
+    request: pytest.FixtureRequest,
+    client_for: Callable[[KeyGuard], httpx.AsyncClient],
+) -> None:
+    """Uncached key: 503 `unavailable`; cached key keeps working; back up: served again."""
+    with contextlib.ExitStack() as stack:
+        if backend == "postgresql":
+            server: Any = request.getfixturevalue("pg_server")
+            url = server.url + "?pool_timeout=1"
+        else:
+            server = stack.enter_context(servers.throwaway_redis())
+            url = server.url + "?prefix=kg:&socket_timeout=1"
+        guard = KeyGuard(settings(url, "memory://"))
+        stack.callback(guard.close)
+        warm = guard.keys.create(owner="o", name="warm", scopes=["read"])
+        cold = guard.keys.create(owner="o", name="cold", scopes=["read"])
+        client = client_for(guard)
+        assert (await client.get("/v1/hello", headers=bearer(warm.token))).status_code == 200
+
+        server.stop()
+        try:
+            r = await client.get("/v1/hello", headers=bearer(cold.token))
+            assert r.status_code == 503
+            assert r.json()["code"] == "unavailable"
+            assert cold.token not in r.text
+            assert (await client.get("/v1/hello", headers=bearer(warm.token))).status_code == 200
+            with pytest.raises(RequestRejected) as info:
+                guard.verify(cold.token)  # type: ignore[arg-type]
+            assert info.value.status_code == 503
+            if backend == "postgresql":
+                time.sleep(2)  # long enough for the pool to back off its reconnect attempts
+        finally:
+            server.start()
+
+        if backend == "postgresql":  # the pool survives the restart: no failed request after it
+            r = await client.get("/v1/hello", headers=bearer(cold.token))
+            assert r.status_code == 200
+            third = guard.keys.create(owner="o", name="third", scopes=["read"])
+            assert (await client.get("/v1/hello", headers=bearer(third.token))).status_code == 200
+
+
+def test_redis_cache_answers_while_the_store_is_down(
+    pg_server: servers.PostgresServer, cache_url: str
+) -> None:
+    """Records and unknown ids cached in Redis by one instance serve another."""
+    store = pg_server.url + "?pool_timeout=1"
+    one, two = KeyGuard(settings(store, cache_url)), KeyGuard(settings(store, cache_url))
+    try:
+        issued = one.keys.create(owner="o", name="n", scopes=["read"])
+        other = one.keys.create(owner="o", name="m", scopes=["read"])
+        unknown = well_formed_unknown()
+        one.verify(issued.token)  # type: ignore[arg-type]
+        with pytest.raises(AuthenticationError):
+            one.verify(unknown)
+        two.verify(other.token)  # type: ignore[arg-type]  # `two` is set up
+        pg_server.stop()
+        try:
+            assert two.verify(issued.token).id == issued.id  # type: ignore[arg-type]
+            with pytest.raises(AuthenticationError) as info:
+                two.verify(unknown)
+            assert info.value.code == "invalid_key"
+        finally:
+            pg_server.start()
+    finally:
+        one.close()
+        two.close()
+
+
+def test_scope_denial_is_authorization_error(pair: tuple[KeyGuard, KeyGuard]) -> None:
+    one, two = pair
+    issued = one.keys.create(owner="o", name="n", scopes=["write"])
+    with pytest.raises(AuthorizationError):
+        two.verify(issued.token, scopes=["read"])  # type: ignore[arg-type]
+
+
+def well_formed_unknown() -> str:
+    """A token with a valid checksum for an id no store holds."""
+    return tokens.make_token("kg", tokens.new_key_id())[0]
