@@ -26,10 +26,11 @@ from typing import Any
 
 from .cache import ABSENT, LocalCache, SingleFlight, _Absent
 from .decision import Entry, bearer_proven, credential, decide, invalid_key
-from .exceptions import ServiceUnavailable, StoreError
+from .exceptions import AuthenticationError, ServiceUnavailable, StoreError
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import ClientResolver, IPAddress, IPNetwork, parse_ip
+from .ratelimit import Abuse
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .stores import Store, open_store
@@ -80,6 +81,7 @@ class KeyGuard:
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
+        self.abuse = Abuse(s, self.store)
         ref = weakref.ref(self)
         atexit.register(lambda: (g := ref()) is not None and g.flush())
 
@@ -137,10 +139,21 @@ class KeyGuard:
         scopes: Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
-        """Check a bearer token without HTTP; raises the errors of SPEC section 5."""
-        key_id, secret = self._parse(token)
-        entry = self._local.get(key_id) or self._fetch(key_id)
-        return self._decide(entry, secret, _ip(client_ip), scopes, passphrase).info
+        """Check a bearer token without HTTP; raises the errors of SPEC section 5.
+        With `client_ip`, failed-attempt throttling applies to that address."""
+        ip = _ip(client_ip)
+        if client_ip is not None:
+            self.abuse.check_client(ip)
+        try:
+            key_id, secret = self._parse(token)
+            entry = self._local.get(key_id) or self._fetch(key_id)
+            entry = self._decide(entry, secret, ip, scopes, passphrase)
+        except AuthenticationError as exc:
+            if client_ip is not None and exc.code != "missing_credentials":
+                self.abuse.failed(ip)
+            raise
+        self.abuse.admit(entry)
+        return entry.info
 
     async def averify(
         self,
@@ -150,28 +163,53 @@ class KeyGuard:
         scopes: Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
-        key_id, secret = self._parse(token)
-        entry = self._local.get(key_id) or await self._afetch(key_id)
-        return self._decide(entry, secret, _ip(client_ip), scopes, passphrase).info
+        ip = _ip(client_ip)
+        if client_ip is not None:
+            self.abuse.check_client(ip)
+        try:
+            key_id, secret = self._parse(token)
+            entry = self._local.get(key_id) or await self._afetch(key_id)
+            entry = self._decide(entry, secret, ip, scopes, passphrase)
+        except AuthenticationError as exc:
+            if client_ip is not None and exc.code != "missing_credentials":
+                await self.abuse.afailed(ip)
+            raise
+        await self.abuse.aadmit(entry)
+        return entry.info
 
     def authenticate(self, facts: Facts) -> Entry:
-        """Steps 1-7 for a request the door described; returns the passing entry."""
-        key_id, secret, ip, needed, passphrase = self._begin(facts)
-        entry = self._local.get(key_id) or self._fetch(key_id)
-        return self._decide(entry, secret, ip, needed, passphrase)
+        """Steps 1-8 for a request the door described; returns the passing entry."""
+        try:
+            key_id, secret, ip, needed, passphrase = self._begin(facts)
+            entry = self._local.get(key_id) or self._fetch(key_id)
+            entry = self._decide(entry, secret, ip, needed, passphrase)
+        except AuthenticationError as exc:
+            if exc.code != "missing_credentials":
+                self.abuse.failed(self._client(facts))
+            raise
+        self.abuse.admit(entry)
+        return entry
 
     async def aauthenticate(self, facts: Facts) -> Entry:
-        key_id, secret, ip, needed, passphrase = self._begin(facts)
-        entry = self._local.get(key_id) or await self._afetch(key_id)
-        return self._decide(entry, secret, ip, needed, passphrase)
+        try:
+            key_id, secret, ip, needed, passphrase = self._begin(facts)
+            entry = self._local.get(key_id) or await self._afetch(key_id)
+            entry = self._decide(entry, secret, ip, needed, passphrase)
+        except AuthenticationError as exc:
+            if exc.code != "missing_credentials":
+                await self.abuse.afailed(self._client(facts))
+            raise
+        await self.abuse.aadmit(entry)
+        return entry
 
     def _begin(
         self, facts: Facts
     ) -> tuple[str, str, IPAddress | None, tuple[str, ...], str | None]:
         h = facts.headers
+        ip = self._client(facts)
+        self.abuse.check_client(ip)  # a throttled client is refused before any parsing or lookup
         token = credential(h.get("authorization", ()), h.get(self.header, ()))
         key_id, secret = self._parse(token)
-        ip = self.clients.resolve(facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ()))
         passphrases = h.get(self.passphrase_header)
         return (
             key_id,
@@ -180,6 +218,11 @@ class KeyGuard:
             self.router.required(facts.method, facts.path),
             passphrases[0] if passphrases else None,
         )
+
+    def _client(self, facts: Facts) -> IPAddress | None:
+        h = facts.headers
+        xff, fwd = h.get("x-forwarded-for", ()), h.get("forwarded", ())
+        return self.clients.resolve(facts.peer, xff, fwd)
 
     def _parse(self, token: str) -> tuple[str, str]:
         parsed = self._tokens.parse(token) if isinstance(token, str) else None
@@ -232,6 +275,7 @@ class KeyGuard:
 
     def flush(self) -> None:
         """Write buffered `last_used_at` times to the store (best effort)."""
+        self.abuse.flush()
         used, self._used = self._used, {}
         if not used:
             return
@@ -243,6 +287,7 @@ class KeyGuard:
 
     def close(self) -> None:
         self.flush()
+        self.abuse.close()
         self.store.close()
 
 
