@@ -152,6 +152,15 @@ class Abuse:
             self._down(exc)
             return self._hit(items, *ids)
 
+    def _full(self, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
+        """The first window with no room left (without spending from it)."""
+        limiter = self._limiter()
+        try:
+            return next((item for item in items if not limiter.test(item, *ids)), None)
+        except Exception as exc:
+            self._down(exc)
+            return None
+
     def _reset_in(self, item: RateLimitItem, *ids: str) -> float:
         limiter = self._limiter()
         try:
@@ -183,7 +192,8 @@ class Abuse:
         if not self._fail_items:
             return
         key = bucket(ip)
-        full = self._hit(self._fail_items, "fail", key)
+        # The failure that fills a window blocks at once: "30/minute" = 30 failures, then 429.
+        full = self._hit(self._fail_items, "fail", key) or self._full(self._fail_items, "fail", key)
         if full is None:
             return
         blocked = self._blocked
