@@ -67,6 +67,7 @@ REDIS_RETRY_SECONDS = 5.0
 REDIS_TIMEOUT = 0.25
 USES_TTL = 30 * 86_400  # a Redis use counter idle this long is reseeded from the store
 MAX_BLOCKED = 100_000
+MAX_PLANS = 100_000
 
 
 class QuotaExhausted(TooManyRequests):
@@ -106,6 +107,7 @@ class Abuse:
         self._redis_client: Any = None
         self._down_until = 0.0
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
+        self._plans: dict[tuple[object, ...], tuple[tuple[RateLimitItem, str, int], ...]] = {}
         self._blocked: dict[str, float] = {}  # bucket -> wall time its window resets
         self._lock = threading.Lock()
         self._uses: dict[str, int] = {}  # key id -> uses known to this process
@@ -139,11 +141,23 @@ class Abuse:
         self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
 
     def _hit(self, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
-        """Hit every window in order; the first full one, or None when all had room."""
+        """Hit every window in order; the first full one, or None when all had room.
+
+        This is `FixedWindowRateLimiter.hit` (`storage.incr(key, expiry) <= amount`)
+        with each window's storage key built once per (limit, caller) instead of
+        once per request: the warm path's largest saving."""
         limiter = self._limiter()
+        plan = self._plans.get((items, ids))
+        if plan is None:
+            if len(self._plans) >= MAX_PLANS:
+                self._plans.clear()
+            plan = self._plans[(items, ids)] = tuple(
+                (item, item.key_for(*ids), item.get_expiry()) for item in items
+            )
+        incr = limiter.storage.incr
         try:
-            for item in items:
-                if not limiter.hit(item, *ids):
+            for item, key, expiry in plan:
+                if incr(key, expiry) > item.amount:
                     return item
             return None
         except Exception as exc:  # a storage failure must never become a 5xx
