@@ -43,7 +43,9 @@ def build(settings: dict[str, Any], rate_limit: str | None) -> tuple[Any, str]:
             **settings,
         }
     )
-    token = guard.keys.create(owner="bench", name="b", scopes=["inference"], rate_limit=rate_limit).token
+    token = guard.keys.create(
+        owner="bench", name="b", scopes=["inference"], rate_limit=rate_limit
+    ).token
     app = Starlette(routes=[Route("/v1/chat", chat, methods=["POST"])])
     app.add_middleware(KeyGuardMiddleware, guard=guard)
     assert token is not None
@@ -52,11 +54,22 @@ def build(settings: dict[str, Any], rate_limit: str | None) -> tuple[Any, str]:
 
 def request(token: str) -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/v1/chat", "raw_path": b"/v1/chat", "query_string": b"",
-        "root_path": "", "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555),
-        "headers": [(b"host", b"api"), (b"authorization", f"Bearer {token}".encode()),
-                    (b"content-type", b"application/json")],
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat",
+        "raw_path": b"/v1/chat",
+        "query_string": b"",
+        "root_path": "",
+        "server": ("127.0.0.1", 8000),
+        "client": ("127.0.0.1", 5555),
+        "headers": [
+            (b"host", b"api"),
+            (b"authorization", f"Bearer {token}".encode()),
+            (b"content-type", b"application/json"),
+        ],
     }
 
 

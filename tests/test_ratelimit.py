@@ -42,7 +42,9 @@ async def _ok(request: Request) -> PlainTextResponse:
 def asgi_client(guard: KeyGuard, peer: str = "127.0.0.1") -> httpx.AsyncClient:
     app = Starlette(routes=[Route("/{p:path}", _ok, methods=["GET", "POST"])])
     app.add_middleware(ASGIMiddleware, guard=guard)
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(peer, 1234)), base_url="http://t")
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app, client=(peer, 1234)), base_url="http://t"
+    )
 
 
 def wsgi_client(guard: KeyGuard, peer: str = "127.0.0.1") -> httpx.Client:
@@ -105,8 +107,14 @@ def test_rejected_requests_spend_no_budget() -> None:
     guard = make(rate_limit="2/minute", rules=[{"path": "/admin", "scopes": ["admin"]}])
     token = guard.keys.create(owner="o", name="n", scopes=["read"]).token
     with wsgi_client(guard) as client:
-        assert [client.get("/admin", headers=bearer(token)).status_code for _ in range(5)] == [403] * 5
-        assert [client.get("/", headers=bearer(token)).status_code for _ in range(3)] == [200, 200, 429]
+        assert [client.get("/admin", headers=bearer(token)).status_code for _ in range(5)] == [
+            403
+        ] * 5
+        assert [client.get("/", headers=bearer(token)).status_code for _ in range(3)] == [
+            200,
+            200,
+            429,
+        ]
 
 
 def test_no_limit_configured_means_no_limit() -> None:
@@ -138,8 +146,13 @@ def test_failures_throttle_the_client_before_any_lookup() -> None:
     get = guard.store.get
     guard.store.get = lambda kid: (lookups.append(kid), get(kid))[1]  # type: ignore[method-assign]
     guard.forget(key_id)
-    with wsgi_client(guard, peer="198.51.100.7") as attacker, wsgi_client(guard, peer="198.51.100.8") as other:
-        assert [attacker.get("/", headers=bearer(forged)).status_code for _ in range(3)] == [401] * 3
+    with (
+        wsgi_client(guard, peer="198.51.100.7") as attacker,
+        wsgi_client(guard, peer="198.51.100.8") as other,
+    ):
+        assert [attacker.get("/", headers=bearer(forged)).status_code for _ in range(3)] == [
+            401
+        ] * 3
         lookups.clear()
         throttled = attacker.get("/", headers=bearer(token))  # even the right key
         assert throttled.status_code == 429
@@ -322,7 +335,9 @@ async def test_redis_rate_limit_async_path(two_instances: tuple[KeyGuard, KeyGua
     assert got == [200, 200, 429]
 
 
-def test_redis_failures_are_counted_across_instances(two_instances: tuple[KeyGuard, KeyGuard]) -> None:
+def test_redis_failures_are_counted_across_instances(
+    two_instances: tuple[KeyGuard, KeyGuard],
+) -> None:
     a, b = two_instances
     a_guard, b_guard = a, b
     ip = random_ip()

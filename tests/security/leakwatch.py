@@ -147,7 +147,10 @@ class SecretWatch:
         import sys
 
         for modname, module in list(sys.modules.items()):
-            if modname.startswith("keyguard") and getattr(module, "problem", None) is original_problem:
+            if (
+                modname.startswith("keyguard")
+                and getattr(module, "problem", None) is original_problem
+            ):
                 self._patch(module, "problem", problem)
 
         original_init = exceptions.KeyGuardError.__init__

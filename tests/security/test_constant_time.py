@@ -17,7 +17,9 @@ import keyguard.hashing
 from keyguard import AuthenticationError, KeyGuard
 
 SRC = Path(keyguard.__file__).parent
-SECRET_NAMES = re.compile(r"secret|signature|digest|passphrase|_hash|hash_|token|mac|pepper|expected|presented", re.I)
+SECRET_NAMES = re.compile(
+    r"secret|signature|digest|passphrase|_hash|hash_|token|mac|pepper|expected|presented", re.I
+)
 MODULES = ["hashing.py", "decision.py", "signing.py", "crypto.py"]
 
 
@@ -57,7 +59,9 @@ def test_previous_secret_in_grace_uses_compare_digest(guard: KeyGuard, compare_c
     assert len(compare_calls) == 2  # current (no match), then previous (match)
 
 
-def test_remembered_passphrase_checks_use_compare_digest(guard: KeyGuard, compare_calls: list) -> None:
+def test_remembered_passphrase_checks_use_compare_digest(
+    guard: KeyGuard, compare_calls: list
+) -> None:
     issued = guard.keys.create(owner="o", name="n", passphrase="right passphrase")
     guard.verify(issued.token, passphrase="right passphrase")  # argon2 once, then remembered
     compare_calls.clear()
@@ -80,7 +84,9 @@ def _secret_comparisons(path: Path) -> list[str]:
     tree = ast.parse(path.read_text())
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.Compare) and any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops):
+        if isinstance(node, ast.Compare) and any(
+            isinstance(op, ast.Eq | ast.NotEq) for op in node.ops
+        ):
             operands = [node.left, *node.comparators]
             if any(isinstance(o, ast.Constant) and o.value is None for o in operands):
                 continue
@@ -100,5 +106,7 @@ def test_no_equality_on_secrets(module: str) -> None:
 
 def test_the_static_check_sees_a_planted_comparison(tmp_path: Path) -> None:
     planted = tmp_path / "planted.py"
-    planted.write_text("def check(stored, presented):\n    return stored_hash == digest(presented)\n")
+    planted.write_text(
+        "def check(stored, presented):\n    return stored_hash == digest(presented)\n"
+    )
     assert len(_secret_comparisons(planted)) == 1

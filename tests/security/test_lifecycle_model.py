@@ -51,7 +51,11 @@ class Lifecycle(RuleBasedStateMachine):
             {
                 "store": "memory://",
                 "cache": None,
-                "policy": {"allow_private_ips": True, "unrestricted_max_days": None, "max_keys_per_owner": None},
+                "policy": {
+                    "allow_private_ips": True,
+                    "unrestricted_max_days": None,
+                    "max_keys_per_owner": None,
+                },
                 "abuse": {"max_failures": None},
             },
             clock=lambda: self.now,
@@ -65,11 +69,15 @@ class Lifecycle(RuleBasedStateMachine):
     # -- the plain model ---------------------------------------------------------
 
     def expected(self, token: str, ip: str, needed: tuple[str, ...]) -> str:
-        key = next((k for k in self.model.values() if token in (k.token, k.previous, *k.retired)), None)
+        key = next(
+            (k for k in self.model.values() if token in (k.token, k.previous, *k.retired)), None
+        )
         if key is None or key.deleted:
             return "invalid_key"
         proven = token == key.token or (
-            token == key.previous and key.previous_until is not None and self.now < key.previous_until
+            token == key.previous
+            and key.previous_until is not None
+            and self.now < key.previous_until
         )
         if not proven:
             return "invalid_key"
@@ -97,7 +105,11 @@ class Lifecycle(RuleBasedStateMachine):
         )
         assert issued.token is not None
         self.model[issued.id] = ModelKey(
-            issued.id, issued.token, tuple(scopes), ips, None if expires_in is None else self.now + expires_in
+            issued.id,
+            issued.token,
+            tuple(scopes),
+            ips,
+            None if expires_in is None else self.now + expires_in,
         )
         self.tokens.append(issued.token)
         return issued.id
@@ -138,7 +150,9 @@ class Lifecycle(RuleBasedStateMachine):
         assert not key.deleted and not key.revoked and issued.token is not None
         if key.previous is not None:
             key.retired.append(key.previous)
-        key.previous, key.previous_until = (key.token, self.now + grace) if grace > 0 else (None, None)
+        key.previous, key.previous_until = (
+            (key.token, self.now + grace) if grace > 0 else (None, None)
+        )
         if key.previous is None:
             key.retired.append(key.token)
         key.token = issued.token

@@ -37,7 +37,9 @@ def _caught(watch: SecretWatch) -> bool:
     return found
 
 
-def test_issued_tokens_and_passphrases_are_recorded(watch: SecretWatch, issued: tuple[KeyGuard, str]) -> None:
+def test_issued_tokens_and_passphrases_are_recorded(
+    watch: SecretWatch, issued: tuple[KeyGuard, str]
+) -> None:
     _guard, token = issued
     assert token.split("_", 2)[2][:24] in watch.token_parts
     assert "correct horse" in watch.others
@@ -46,11 +48,20 @@ def test_issued_tokens_and_passphrases_are_recorded(watch: SecretWatch, issued: 
 @pytest.mark.parametrize(
     "plant",
     [
-        pytest.param(lambda t: logging.getLogger("keyguard.x").debug("t=%s", t), id="keyguard-debug-log"),
-        pytest.param(lambda t: logging.getLogger("someapp").warning("t=%s!", t), id="any-warning-log"),
-        pytest.param(lambda t: logging.getLogger("someapp").error("oops", exc_info=ValueError(t)), id="log-exc"),
+        pytest.param(
+            lambda t: logging.getLogger("keyguard.x").debug("t=%s", t), id="keyguard-debug-log"
+        ),
+        pytest.param(
+            lambda t: logging.getLogger("someapp").warning("t=%s!", t), id="any-warning-log"
+        ),
+        pytest.param(
+            lambda t: logging.getLogger("someapp").error("oops", exc_info=ValueError(t)),
+            id="log-exc",
+        ),
         pytest.param(lambda t: StoreError(f"cannot store {t}"), id="exception-message"),
-        pytest.param(lambda t: AuthorizationError("insufficient_scope", f"x{t[10:]}y"), id="cut-token"),
+        pytest.param(
+            lambda t: AuthorizationError("insufficient_scope", f"x{t[10:]}y"), id="cut-token"
+        ),
     ],
 )
 def test_planted_leak_is_caught(watch: SecretWatch, issued: tuple[KeyGuard, str], plant) -> None:
@@ -65,7 +76,9 @@ def test_passphrase_in_log_is_caught(watch: SecretWatch, issued: tuple[KeyGuard,
     assert _caught(watch)
 
 
-async def test_leak_in_asgi_body_is_caught(watch: SecretWatch, issued: tuple[KeyGuard, str]) -> None:
+async def test_leak_in_asgi_body_is_caught(
+    watch: SecretWatch, issued: tuple[KeyGuard, str]
+) -> None:
     guard, token = issued
 
     async def echo(request: Request) -> PlainTextResponse:
@@ -73,8 +86,12 @@ async def test_leak_in_asgi_body_is_caught(watch: SecretWatch, issued: tuple[Key
 
     app = Starlette(routes=[Route("/", echo)])
     app.add_middleware(ASGIMiddleware, guard=guard)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-        r = await client.get("/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        r = await client.get(
+            "/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"}
+        )
     assert r.status_code == 200
     assert _caught(watch)
 
@@ -86,8 +103,12 @@ def test_leak_in_wsgi_body_is_caught(watch: SecretWatch, issued: tuple[KeyGuard,
         start_response("200 OK", [("content-type", "text/plain")])
         return [environ["HTTP_AUTHORIZATION"].encode()]
 
-    with httpx.Client(transport=httpx.WSGITransport(app=WSGIMiddleware(app, guard=guard)), base_url="http://t") as c:
-        r = c.get("/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"})
+    with httpx.Client(
+        transport=httpx.WSGITransport(app=WSGIMiddleware(app, guard=guard)), base_url="http://t"
+    ) as c:
+        r = c.get(
+            "/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"}
+        )
     assert r.status_code == 200
     assert _caught(watch)
 
@@ -102,13 +123,19 @@ async def test_leak_in_a_rejection_rendered_by_the_door_is_caught(
 
     app = Starlette(routes=[Route("/", bad)])
     app.add_middleware(ASGIMiddleware, guard=guard)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
-        r = await client.get("/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"})
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
+        r = await client.get(
+            "/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"}
+        )
     assert r.status_code == 403
     assert _caught(watch)
 
 
-def test_clean_traffic_is_scanned_and_passes(watch: SecretWatch, issued: tuple[KeyGuard, str]) -> None:
+def test_clean_traffic_is_scanned_and_passes(
+    watch: SecretWatch, issued: tuple[KeyGuard, str]
+) -> None:
     guard, token = issued
 
     def app(environ, start_response):
@@ -116,9 +143,13 @@ def test_clean_traffic_is_scanned_and_passes(watch: SecretWatch, issued: tuple[K
         return [b"hello"]
 
     before = watch.scanned
-    with httpx.Client(transport=httpx.WSGITransport(app=WSGIMiddleware(app, guard=guard)), base_url="http://t") as c:
+    with httpx.Client(
+        transport=httpx.WSGITransport(app=WSGIMiddleware(app, guard=guard)), base_url="http://t"
+    ) as c:
         assert c.get("/", headers={"Authorization": f"Bearer {token}x"}).status_code == 401
-        ok = c.get("/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"})
+        ok = c.get(
+            "/", headers={"Authorization": f"Bearer {token}", "KG-Passphrase": "correct horse"}
+        )
         assert ok.status_code == 200
     assert watch.scanned > before
     assert not watch.leaks
