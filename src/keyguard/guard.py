@@ -26,10 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import ABSENT, LocalCache, SingleFlight, _Absent
 from .decision import Entry, bearer_proven, credential, decide, invalid_key
-from .exceptions import ConfigurationError, ServiceUnavailable, StoreError
+from .exceptions import AuthenticationError, ConfigurationError, ServiceUnavailable, StoreError
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import ClientResolver, IPAddress, IPNetwork, parse_ip
+from .ratelimit import Abuse
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import Signed, SignedRequests
@@ -89,6 +90,7 @@ class KeyGuard:
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
+        self.abuse = Abuse(s, self.store)
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     # -- start-up -----------------------------------------------------------
@@ -155,10 +157,21 @@ class KeyGuard:
         scopes: Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
-        """Check a bearer token without HTTP; raises the errors of SPEC section 5."""
-        key_id, secret = self._parse(token)
-        entry = self._local.get(key_id) or self._fetch(key_id)
-        return self._decide(entry, secret, _ip(client_ip), _scopes(scopes), passphrase).info
+        """Check a bearer token without HTTP; raises the errors of SPEC section 5.
+        With `client_ip`, failed-attempt throttling applies to that address."""
+        ip = _ip(client_ip)
+        if client_ip is not None:
+            self.abuse.check_client(ip)
+        try:
+            key_id, secret = self._parse(token)
+            entry = self._local.get(key_id) or self._fetch(key_id)
+            entry = self._decide(entry, secret, ip, _scopes(scopes), passphrase)
+        except AuthenticationError as exc:
+            if client_ip is not None and exc.code != "missing_credentials":
+                self.abuse.failed(ip)
+            raise
+        self.abuse.admit(entry)
+        return entry.info
 
     async def averify(
         self,
@@ -168,48 +181,78 @@ class KeyGuard:
         scopes: Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
-        key_id, secret = self._parse(token)
-        entry = self._local.get(key_id) or await self._afetch(key_id)
-        return self._decide(entry, secret, _ip(client_ip), _scopes(scopes), passphrase).info
+        ip = _ip(client_ip)
+        if client_ip is not None:
+            self.abuse.check_client(ip)
+        try:
+            key_id, secret = self._parse(token)
+            entry = self._local.get(key_id) or await self._afetch(key_id)
+            entry = self._decide(entry, secret, ip, _scopes(scopes), passphrase)
+        except AuthenticationError as exc:
+            if client_ip is not None and exc.code != "missing_credentials":
+                await self.abuse.afailed(ip)
+            raise
+        await self.abuse.aadmit(entry)
+        return entry.info
 
     def authenticate(self, facts: Facts) -> Entry:
-        """Steps 1-7 for a request the door described; returns the passing entry."""
-        if self.signing.is_signed(facts.headers):
-            signed = self.signing.begin(facts)
-            found = self._local.get(signed.key_id) or self._fetch(signed.key_id)
-            passed = self._decide(found, "", signed.ip, signed.needed, signed.passphrase, signed)
-            self.signing.remember(signed)
-            return passed
-        key_id, secret, ip, needed, passphrase = self._begin(facts)
-        entry = self._local.get(key_id) or self._fetch(key_id)
-        return self._decide(entry, secret, ip, needed, passphrase)
+        """Steps 1-8 for a request the door described; returns the passing entry."""
+        ip = self._client(facts)
+        self.abuse.check_client(ip)  # a throttled client is refused before any parsing or lookup
+        try:
+            if self.signing.is_signed(facts.headers):
+                signed = self.signing.begin(facts)
+                found = self._local.get(signed.key_id) or self._fetch(signed.key_id)
+                entry = self._decide(found, "", ip, signed.needed, signed.passphrase, signed)
+                self.signing.remember(signed)
+            else:
+                key_id, secret, needed, passphrase = self._begin(facts)
+                found = self._local.get(key_id) or self._fetch(key_id)
+                entry = self._decide(found, secret, ip, needed, passphrase)
+        except AuthenticationError as exc:
+            if exc.code != "missing_credentials":
+                self.abuse.failed(ip)
+            raise
+        self.abuse.admit(entry)
+        return entry
 
     async def aauthenticate(self, facts: Facts) -> Entry:
-        if self.signing.is_signed(facts.headers):
-            signed = self.signing.begin(facts)
-            found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
-            passed = self._decide(found, "", signed.ip, signed.needed, signed.passphrase, signed)
-            await self.signing.aremember(signed)
-            return passed
-        key_id, secret, ip, needed, passphrase = self._begin(facts)
-        entry = self._local.get(key_id) or await self._afetch(key_id)
-        return self._decide(entry, secret, ip, needed, passphrase)
+        ip = self._client(facts)
+        self.abuse.check_client(ip)
+        try:
+            if self.signing.is_signed(facts.headers):
+                signed = self.signing.begin(facts)
+                found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
+                entry = self._decide(found, "", ip, signed.needed, signed.passphrase, signed)
+                await self.signing.aremember(signed)
+            else:
+                key_id, secret, needed, passphrase = self._begin(facts)
+                found = self._local.get(key_id) or await self._afetch(key_id)
+                entry = self._decide(found, secret, ip, needed, passphrase)
+        except AuthenticationError as exc:
+            if exc.code != "missing_credentials":
+                await self.abuse.afailed(ip)
+            raise
+        await self.abuse.aadmit(entry)
+        return entry
 
-    def _begin(
-        self, facts: Facts
-    ) -> tuple[str, str, IPAddress | None, tuple[str, ...], str | None]:
+    def _begin(self, facts: Facts) -> tuple[str, str, tuple[str, ...], str | None]:
+        """Step 1 for a bearer request: (key id, secret, scopes needed, passphrase)."""
         h = facts.headers
         token = credential(h.get("authorization", ()), h.get(self.header, ()))
         key_id, secret = self._parse(token)
-        ip = self.clients.resolve(facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ()))
         passphrases = h.get(self.passphrase_header)
         return (
             key_id,
             secret,
-            ip,
             self.router.required(facts.method, facts.path),
             passphrases[0] if passphrases else None,
         )
+
+    def _client(self, facts: Facts) -> IPAddress | None:
+        h = facts.headers
+        xff, fwd = h.get("x-forwarded-for", ()), h.get("forwarded", ())
+        return self.clients.resolve(facts.peer, xff, fwd)
 
     def _parse(self, token: str) -> tuple[str, str]:
         parsed = self._tokens.parse(token) if isinstance(token, str) else None
@@ -267,6 +310,7 @@ class KeyGuard:
 
     def flush(self) -> None:
         """Write buffered `last_used_at` times to the store (best effort)."""
+        self.abuse.flush()
         used, self._used = self._used, {}
         if not used:
             return
@@ -285,6 +329,7 @@ class KeyGuard:
         self.signing.close()
         if self._shared is not None:
             self._shared.close()
+        self.abuse.close()
         self.store.close()
 
 
