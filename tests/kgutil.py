@@ -56,7 +56,12 @@ class CountingStore(MemoryStore):
 def counting_guard(
     settings: Mapping[str, Any] | None = None, **kwargs: Any
 ) -> tuple[KeyGuard, CountingStore]:
-    merged = {"store": "memory://", "policy": {"allow_private_ips": True}, **(settings or {})}
+    merged = {
+        "store": "memory://",
+        "policy": {"allow_private_ips": True},
+        "abuse": {"max_failures": None},  # many failures per test; throttling has its own tests
+        **(settings or {}),
+    }
     guard = KeyGuard(merged, **kwargs)
     store = CountingStore()
     guard.store = store  # before first use: the guard sets this store up

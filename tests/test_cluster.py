@@ -38,6 +38,7 @@ def settings(store: str, cache: str | None, **extra: Any) -> dict[str, Any]:
         "local_cache_ttl": 60,  # long: only the invalidation channel can explain a fast refusal
         "pepper": "a-pepper-for-tests-only",
         "policy": {"allow_private_ips": True},
+        "abuse": {"max_failures": None},  # refusals are the point here, not throttling
         "rules": [{"path": "/v1/*", "scopes": ["read"]}],
         **extra,
     }

