@@ -379,8 +379,8 @@ def rejections(rounds: int, count: int) -> tuple[float, dict[str, int]]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=9, help="timed rounds per variant (median)")
-    parser.add_argument("--requests", type=int, default=3000, help="requests per variant per round")
+    parser.add_argument("--rounds", type=int, default=30, help="timed rounds per variant (median)")
+    parser.add_argument("--requests", type=int, default=1000, help="requests per variant per round")
     parser.add_argument("--tokens", type=int, default=50_000, help="bad tokens per rejection round")
     parser.add_argument("--only-keyguard", action="store_true", help="skip keyshield (profiling)")
     args = parser.parse_args(argv)
@@ -425,61 +425,77 @@ def main(argv: list[str] | None = None) -> int:
         assert cases["FastAPI + keyshield cached"].status(no_key_asgi) == 401
     assert cases["Flask + keyguard"].status(wsgi_environ({})) == 401
 
-    # Warm-up, then interleaved rounds.
+    # Warm-up, then rounds. A round times each framework's variants back to
+    # back in a shuffled order; the overhead of a variant is taken per round
+    # (variant minus its bare app in the same round), then the median of
+    # those. Pairing keeps noise from a busy machine out of the differences.
     for case in cases.values():
         timed(case, max(200, args.requests // 5))
-    samples: dict[str, list[float]] = {name: [] for name in cases}
-    order = list(cases)
-    for r in range(args.rounds):
-        random.Random(r).shuffle(order)
-        for name in order:
-            samples[name].append(timed(cases[name], args.requests))
-    med = {name: statistics.median(v) / 1000 for name, v in samples.items()}  # µs
-
-    bare_of = {
-        "Starlette": med["Starlette bare"],
-        "FastAPI": med["FastAPI bare"],
-        "Flask": med["Flask bare"],
-    }
-    print(
-        f"\nkeyguard core benchmark: {args.rounds} rounds x {args.requests} requests, "
-        f"median per request, in-process (Python {sys.version.split()[0]})\n"
-    )
-    print(
-        f"| {'variant':<28} | {'µs/request':>10} | {'overhead µs':>11} | {'overhead / bare':>15} |"
-    )
-    print(f"|{'-' * 30}|{'-' * 11}:|{'-' * 12}:|{'-' * 16}:|")
-    overhead: dict[str, float] = {}
+    groups: dict[str, list[str]] = {}
     for name in cases:
-        bare = bare_of[name.split()[0]]
-        if name.endswith("bare"):
-            print(f"| {name:<28} | {med[name]:>10.1f} | {'':>11} | {'':>15} |")
-            continue
-        overhead[name] = med[name] - bare
-        print(
-            f"| {name:<28} | {med[name]:>10.1f} | {overhead[name]:>11.1f} | "
-            f"{overhead[name] / bare:>15.1%} |"
-        )
+        groups.setdefault(name.split()[0], []).append(name)
+    samples: dict[str, list[float]] = {name: [] for name in cases}
+    rng = random.Random(0)
+    for _ in range(args.rounds):
+        group_order = list(groups)
+        rng.shuffle(group_order)
+        for group in group_order:
+            order = groups[group][:]
+            rng.shuffle(order)
+            for name in order:
+                samples[name].append(timed(cases[name], args.requests) / 1000)  # µs
 
-    rate, calls = rejections(max(3, args.rounds // 2), args.tokens)
+    med = {name: statistics.median(v) for name, v in samples.items()}
+    bare_name = {name: name.split()[0] + " bare" for name in cases}
+    overhead: dict[str, float] = {}
+    share: dict[str, float] = {}
+    for name in cases:
+        if name != bare_name[name]:
+            bare = samples[bare_name[name]]
+            overhead[name] = statistics.median(
+                v - b for v, b in zip(samples[name], bare, strict=True)
+            )
+            share[name] = statistics.median(
+                (v - b) / b for v, b in zip(samples[name], bare, strict=True)
+            )
+
+    print(
+        f"\nkeyguard core benchmark: {args.rounds} rounds x {args.requests} requests per variant, "
+        f"in-process, Python {sys.version.split()[0]}\n"
+        "(µs/request: median over rounds; overhead: median over rounds of the time added "
+        "over the same bare app in the same round)\n"
+    )
+    head = ("variant", "µs/request", "overhead µs", "overhead / bare")
+    print(f"| {head[0]:<28} | {head[1]:>10} | {head[2]:>11} | {head[3]:>15} |")
+    print(f"|{'-' * 30}|{'-' * 11}:|{'-' * 12}:|{'-' * 16}:|")
+    for name in cases:
+        if name not in overhead:
+            print(f"| {name:<28} | {med[name]:>10.1f} | {'':>11} | {'':>15} |")
+        else:
+            print(
+                f"| {name:<28} | {med[name]:>10.1f} | {overhead[name]:>11.1f} | "
+                f"{share[name]:>15.1%} |"
+            )
+
+    rate, calls = rejections(max(3, args.rounds // 3), args.tokens)
 
     print("\nTargets:\n")
     checks = [
         (
             "keyguard overhead <= 10% of bare FastAPI",
-            overhead["FastAPI + keyguard"] / bare_of["FastAPI"],
+            share["FastAPI + keyguard"],
             TARGET_FASTAPI,
             "{:.1%}",
         ),
         (
             "keyguard overhead <= 50% of bare Starlette",
-            overhead["Starlette + keyguard"] / bare_of["Starlette"],
+            share["Starlette + keyguard"],
             TARGET_STARLETTE,
             "{:.1%}",
         ),
         (
             "keyguard overhead <= 15% of bare Flask",
-            overhead["Flask + keyguard"] / bare_of["Flask"],
+            share["Flask + keyguard"],
             TARGET_FLASK,
             "{:.1%}",
         ),
