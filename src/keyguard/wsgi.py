@@ -44,6 +44,8 @@ class KeyGuardMiddleware:
     def _path(self, environ: WSGIEnvironment) -> str:
         # PATH_INFO is latin-1-decoded bytes (PEP 3333); route on the UTF-8 text.
         raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if raw.isascii():  # the usual path: the round trip below would give it back as is
+            return str(raw) or "/"
         try:
             return str(raw.encode("latin-1").decode("utf-8")) or "/"
         except UnicodeError:
