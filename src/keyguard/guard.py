@@ -205,7 +205,7 @@ class KeyGuard:
             raise invalid_key()
         assert isinstance(entry, Entry)  # for mypy; ABSENT is the only other value
         now = self.clock()
-        hasher = self.hasher
+        hasher = self._hasher or self.hasher  # the property only until it is set up
         decide(
             entry,
             proven=bearer_proven(entry, secret, hasher, now),
