@@ -55,7 +55,10 @@ class KeyGuardMiddleware:
         path = self._path(environ)
         if self._is_public(path):
             return self.app(environ, start_response)
-        headers = {name: [environ[key]] for name, key in self._environ_names if key in environ}
+        headers: dict[str, list[str]] = {}
+        for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
+            if key in environ:
+                headers[name] = [environ[key]]
         facts = Facts(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers)
         try:
             entry = self.guard.authenticate(facts)
