@@ -170,7 +170,10 @@ class KeyGuard:
     ) -> tuple[str, str, IPAddress | None, tuple[str, ...], str | None]:
         h = facts.headers
         token = credential(h.get("authorization", ()), h.get(self.header, ()))
-        key_id, secret = self._parse(token)
+        parsed = self._tokens.parse(token) if isinstance(token, str) else None  # = _parse, inlined
+        if parsed is None:
+            raise invalid_key()
+        key_id, secret = parsed
         ip = self.clients.resolve(facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ()))
         passphrases = h.get(self.passphrase_header)
         return (
