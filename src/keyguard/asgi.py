@@ -78,7 +78,8 @@ class KeyGuardMiddleware:
     ) -> None:
         self.app = app
         self.guard = guard_from(guard, settings)
-        self._wanted = frozenset(n.encode() for n in self.guard.header_names)
+        # raw header name -> the name the guard reads, decoded once here
+        self._wanted = {n.encode(): n.encode().decode("latin-1") for n in self.guard.header_names}
         self._is_public = self.guard.router.is_public
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -93,8 +94,9 @@ class KeyGuardMiddleware:
         wanted = self._wanted
         headers: dict[str, list[str]] = {}
         for name, value in scope["headers"]:
-            if name in wanted:
-                headers.setdefault(name.decode("latin-1"), []).append(value.decode("latin-1"))
+            text = wanted.get(name)
+            if text is not None:
+                headers.setdefault(text, []).append(value.decode("latin-1"))
         client = scope.get("client")
         facts = Facts(scope.get("method", "GET"), scope["path"], client[0] if client else None, headers)
         try:

@@ -240,7 +240,10 @@ class KeyGuard:
         """Step 1 for a bearer request: (key id, secret, scopes needed, passphrase)."""
         h = facts.headers
         token = credential(h.get("authorization", ()), h.get(self.header, ()))
-        key_id, secret = self._parse(token)
+        parsed = self._tokens.parse(token) if isinstance(token, str) else None  # = _parse, inlined
+        if parsed is None:
+            raise invalid_key()
+        key_id, secret = parsed
         passphrases = h.get(self.passphrase_header)
         return (
             key_id,
@@ -279,7 +282,7 @@ class KeyGuard:
             raise invalid_key()
         assert isinstance(entry, Entry)  # for mypy; ABSENT is the only other value
         now = self.clock()
-        hasher = self.hasher
+        hasher = self._hasher or self.hasher  # the property only until it is set up
         decide(
             entry,
             proven=(

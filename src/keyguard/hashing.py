@@ -28,13 +28,24 @@ class Hasher:
 
     def __init__(self, pepper: bytes, scheme: str = "hmac-sha256", remember: int = 10_000) -> None:
         self._pepper = pepper
+        # HMAC's keyed inner and outer SHA-256 states, computed once: copying
+        # them costs far less than hmac.new() setting them up on every call.
+        key = hashlib.sha256(pepper).digest() if len(pepper) > 64 else pepper
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
         self._scheme = scheme
         self._passed: OrderedDict[str, bytes] = OrderedDict()
         self._remember = remember
         self._lock = threading.Lock()
 
     def digest(self, secret: str) -> bytes:
-        return hmac.new(self._pepper, secret.encode("utf-8", "surrogatepass"), hashlib.sha256).digest()
+        """HMAC-SHA256(pepper, secret), as `hmac.new(...).digest()` gives it (RFC 2104)."""
+        inner = self._inner.copy()
+        inner.update(secret.encode("utf-8", "surrogatepass"))
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
     def hash_secret(self, secret: str) -> str:
         if self._scheme == "argon2id":

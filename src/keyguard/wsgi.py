@@ -46,6 +46,8 @@ class KeyGuardMiddleware:
     def _path(self, environ: WSGIEnvironment) -> str:
         # PATH_INFO is latin-1-decoded bytes (PEP 3333); route on the UTF-8 text.
         raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+        if raw.isascii():  # the usual path: the round trip below would give it back as is
+            return str(raw) or "/"
         try:
             return str(raw.encode("latin-1").decode("utf-8")) or "/"
         except UnicodeError:
@@ -55,7 +57,10 @@ class KeyGuardMiddleware:
         path = self._path(environ)
         if self._is_public(path):
             return self.app(environ, start_response)
-        headers = {name: [environ[key]] for name, key in self._environ_names if key in environ}
+        headers: dict[str, list[str]] = {}
+        for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
+            if key in environ:
+                headers[name] = [environ[key]]
         facts = Facts(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers)
         try:
             if self.guard.signing.is_signed(headers):  # only signed requests have their body read
