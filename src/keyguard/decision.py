@@ -9,24 +9,46 @@ that proved the secret.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .exceptions import AuthenticationError, AuthorizationError, BadRequest
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import IPAddress, IPNetwork, ip_allowed
+from .network import Allowlist, IPAddress
 from .scopes import Scopes
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Entry:
-    """A record prepared for the hot path: parsed networks, expanded scopes."""
+    """A record prepared for the hot path: expanded scopes, the allowlist as ranges.
+
+    `proof` is the SHA-256 of the last token that proved this record's current
+    secret. A record change makes a new Entry, so a proof never outlives the
+    secret it was checked against.
+    """
 
     record: KeyRecord
     info: KeyInfo
     scopes: frozenset[str]
-    networks: tuple[IPNetwork, ...]
+    allowlist: Allowlist
+    proof: bytes | None = field(default=None, repr=False)
+
+
+def token_digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+def remembered(entry: object, token: str) -> bool:
+    """Steps 2-3 from memory: this exact token already passed them against this entry
+    (a well-formed token with a valid checksum whose secret matched the current hash)."""
+    return (
+        isinstance(entry, Entry)
+        and entry.proof is not None
+        and hmac.compare_digest(entry.proof, token_digest(token))
+    )
 
 
 def invalid_key() -> AuthenticationError:
@@ -57,10 +79,12 @@ def credential(authorization: Sequence[str], api_key: Sequence[str]) -> str:
     return tokens.pop()
 
 
-def bearer_proven(entry: Entry, secret: str, hasher: Hasher, now: float) -> bool:
-    """Step 3: the secret matches the current hash, or the previous one in grace."""
+def bearer_proven(entry: Entry, token: str, secret: str, hasher: Hasher, now: float) -> bool:
+    """Step 3: the secret matches the current hash, or the previous one in grace.
+    A match of the current hash is remembered on the entry (see `remembered`)."""
     record = entry.record
     if hasher.check(record.secret_hash, secret):
+        entry.proof = token_digest(token)
         return True
     until = record.previous_valid_until
     return until is not None and now < until and hasher.check(record.previous_secret_hash, secret)
@@ -88,7 +112,7 @@ def decide(
         passphrase is None or not hasher.check(record.passphrase_hash, passphrase)
     ):
         raise AuthenticationError("invalid_passphrase", "The passphrase is missing or wrong.")
-    if entry.networks and not ip_allowed(client_ip, entry.networks):
+    if entry.allowlist and client_ip not in entry.allowlist:
         raise AuthorizationError("ip_not_allowed", "This API key may not be used from this address.")
     if needed and not entry.scopes.issuperset(needed):  # held outright: nothing to walk
         missing = Scopes.missing(entry.scopes, needed)

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .cache import ABSENT, LocalCache, SingleFlight, _Absent
-from .decision import Entry, bearer_proven, credential, decide, invalid_key
+from .decision import Entry, bearer_proven, credential, decide, invalid_key, remembered
 from .exceptions import AuthenticationError, ConfigurationError, ServiceUnavailable, StoreError
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import ClientResolver, IPAddress, IPNetwork, parse_ip
+from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
@@ -117,7 +117,7 @@ class KeyGuard:
                 networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 networks.append(_NEVER)  # fail closed on a corrupt stored entry
-        return Entry(record, record.info(), self.scopes.expand(record.scopes), tuple(networks))
+        return Entry(record, record.info(), self.scopes.expand(record.scopes), Allowlist(networks))
 
     def _load(self, key_id: str) -> Entry | _Absent:
         epoch = self._epoch
@@ -163,9 +163,9 @@ class KeyGuard:
         if client_ip is not None:
             self.abuse.check_client(ip)
         try:
-            key_id, secret = self._parse(token)
-            entry = self._local.get(key_id) or self._fetch(key_id)
-            entry = self._decide(entry, secret, ip, _scopes(scopes), passphrase)
+            key_id, secret, found = self._bearer(token)
+            found = found or self._fetch(key_id)
+            entry = self._decide(found, ip, _scopes(scopes), passphrase, token=token, secret=secret)
         except AuthenticationError as exc:
             if client_ip is not None and exc.code != "missing_credentials":
                 self.abuse.failed(ip)
@@ -185,14 +185,15 @@ class KeyGuard:
         if client_ip is not None:
             self.abuse.check_client(ip)
         try:
-            key_id, secret = self._parse(token)
-            entry = self._local.get(key_id) or await self._afetch(key_id)
-            entry = self._decide(entry, secret, ip, _scopes(scopes), passphrase)
+            key_id, secret, found = self._bearer(token)
+            found = found or await self._afetch(key_id)
+            entry = self._decide(found, ip, _scopes(scopes), passphrase, token=token, secret=secret)
         except AuthenticationError as exc:
             if client_ip is not None and exc.code != "missing_credentials":
                 await self.abuse.afailed(ip)
             raise
-        await self.abuse.aadmit(entry)
+        if self.abuse.applies(entry):
+            await self.abuse.aadmit(entry)
         return entry.info
 
     def authenticate(self, facts: Facts) -> Entry:
@@ -203,12 +204,13 @@ class KeyGuard:
             if self.signing.is_signed(facts.headers):
                 signed = self.signing.begin(facts)
                 found = self._local.get(signed.key_id) or self._fetch(signed.key_id)
-                entry = self._decide(found, "", ip, signed.needed, signed.passphrase, signed)
+                entry = self._decide(found, ip, signed.needed, signed.passphrase, signed=signed)
                 self.signing.remember(signed)
             else:
-                key_id, secret, needed, passphrase = self._begin(facts)
-                found = self._local.get(key_id) or self._fetch(key_id)
-                entry = self._decide(found, secret, ip, needed, passphrase)
+                token, needed, passphrase = self._begin(facts)
+                key_id, secret, cached = self._bearer(token)
+                found = cached or self._fetch(key_id)
+                entry = self._decide(found, ip, needed, passphrase, token=token, secret=secret)
         except AuthenticationError as exc:
             if exc.code != "missing_credentials":
                 self.abuse.failed(ip)
@@ -223,45 +225,52 @@ class KeyGuard:
             if self.signing.is_signed(facts.headers):
                 signed = self.signing.begin(facts)
                 found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
-                entry = self._decide(found, "", ip, signed.needed, signed.passphrase, signed)
+                entry = self._decide(found, ip, signed.needed, signed.passphrase, signed=signed)
                 await self.signing.aremember(signed)
             else:
-                key_id, secret, needed, passphrase = self._begin(facts)
-                found = self._local.get(key_id) or await self._afetch(key_id)
-                entry = self._decide(found, secret, ip, needed, passphrase)
+                token, needed, passphrase = self._begin(facts)
+                key_id, secret, cached = self._bearer(token)
+                found = cached or await self._afetch(key_id)
+                entry = self._decide(found, ip, needed, passphrase, token=token, secret=secret)
         except AuthenticationError as exc:
             if exc.code != "missing_credentials":
                 await self.abuse.afailed(ip)
             raise
-        await self.abuse.aadmit(entry)
+        if self.abuse.applies(entry):
+            await self.abuse.aadmit(entry)
         return entry
 
-    def _begin(self, facts: Facts) -> tuple[str, str, tuple[str, ...], str | None]:
-        """Step 1 for a bearer request: (key id, secret, scopes needed, passphrase)."""
+    def _begin(self, facts: Facts) -> tuple[str, tuple[str, ...], str | None]:
+        """Step 1 for a bearer request: (token, scopes needed, passphrase)."""
         h = facts.headers
         token = credential(h.get("authorization", ()), h.get(self.header, ()))
-        parsed = self._tokens.parse(token) if isinstance(token, str) else None  # = _parse, inlined
-        if parsed is None:
-            raise invalid_key()
-        key_id, secret = parsed
         passphrases = h.get(self.passphrase_header)
         return (
-            key_id,
-            secret,
+            token,
             self.router.required(facts.method, facts.path),
             passphrases[0] if passphrases else None,
         )
+
+    def _bearer(self, token: str) -> tuple[str, str | None, Entry | _Absent | None]:
+        """Step 2, and step 3 when memory can answer it, before any I/O.
+
+        Returns (key id, the secret still to check or None when this very token
+        already proved the cached entry, the cached entry or None)."""
+        tokens = self._tokens
+        key_id = tokens.quick_id(token)
+        found = None if key_id is None else self._local.get(key_id)
+        if found is not None and remembered(found, token):
+            return key_id, None, found  # type: ignore[return-value]
+        parts = tokens.split(token) if key_id is not None else None
+        if parts is None or not tokens.checksum_ok(token):
+            raise invalid_key()
+        key_id, secret = parts  # split() accepts only tokens whose quick_id is this id
+        return key_id, secret, found
 
     def _client(self, facts: Facts) -> IPAddress | None:
         h = facts.headers
         xff, fwd = h.get("x-forwarded-for", ()), h.get("forwarded", ())
         return self.clients.resolve(facts.peer, xff, fwd)
-
-    def _parse(self, token: str) -> tuple[str, str]:
-        parsed = self._tokens.parse(token) if isinstance(token, str) else None
-        if parsed is None:
-            raise invalid_key()
-        return parsed
 
     def _fetch(self, key_id: str) -> Entry | _Absent:
         return self._flight(key_id)
@@ -272,10 +281,12 @@ class KeyGuard:
     def _decide(
         self,
         entry: Entry | _Absent,
-        secret: str,
         ip: IPAddress | None,
         needed: Sequence[str],
         passphrase: str | None,
+        *,
+        token: str = "",
+        secret: str | None = None,
         signed: Signed | None = None,
     ) -> Entry:
         if entry is ABSENT:
@@ -283,13 +294,15 @@ class KeyGuard:
         assert isinstance(entry, Entry)  # for mypy; ABSENT is the only other value
         now = self.clock()
         hasher = self._hasher or self.hasher  # the property only until it is set up
+        if signed is not None:
+            proven = self.signing.prove(entry, signed, now)
+        elif secret is None:  # `remembered`: this token proved this entry before
+            proven = True
+        else:
+            proven = bearer_proven(entry, token, secret, hasher, now)
         decide(
             entry,
-            proven=(
-                bearer_proven(entry, secret, hasher, now)
-                if signed is None
-                else self.signing.prove(entry, signed, now)
-            ),
+            proven=proven,
             now=now,
             hasher=hasher,
             passphrase=passphrase,

@@ -137,10 +137,31 @@ def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetw
     return tuple(nets)
 
 
-def ip_allowed(ip: IPAddress | None, networks: Sequence[IPNetwork]) -> bool:
-    if ip is None:
+class Allowlist:
+    """Networks as integer ranges, built once per cached key: a check is a few
+    integer comparisons instead of `ipaddress` containment tests."""
+
+    __slots__ = ("networks", "_ranges")
+
+    def __init__(self, networks: Sequence[IPNetwork]) -> None:
+        self.networks = tuple(networks)
+        self._ranges = tuple(
+            (n.version, int(n.network_address), int(n.broadcast_address)) for n in networks
+        )
+
+    def __bool__(self) -> bool:
+        return bool(self._ranges)
+
+    def __contains__(self, ip: IPAddress | None) -> bool:
+        if ip is None:
+            return False
+        version, value = ip.version, int(ip)
+        for net_version, first, last in self._ranges:  # noqa: SIM110 - no generator per request
+            if net_version == version and first <= value <= last:
+                return True
         return False
-    for net in networks:  # noqa: SIM110 - a plain loop: no generator per request
-        if ip in net:
-            return True
-    return False
+
+
+def ip_allowed(ip: IPAddress | None, networks: Sequence[IPNetwork] | Allowlist) -> bool:
+    allowlist = networks if isinstance(networks, Allowlist) else Allowlist(networks)
+    return ip in allowlist

@@ -74,8 +74,15 @@ class TokenParser:
         self._secret_end = self._id_end + 1 + SECRET_LEN
         self._length = self._secret_end + CHECKSUM_LEN
 
-    def parse(self, token: str) -> tuple[str, str] | None:
-        id_end, secret_end = self._id_end, self._secret_end
+    def quick_id(self, token: object) -> str | None:
+        """Where the id would be, for a token of the right length (nothing else checked)."""
+        if isinstance(token, str) and len(token) == self._length:
+            return token[len(self._head) : self._id_end]
+        return None
+
+    def split(self, token: str) -> tuple[str, str] | None:
+        """(id, secret) when the token has the right shape; the checksum is not checked."""
+        id_end = self._id_end
         if (
             len(token) != self._length
             or not token.startswith(self._head)
@@ -87,7 +94,14 @@ class TokenParser:
         rest = token[id_end + 1 :]  # secret + checksum, alphanumeric as one run
         if not (key_id.isalnum() and rest.isalnum()):
             return None
-        body = token[:secret_end]
-        if checksum(body) != token[secret_end:]:
-            return None
-        return key_id, token[id_end + 1 : secret_end]
+        return key_id, token[id_end + 1 : self._secret_end]
+
+    def checksum_ok(self, token: str) -> bool:
+        """For a token `split` accepted: does its checksum match?"""
+        end = self._secret_end
+        return checksum(token[:end]) == token[end:]
+
+    def parse(self, token: str) -> tuple[str, str] | None:
+        """(id, secret) of a well-formed token with a valid checksum, else None."""
+        parts = self.split(token)
+        return parts if parts is not None and self.checksum_ok(token) else None
