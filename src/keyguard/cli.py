@@ -140,7 +140,11 @@ def _guard(ctx: click.Context) -> KeyGuard:
 @click.option("--ip", "ips", multiple=True, metavar="CIDR", help="Allowed IP or CIDR (repeatable).")
 @click.option("--expires-in", type=Duration(), help="Lifetime such as 30d or 12h.")
 @click.option("--kind", type=click.Choice(["bearer", "signing"]), default="bearer", show_default=True)
-@click.option("--passphrase-prompt", is_flag=True, help="Ask for a passphrase to require with the key.")
+@click.option(
+    "--passphrase-prompt",
+    is_flag=True,
+    help="Ask for a passphrase to require with the key (from a pipe: first line of stdin).",
+)
 @click.option("--rate-limit", help='Per-key limit such as "100/minute".')
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
