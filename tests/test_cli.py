@@ -662,3 +662,16 @@ def test_subprocess_ascii_terminal(tmp_path: Path) -> None:
                 PYTHONIOENCODING="ascii")  # fmt: skip
     assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
     assert "kg_" in listed.stdout
+
+
+def test_unrelated_keyguard_env_is_ignored(
+    cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYGUARD_REQUIRE_SERVERS", "1")  # the test suite's, not a setting
+    assert cli("keys", "list", "--json").json() == []
+
+
+def test_broken_store_is_one_line(kg: Callable[..., Run], tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_text("not a database " * 20)
+    run = kg("--store", f"sqlite:///{tmp_path / 'junk.db'}", "keys", "list")
+    assert "StoreError" in one_error(run, 1)
