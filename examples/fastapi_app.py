@@ -11,7 +11,7 @@ import time
 
 from fastapi import Depends, FastAPI, Security
 
-from keyguard import KeyGuard, KeyInfo
+from keyguard import IssuedKey, KeyGuard, KeyInfo
 from keyguard.asgi import KeyGuardMiddleware
 from keyguard.fastapi import current_key, require_scopes
 
@@ -56,19 +56,31 @@ def stats(key: KeyInfo = Security(require_scopes, scopes=["admin"])) -> dict[str
     return {"keys": len(guard.keys.list())}
 
 
+def issue_demo_key() -> IssuedKey:
+    """A fresh demo key. Earlier demo keys are revoked, so restarting the demo never
+    runs into the per-owner key limit (policy.max_keys_per_owner)."""
+    for old in guard.keys.list(owner="demo"):
+        if old.name.startswith("demo-"):
+            guard.keys.revoke(old.id)
+    return guard.keys.create(
+        owner="demo", name=f"demo-{int(time.time())}", scopes=["inference", "models:read"]
+    )
+
+
 def main() -> None:
     import uvicorn
 
     port = int(os.environ.get("PORT", "8000"))
-    issued = guard.keys.create(
-        owner="demo", name=f"demo-{int(time.time())}", scopes=["inference", "models:read"]
-    )
+    issued = issue_demo_key()
     base = f"http://127.0.0.1:{port}"
     print(f"\nDemo key (shown once): {issued.token}\n")
     print(f"  curl -H 'Authorization: Bearer {issued.token}' {base}/v1/models")
     print(f"  curl -X POST -H 'X-API-Key: {issued.token}' {base}/v1/chat/completions")
     print(f"  curl -i {base}/v1/models            # 401 problem+json")
-    print(f"  curl -i -H 'Authorization: Bearer {issued.token}' {base}/v1/admin/stats   # 403\n")
+    print(
+        f"  curl -i -H 'Authorization: Bearer {issued.token}' {base}/v1/admin/stats   # 403\n",
+        flush=True,
+    )
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 

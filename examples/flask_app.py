@@ -10,6 +10,7 @@ import time
 
 from flask import Flask
 
+from keyguard import IssuedKey
 from keyguard.flask import KeyGuardExtension, current_key, require_scopes
 
 app = Flask(__name__)
@@ -46,16 +47,26 @@ def stats() -> dict[str, int]:
     return {"keys": len(keyguard.guard.keys.list())}
 
 
-def main() -> None:
-    assert keyguard.guard is not None
-    port = int(os.environ.get("PORT", "5000"))
-    issued = keyguard.guard.keys.create(
+def issue_demo_key() -> IssuedKey:
+    """A fresh demo key. Earlier demo keys are revoked, so restarting the demo never
+    runs into the per-owner key limit (policy.max_keys_per_owner)."""
+    guard = keyguard.guard
+    assert guard is not None
+    for old in guard.keys.list(owner="demo"):
+        if old.name.startswith("flask-demo-"):
+            guard.keys.revoke(old.id)
+    return guard.keys.create(
         owner="demo", name=f"flask-demo-{int(time.time())}", scopes=["inference", "models:read"]
     )
+
+
+def main() -> None:
+    port = int(os.environ.get("PORT", "5000"))
+    issued = issue_demo_key()
     base = f"http://127.0.0.1:{port}"
     print(f"\nDemo key (shown once): {issued.token}\n")
     print(f"  curl -H 'Authorization: Bearer {issued.token}' {base}/v1/models")
-    print(f"  curl -X POST -H 'X-API-Key: {issued.token}' {base}/v1/chat/completions\n")
+    print(f"  curl -X POST -H 'X-API-Key: {issued.token}' {base}/v1/chat/completions\n", flush=True)
     app.run(host="127.0.0.1", port=port)
 
 

@@ -14,6 +14,7 @@ stderr and a non-zero exit: 2 for bad arguments or settings, 1 for the rest.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -139,7 +140,11 @@ def _guard(ctx: click.Context) -> KeyGuard:
 @click.option("--ip", "ips", multiple=True, metavar="CIDR", help="Allowed IP or CIDR (repeatable).")
 @click.option("--expires-in", type=Duration(), help="Lifetime such as 30d or 12h.")
 @click.option("--kind", type=click.Choice(["bearer", "signing"]), default="bearer", show_default=True)
-@click.option("--passphrase-prompt", is_flag=True, help="Ask for a passphrase to require with the key.")
+@click.option(
+    "--passphrase-prompt",
+    is_flag=True,
+    help="Ask for a passphrase to require with the key (from a pipe: first line of stdin).",
+)
 @click.option("--rate-limit", help='Per-key limit such as "100/minute".')
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
@@ -156,9 +161,7 @@ def create(
     as_json: bool,
 ) -> None:
     """Issue a key; its token (or secret) is printed once."""
-    passphrase = None
-    if passphrase_prompt:
-        passphrase = click.prompt("Passphrase", hide_input=True, confirmation_prompt=True, err=True)
+    passphrase = _read_passphrase() if passphrase_prompt else None
     issued = _guard(ctx).keys.create(
         owner=owner,
         name=name,
@@ -170,6 +173,18 @@ def create(
         rate_limit=rate_limit,
     )
     _issued(issued, as_json, "Created")
+
+
+def _read_passphrase() -> str:
+    """Ask twice at a terminal; from a pipe, take the first line of stdin (getpass
+    would read the terminal instead, or warn and echo where there is none)."""
+    if sys.stdin.isatty():
+        answer = click.prompt("Passphrase", hide_input=True, confirmation_prompt=True, err=True)
+        return str(answer)
+    line = sys.stdin.readline().rstrip("\r\n")
+    if not line:
+        raise click.UsageError("--passphrase-prompt: no passphrase on stdin")
+    return line
 
 
 @keys.command("list")
@@ -288,12 +303,31 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
+# click >= 8.2 raises this for a bare `keyguard` or `keyguard keys`: its message is the help.
+_HELP_ONLY = tuple(
+    t for t in [getattr(click.exceptions, "NoArgsIsHelpError", None)] if t is not None
+)
+
+
+def _tolerant_output() -> None:
+    """On a non-UTF-8 stdout, unencodable characters (the hint's ellipsis, a name)
+    are escaped instead of raising after a key was already created."""
+    for stream in (sys.stdout, sys.stderr):
+        utf = (getattr(stream, "encoding", None) or "").lower().startswith("utf")
+        if isinstance(stream, io.TextIOWrapper) and not utf:
+            stream.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
+    _tolerant_output()
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="keyguard", standalone_mode=False)
     except click.exceptions.Abort:
         _fail("aborted", 1)
     except click.UsageError as exc:
+        if isinstance(exc, _HELP_ONLY):
+            click.echo(exc.format_message(), err=True)
+            sys.exit(2)
         _fail(exc.format_message().replace("\n", " "), 2)
     except click.ClickException as exc:
         _fail(exc.format_message(), 1)

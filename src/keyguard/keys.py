@@ -171,7 +171,10 @@ class KeyManager:
             raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
         field = "expires_at"
         if expires_in is not None:
-            expires_at = datetime.fromtimestamp(now + _duration("expires_in", expires_in), UTC)
+            lifetime = _duration("expires_in", expires_in)
+            if lifetime <= 0:  # now + 0 may round up a microsecond and pass the check below
+                raise InvalidKeySettings("expires_in", "must be in the future")
+            expires_at = datetime.fromtimestamp(now + lifetime, UTC)
             field = "expires_in"
         if kind not in ("bearer", "signing"):
             raise InvalidKeySettings("kind", "must be 'bearer' or 'signing'")

@@ -1,0 +1,677 @@
+"""The `keyguard` command from outside, as a new user drives it.
+
+Most runs call `keyguard.cli.main([...])` in-process (capsys for the output,
+SystemExit for the exit code); a few run the real thing as a subprocess
+(`python -m keyguard` and the installed console script). Every store is a SQLite
+file under tmp_path, and what the CLI did is checked through a `KeyGuard` opened
+on that same file (or over HTTP), not by re-reading the CLI's own output.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import keyguard
+from keyguard import AuthenticationError, KeyGuard
+from keyguard.cli import main
+from keyguard.client import SignedAuth
+from keyguard.crypto import generate_master_key
+
+from .signing_util import asgi_app
+
+TOKEN = re.compile(r"\bkg_[0-9A-Za-z]{16}_[0-9A-Za-z]{30}\b")
+PUBLIC_NET = "203.0.113.0/24"  # TEST-NET-3: not private, so the default policy accepts it
+PUBLIC_IP = "203.0.113.9"
+SRC = str(Path(keyguard.__file__).resolve().parents[1])
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+    def json(self) -> Any:
+        return json.loads(self.out)
+
+    @property
+    def token(self) -> str:
+        found = TOKEN.findall(self.out)
+        assert len(found) == 1, self.out
+        return str(found[0])
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No KEYGUARD_* setting from the developer's shell; cwd is the test's own dir."""
+    for name in list(os.environ):
+        if name.startswith("KEYGUARD_") or name in ("FORCE_COLOR", "PYTHONIOENCODING"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path / 'keys.db'}"
+
+
+@pytest.fixture
+def kg(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> Callable[..., Run]:
+    """kg("keys", "list", stdin=...) -> Run: the CLI in-process."""
+
+    def run(*args: str, stdin: str | None = None) -> Run:
+        capsys.readouterr()
+        if stdin is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+        try:
+            main(list(args))
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 1
+        out, err = capsys.readouterr()
+        assert "Traceback" not in err
+        return Run(code, out, err)
+
+    return run
+
+
+@pytest.fixture
+def cli(kg: Callable[..., Run], db: str) -> Callable[..., Run]:
+    """Like `kg`, on the test's SQLite file (`--store`)."""
+    return lambda *args, **kw: kg("--store", db, *args, **kw)
+
+
+@pytest.fixture
+def guard(db: str) -> Iterator[KeyGuard]:
+    """A second, independent KeyGuard on the CLI's store file."""
+    g = KeyGuard({"store": db})
+    yield g
+    g.close()
+
+
+def one_error(run: Run, code: int) -> str:
+    """The run failed with `code` and said so in exactly one line."""
+    assert run.code == code, run
+    lines = run.err.splitlines()
+    assert len(lines) == 1, run.err
+    assert lines[0].startswith("keyguard: error: "), run.err
+    return lines[0]
+
+
+def create(cli: Callable[..., Run], *args: str) -> tuple[str, dict[str, Any]]:
+    """Create a key with --json; returns (token, key dict)."""
+    run = cli("keys", "create", *args, "--json")
+    assert run.code == 0, run
+    data = run.json()
+    return data["token"], data["key"]
+
+
+# --- create -------------------------------------------------------------------
+
+
+def test_create_prints_token_once_with_warning_on_stderr(
+    cli: Callable[..., Run], guard: KeyGuard
+) -> None:
+    run = cli(
+        "keys", "create", "--owner", "alice", "--name", "ci deploy",
+        "--scope", "read", "--scope", "write", "--ip", PUBLIC_NET, "--expires-in", "30d",
+    )  # fmt: skip
+    assert run.code == 0, run
+    token = run.token
+    assert run.out.count(token) == 1
+    assert token not in run.err
+    assert "shown only once" in run.err
+    assert run.err.count("\n") == 1  # the warning is the one line on stderr
+    key_id = token.split("_")[1]
+    assert f"Created key {key_id} (ci deploy) for alice" in run.out
+
+    info = guard.verify(token, client_ip=PUBLIC_IP, scopes=["read", "write"])
+    assert (info.id, info.owner, info.name) == (key_id, "alice", "ci deploy")
+    assert info.allowed_ips == (PUBLIC_NET,) or list(info.allowed_ips) == [PUBLIC_NET]
+    assert info.expires_at is not None
+    assert abs((info.expires_at - info.created_at) - timedelta(days=30)) < timedelta(seconds=5)
+
+
+def test_create_json_parses_and_carries_the_token(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    run = cli("keys", "create", "--owner", "bob", "--name", "script", "--scope", "x", "--json")
+    assert run.code == 0, run
+    data = run.json()
+    assert set(data) == {"key", "token"}
+    assert TOKEN.fullmatch(data["token"])
+    assert data["key"]["owner"] == "bob" and data["key"]["scopes"] == ["x"]
+    assert data["token"] not in run.err
+    assert guard.verify(data["token"], scopes=["x"]).id == data["key"]["id"]
+
+
+@pytest.mark.parametrize(
+    ("duration", "seconds"),
+    [
+        pytest.param("90s", 90, id="seconds"),
+        pytest.param("15m", 900, id="minutes"),
+        pytest.param("12h", 12 * 3600, id="hours"),
+        pytest.param("2w", 14 * 86400, id="weeks"),
+    ],
+)
+def test_create_expires_in_units(cli: Callable[..., Run], duration: str, seconds: int) -> None:
+    _, key = create(cli, "--owner", "o", "--name", "n", "--expires-in", duration)
+    created = datetime.fromisoformat(key["created_at"])
+    expires = datetime.fromisoformat(key["expires_at"])
+    assert abs((expires - created).total_seconds() - seconds) < 5
+
+
+def test_create_without_allowlist_is_clamped_to_policy(cli: Callable[..., Run]) -> None:
+    _, key = create(cli, "--owner", "o", "--name", "n", "--expires-in", "365d")
+    days = datetime.fromisoformat(key["expires_at"]) - datetime.fromisoformat(key["created_at"])
+    assert abs(days - timedelta(days=90)) < timedelta(seconds=5)
+
+
+def test_create_with_passphrase_from_stdin(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    run = cli(
+        "keys", "create", "--owner", "o", "--name", "pp", "--passphrase-prompt",
+        stdin="correct horse battery\n",
+    )  # fmt: skip
+    assert run.code == 0, run
+    assert "correct horse" not in run.out + run.err
+    token = run.token
+    assert guard.verify(token, passphrase="correct horse battery").has_passphrase
+    with pytest.raises(AuthenticationError) as caught:
+        guard.verify(token, passphrase="wrong horse battery")
+    assert caught.value.code == "invalid_passphrase"
+
+
+async def test_create_signing_key_and_reencrypt(
+    cli: Callable[..., Run], db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old, new = generate_master_key(), generate_master_key()
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", old)
+    run = cli("keys", "create", "--owner", "trader", "--name", "bot", "--kind", "signing")
+    assert run.code == 0, run
+    access = re.search(r"^access key: (\S+)$", run.out, re.M)
+    secret = re.search(r"^secret: (\S+)$", run.out, re.M)
+    assert access and secret, run.out
+    assert secret[1] not in run.err and old not in run.out + run.err
+    assert "shown only once" in run.err
+
+    async def call(master_keys: list[str]) -> int:
+        g = KeyGuard({"store": db, "signing": {"master_keys": master_keys}})
+        try:
+            auth = SignedAuth(access[1], secret[1])
+            transport = httpx.ASGITransport(asgi_app(g))
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", auth=auth) as c:
+                return (await c.get("/orders")).status_code
+        finally:
+            g.close()
+
+    assert await call([old]) == 200
+
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", f"{new},{old}")
+    run = cli("keys", "reencrypt")
+    assert run.code == 0, run
+    assert "Re-encrypted 1 signing key(s)" in run.out
+    assert secret[1] not in run.out + run.err
+    assert await call([new]) == 200  # the old master key can now be dropped
+
+    monkeypatch.delenv("KEYGUARD_MASTER_KEYS")
+    assert "master" in one_error(cli("keys", "reencrypt"), 2)
+
+
+def test_signing_key_json_has_secret_not_token(
+    cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", generate_master_key())
+    data = cli(
+        "keys", "create", "--owner", "t", "--name", "b", "--kind", "signing", "--json"
+    ).json()
+    assert set(data) == {"key", "secret"}
+    assert data["key"]["kind"] == "signing"
+
+
+# --- list and show ---------------------------------------------------------------
+
+
+def test_list_table_shows_the_columns(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    used, used_key = create(cli, "--owner", "alice", "--name", "used-one", "--scope", "read")
+    _, fresh = create(
+        cli, "--owner", "alice", "--name", "fresh-one", "--ip", PUBLIC_NET, "--expires-in", "7d"
+    )
+    guard.verify(used)
+    guard.flush()
+
+    run = cli("keys", "list")
+    assert run.code == 0 and run.err == "", run
+    header = next(line for line in run.out.splitlines() if " id " in line)
+    for column in ("name", "hint", "scopes", "created", "last used", "expires", "status"):
+        assert column in header
+    rows = {k["name"]: line for k in (used_key, fresh) for line in run.out.splitlines()
+            if k["id"] in line}  # fmt: skip
+    today = datetime.now(UTC).strftime("%Y-%m-%d")
+    assert used_key["hint"] in rows["used-one"] and "read" in rows["used-one"]
+    assert rows["used-one"].count(today) >= 2  # created and last used
+    assert fresh["hint"] in rows["fresh-one"]
+    week = (datetime.now(UTC) + timedelta(days=7)).strftime("%Y-%m-%d")
+    assert week in rows["fresh-one"]
+    assert "2 key(s)" in run.out
+    assert not TOKEN.search(run.out)
+    assert used.split("_")[2] not in run.out
+
+
+def test_list_owner_all_and_json(cli: Callable[..., Run]) -> None:
+    t1, a1 = create(cli, "--owner", "alice", "--name", "a-live")
+    t2, a2 = create(cli, "--owner", "alice", "--name", "a-revoked")
+    t3, _ = create(cli, "--owner", "bob", "--name", "b-live")
+    assert cli("keys", "revoke", a2["id"]).code == 0
+
+    def names(*args: str) -> list[str]:
+        run = cli("keys", "list", "--json", *args)
+        assert run.code == 0, run
+        for token in (t1, t2, t3):
+            assert token not in run.out and token.split("_")[2] not in run.out
+        return [k["name"] for k in run.json()]
+
+    assert names() == ["a-live", "b-live"]
+    assert names("--owner", "alice") == ["a-live"]
+    assert names("--owner", "alice", "--all") == ["a-live", "a-revoked"]
+    assert names("--all") == ["a-live", "a-revoked", "b-live"]
+    assert names("--owner", "nobody") == []
+
+    table = cli("keys", "list", "--all", "--owner", "alice").out
+    assert re.search(rf"{a2['id']}.*revoked", table)
+    assert re.search(rf"{a1['id']}.*active", table)
+    assert "b-live" not in table
+
+
+def test_show(cli: Callable[..., Run]) -> None:
+    token, key = create(cli, "--owner", "alice", "--name", "shown", "--scope", "read")
+    run = cli("keys", "show", key["id"])
+    assert run.code == 0, run
+    assert re.search(rf"^\s*id: {key['id']}$", run.out, re.M)
+    assert re.search(r"^\s*name: shown$", run.out, re.M)
+    assert key["hint"] in run.out
+    as_json = cli("keys", "show", key["id"], "--json").json()
+    assert as_json == key
+    assert token.split("_")[2] not in run.out
+
+
+# --- update, revoke, rotate, delete ----------------------------------------------
+
+
+def _days(key: dict[str, Any]) -> float:
+    expires = datetime.fromisoformat(key["expires_at"])
+    return (expires - datetime.now(UTC)).total_seconds() / 86400
+
+
+@pytest.mark.parametrize(
+    ("args", "check"),
+    [
+        pytest.param(
+            ["--scope", "models:read"],
+            lambda k: k["scopes"] == ["models:read"],
+            id="scope-replaces",
+        ),
+        pytest.param(["--clear-scopes"], lambda k: k["scopes"] == [], id="clear-scopes"),
+        pytest.param(
+            ["--ip", "198.51.100.0/24"],
+            lambda k: k["allowed_ips"] == ["198.51.100.0/24"] and k["scopes"] == ["read", "write"],
+            id="ip-replaces",
+        ),
+        pytest.param(
+            ["--clear-ips"],
+            lambda k: k["allowed_ips"] == [] and 89.9 < _days(k) <= 90,
+            id="clear-ips-clamps-expiry",
+        ),
+        pytest.param(["--expires-in", "2h"], lambda k: 0.08 < _days(k) < 0.09, id="expires-in"),
+        pytest.param(
+            ["--name", "renamed"], lambda k: k["name"] == "renamed" and k["scopes"], id="name"
+        ),
+        pytest.param(
+            ["--rate-limit", "10/second"], lambda k: k["rate_limit"] == "10/second", id="rate"
+        ),
+    ],
+)
+def test_update(
+    cli: Callable[..., Run], guard: KeyGuard, args: list[str], check: Callable[[Any], bool]
+) -> None:
+    token, key = create(
+        cli, "--owner", "o", "--name", "n", "--scope", "read", "--scope", "write",
+        "--ip", PUBLIC_NET, "--expires-in", "365d",
+    )  # fmt: skip
+    run = cli("keys", "update", key["id"], *args, "--json")
+    assert run.code == 0, run
+    assert check(run.json()), run.json()
+    assert check(guard.keys.get(key["id"]).to_dict())
+    assert token.split("_")[2] not in run.out + run.err
+
+
+def test_update_scope_takes_effect(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    token, key = create(cli, "--owner", "o", "--name", "n", "--scope", "read")
+    assert cli("keys", "update", key["id"], "--scope", "write").code == 0
+    assert guard.verify(token, scopes=["write"]).scopes
+    with pytest.raises(keyguard.AuthorizationError):
+        guard.verify(token, scopes=["read"])
+
+
+def test_revoke(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    token, key = create(cli, "--owner", "o", "--name", "gone")
+    run = cli("keys", "revoke", key["id"])
+    assert run.code == 0 and f"Revoked key {key['id']} (gone)" in run.out
+    with pytest.raises(AuthenticationError) as caught:
+        guard.verify(token)
+    assert caught.value.code == "revoked_key"
+    assert cli("keys", "list", "--json").json() == []
+
+
+def test_rotate_with_grace(cli: Callable[..., Run], db: str) -> None:
+    old, key = create(cli, "--owner", "o", "--name", "rotating")
+    run = cli("keys", "rotate", key["id"], "--grace", "24h")
+    assert run.code == 0, run
+    new = run.token
+    assert new != old and new.split("_")[1] == key["id"]
+    assert "shown only once" in run.err and new not in run.err and old not in run.out
+    assert f"Rotated key {key['id']}" in run.out
+
+    later = {"now": time.time()}
+    g = KeyGuard({"store": db}, clock=lambda: later["now"])
+    try:
+        assert g.verify(old).id == g.verify(new).id == key["id"]  # within grace
+        later["now"] += 25 * 3600
+        g.forget(key["id"])
+        assert g.verify(new).id == key["id"]
+        with pytest.raises(AuthenticationError):
+            g.verify(old)
+    finally:
+        g.close()
+
+
+def test_rotate_json_and_no_grace(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    old, key = create(cli, "--owner", "o", "--name", "r")
+    data = cli("keys", "rotate", key["id"], "--json").json()
+    assert data["key"]["id"] == key["id"]
+    assert guard.verify(data["token"]).id == key["id"]
+    with pytest.raises(AuthenticationError):
+        guard.verify(old)
+
+
+def test_delete(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    token, key = create(cli, "--owner", "o", "--name", "doomed")
+    run = cli("keys", "delete", key["id"], "--yes")
+    assert run.code == 0 and f"Deleted key {key['id']}" in run.out
+    with pytest.raises(AuthenticationError):
+        guard.verify(token)
+    assert "no key with id" in one_error(cli("keys", "show", key["id"]), 1)
+    assert cli("keys", "list", "--all", "--json").json() == []
+
+
+# --- settings --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        pytest.param('store = "{db}"\n[policy]\nallow_private_ips = true\n', id="top-level"),
+        pytest.param(
+            '[keyguard]\nstore = "{db}"\n[keyguard.policy]\nallow_private_ips = true\n',
+            id="keyguard-table",
+        ),
+    ],
+)
+def test_settings_file(
+    kg: Callable[..., Run], tmp_path: Path, db: str, guard: KeyGuard, toml: str
+) -> None:
+    path = tmp_path / "keyguard.toml"
+    path.write_text(toml.format(db=db))
+    run = kg("--settings", str(path), "keys", "create", "--owner", "o", "--name", "lan",
+             "--ip", "10.0.0.0/8")  # fmt: skip
+    assert run.code == 0, run
+    assert guard.keys.get(run.token.split("_")[1]).allowed_ips  # landed in the file's store
+    assert not (tmp_path / "keyguard.db").exists()
+
+
+def test_env_store_and_precedence(
+    kg: Callable[..., Run], tmp_path: Path, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYGUARD_STORE", db)
+    _, key = create(kg, "--owner", "o", "--name", "via-env")
+    assert [k["id"] for k in kg("--store", db, "keys", "list", "--json").json()] == [key["id"]]
+
+    other = f"sqlite:///{tmp_path / 'other.db'}"
+    path = tmp_path / "s.toml"
+    path.write_text(f'store = "{other}"\n')
+    # the environment beats the file, --store beats both
+    assert len(kg("--settings", str(path), "keys", "list", "--json").json()) == 1
+    assert kg("--settings", str(path), "--store", other, "keys", "list", "--json").json() == []
+
+
+def test_env_policy_limit(cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_POLICY__MAX_KEYS_PER_OWNER", "1")
+    assert cli("keys", "create", "--owner", "o", "--name", "first").code == 0
+    run = cli("keys", "create", "--owner", "o", "--name", "second")
+    assert "maximum of 1" in one_error(run, 2)
+    assert not TOKEN.search(run.out)
+    assert cli("keys", "create", "--owner", "other", "--name", "first").code == 0
+
+
+def test_default_store_is_keyguard_db_in_cwd(kg: Callable[..., Run], tmp_path: Path) -> None:
+    _, key = create(kg, "--owner", "o", "--name", "default")
+    assert (tmp_path / "keyguard.db").is_file()
+    with closing(KeyGuard({"store": f"sqlite:///{tmp_path / 'keyguard.db'}"})) as g:
+        assert g.keys.get(key["id"]).name == "default"
+
+
+# --- bad input: one line on stderr, a non-zero exit, never a traceback ------------
+
+C = ["keys", "create", "--owner", "o", "--name", "n"]
+BAD = [
+    pytest.param(
+        ["keys", "create", "--owner", "o"], {}, 2, "Missing option '--name'", id="no-name"
+    ),
+    pytest.param(
+        ["keys", "create", "--name", "n"], {}, 2, "Missing option '--owner'", id="no-owner"
+    ),
+    pytest.param([*C, "--expires-in", "3x"], {}, 2, "'3x' is not a duration", id="duration-create"),
+    pytest.param(["keys", "rotate", "k", "--grace", "3x"], {}, 2, "--grace", id="duration-grace"),
+    pytest.param(["keys", "update", "k", "--expires-in", "3x"], {}, 2, "3x", id="duration-update"),
+    pytest.param([*C, "--expires-in", "0s"], {}, 2, "expires_in", id="duration-zero"),
+    pytest.param(["keys", "show", "nope"], {}, 1, "no key with id 'nope'", id="show-unknown"),
+    pytest.param(["keys", "revoke", "nope"], {}, 1, "no key with id", id="revoke-unknown"),
+    pytest.param(["keys", "rotate", "nope"], {}, 1, "no key with id", id="rotate-unknown"),
+    pytest.param(["keys", "delete", "nope", "--yes"], {}, 1, "no key with id", id="delete-unknown"),
+    pytest.param(["keys", "update", "nope", "--name", "x"], {}, 1, "no key", id="update-unknown"),
+    pytest.param(["keys", "update", "k"], {}, 2, "nothing to change", id="update-nothing"),
+    pytest.param([*C, "--ip", "10.0.0.0/8"], {}, 2, "private", id="private-ip"),
+    pytest.param([*C, "--ip", "127.0.0.1"], {}, 2, "allowed_ips", id="loopback-ip"),
+    pytest.param([*C, "--ip", "nonsense"], {}, 2, "allowed_ips", id="bad-ip"),
+    pytest.param([*C, "--scope", "bad scope"], {}, 2, "scopes", id="bad-scope"),
+    pytest.param([*C, "--rate-limit", "5/fortnight"], {}, 2, "rate_limit", id="bad-rate"),
+    pytest.param([*C, "--kind", "magic"], {}, 2, "--kind", id="bad-kind"),
+    pytest.param([*C, "--kind", "signing"], {}, 2, "master key", id="signing-no-master"),
+    pytest.param([*C, "--bogus"], {}, 2, "No such option '--bogus'", id="unknown-option"),
+    pytest.param(["--bogus", "keys", "list"], {}, 2, "--bogus", id="unknown-root-option"),
+    pytest.param(["keys", "frobnicate"], {}, 2, "frobnicate", id="unknown-command"),
+    pytest.param(["keys", "list"], {"KEYGUARD_CACHE_TTL": "abc"}, 2, "cache_ttl", id="env-value"),
+    pytest.param(
+        ["keys", "list"],
+        {"KEYGUARD_POLICY__MAX_KEYS_PER_OWNER": "many"},
+        2,
+        "policy.max_keys_per_owner",
+        id="env-section-value",
+    ),  # fmt: skip
+    pytest.param(["keys", "list"], {"KEYGUARD_PEPPER": "short"}, 2, "pepper", id="env-pepper"),
+    pytest.param(
+        ["keys", "list"],
+        {"KEYGUARD_MASTER_KEYS": "sup3r-s3cret!"},
+        2,
+        "master_keys",
+        id="env-master-key",
+    ),  # fmt: skip
+]
+
+
+@pytest.mark.parametrize(("args", "env", "code", "fragment"), BAD)
+def test_bad_input_is_one_line(
+    cli: Callable[..., Run],
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    env: dict[str, str],
+    code: int,
+    fragment: str,
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    line = one_error(cli(*args), code)
+    assert fragment in line
+    for value in env.values():
+        assert value not in line  # a bad pepper or master key is never echoed
+
+
+@pytest.mark.parametrize(
+    ("args", "files", "fragment"),
+    [
+        pytest.param(["--store", "bogus://x"], {}, "store", id="store-scheme"),
+        pytest.param(["--settings", "{dir}/missing.toml"], {}, "cannot read", id="file-missing"),
+        pytest.param(["--settings", "{dir}/s.toml"], {"s.toml": "store = ["}, "TOML", id="toml"),
+        pytest.param(["--settings", "{dir}/s.toml"], {"s.toml": "store = 5"}, "store", id="type"),
+        pytest.param(
+            ["--settings", "{dir}/s.toml"], {"s.toml": "nonsense = 5"}, "nonsense", id="unknown"
+        ),
+        pytest.param(
+            ["--settings", "{dir}/s.toml"],
+            {"s.toml": "[policy]\nmax_keys_per_owner = -1"},
+            "policy.max_keys_per_owner",
+            id="section-value",
+        ),  # fmt: skip
+    ],
+)
+def test_bad_settings_are_one_line(
+    kg: Callable[..., Run], tmp_path: Path, args: list[str], files: dict[str, str], fragment: str
+) -> None:
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    run = kg(*[a.format(dir=tmp_path) for a in args], "keys", "list")
+    assert fragment in one_error(run, 2)
+
+
+def test_passphrase_prompt_needs_stdin(cli: Callable[..., Run]) -> None:
+    assert "passphrase" in one_error(cli(*C, "--passphrase-prompt", stdin=""), 2)
+    run = cli(*C, "--passphrase-prompt", stdin="short\n")
+    assert "passphrase" in one_error(run, 2) and "short" not in run.err.split(":", 2)[2]
+    assert not TOKEN.search(run.out)
+
+
+def test_help_and_bare_command(kg: Callable[..., Run]) -> None:
+    run = kg("keys", "create", "--help")
+    assert run.code == 0 and "--owner" in run.out and "--passphrase-prompt" in run.out
+    bare = kg()
+    assert bare.code == 2 and "Usage: keyguard" in bare.err and "keys" in bare.err
+    assert len(bare.err.splitlines()) > 3  # the help, readable, not squashed onto one line
+
+
+# --- the real command, as a subprocess --------------------------------------------
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGUARD_")}
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env.update(extra)
+    return env
+
+
+def sh(*argv: str, cwd: Path, stdin: str = "", **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, cwd=cwd, env=_env(**env), input=stdin, capture_output=True, text=True, timeout=30
+    )
+
+
+SCRIPT = Path(sys.executable).with_name("keyguard")
+
+
+def test_python_m_keyguard_and_console_script(tmp_path: Path) -> None:
+    created = sh(
+        sys.executable, "-m", "keyguard", "keys", "create", "--owner", "o", "--name", "sub",
+        "--scope", "read", "--json", cwd=tmp_path,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    data = json.loads(created.stdout)
+    assert data["token"] not in created.stderr
+    assert (tmp_path / "keyguard.db").is_file()  # the embedded default, in cwd
+
+    if not SCRIPT.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    listed = sh(str(SCRIPT), "keys", "list", cwd=tmp_path)
+    assert listed.returncode == 0 and listed.stderr == "", listed.stderr
+    assert data["key"]["id"] in listed.stdout and data["key"]["hint"] in listed.stdout
+    with closing(KeyGuard({"store": f"sqlite:///{tmp_path / 'keyguard.db'}"})) as g:
+        assert g.verify(data["token"], scopes=["read"]).name == "sub"
+
+
+def test_subprocess_passphrase_from_a_pipe(tmp_path: Path) -> None:
+    run = sh(
+        sys.executable, "-m", "keyguard", "keys", "create", "--owner", "o", "--name", "p",
+        "--passphrase-prompt", cwd=tmp_path, stdin="a long passphrase\n",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    # only the warning: no getpass echo warning, no prompt, no passphrase
+    assert run.stderr.splitlines() == [
+        "Store it now: it is shown only once and cannot be recovered."
+    ]
+    token = TOKEN.search(run.stdout)
+    assert token
+    with closing(KeyGuard({"store": f"sqlite:///{tmp_path / 'keyguard.db'}"})) as g:
+        assert g.verify(token[0], passphrase="a long passphrase").has_passphrase
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "code"),
+    [
+        pytest.param(["keys", "show", "nope"], {}, 1, id="not-found"),
+        pytest.param(["keys", "create", "--owner", "o"], {}, 2, id="usage"),
+        pytest.param(["keys", "list"], {"KEYGUARD_STORE": "nope://"}, 2, id="env-settings"),
+    ],
+)
+def test_subprocess_errors(tmp_path: Path, args: list[str], env: dict[str, str], code: int) -> None:
+    run = sh(sys.executable, "-m", "keyguard", *args, cwd=tmp_path, **env)
+    assert run.returncode == code
+    assert run.stdout == ""
+    assert len(run.stderr.splitlines()) == 1 and run.stderr.startswith("keyguard: error: ")
+
+
+def test_subprocess_ascii_terminal(tmp_path: Path) -> None:
+    """The hint's ellipsis on an ASCII-only stdout: escaped, not a traceback."""
+    db = f"sqlite:///{tmp_path / 'k.db'}"
+    created = sh(sys.executable, "-m", "keyguard", "--store", db, "keys", "create",
+                 "--owner", "o", "--name", "n\u00e9", cwd=tmp_path,
+                 PYTHONIOENCODING="ascii")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert TOKEN.search(created.stdout)  # the token got out even though the name did not
+    listed = sh(sys.executable, "-m", "keyguard", "--store", db, "keys", "list", cwd=tmp_path,
+                PYTHONIOENCODING="ascii")  # fmt: skip
+    assert listed.returncode == 0 and "Traceback" not in listed.stderr, listed.stderr
+    assert "kg_" in listed.stdout
+
+
+def test_unrelated_keyguard_env_is_ignored(
+    cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYGUARD_REQUIRE_SERVERS", "1")  # the test suite's, not a setting
+    assert cli("keys", "list", "--json").json() == []
+
+
+def test_broken_store_is_one_line(kg: Callable[..., Run], tmp_path: Path) -> None:
+    (tmp_path / "junk.db").write_text("not a database " * 20)
+    run = kg("--store", f"sqlite:///{tmp_path / 'junk.db'}", "keys", "list")
+    assert "StoreError" in one_error(run, 1)

@@ -1,0 +1,325 @@
+"""The examples as a new user meets them: imported and called over HTTP (httpx
+transports), then started for real as the demo script does, with the printed key
+tried against the live server.
+
+The examples read KEYGUARD_STORE once, at import, so each test imports a fresh
+copy of the module after setting it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import queue
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import pytest
+
+import keyguard
+from keyguard import KeyGuard
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+SRC = str(Path(keyguard.__file__).resolve().parents[1])
+TOKEN = re.compile(r"\bkg_[0-9A-Za-z]{16}_[0-9A-Za-z]{30}\b")
+
+pytest.importorskip("fastapi")
+pytest.importorskip("flask")
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    for name in list(os.environ):
+        if name.startswith("KEYGUARD_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)  # a stray default store would land here, not in the repo
+
+
+def load_example(filename: str) -> ModuleType:
+    name = f"kg_example_{Path(filename).stem}_{uuid.uuid4().hex[:8]}"
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / filename)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # Flask finds its root path through sys.modules
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+class Example:
+    """One imported example: its guard and a way to send it a request."""
+
+    def __init__(self, module: ModuleType, guard: KeyGuard, kind: str) -> None:
+        self.module, self.guard, self.kind = module, guard, kind
+
+    async def request(self, method: str, path: str, token: str | None, header: str) -> Any:
+        headers = {}
+        if token is not None:
+            headers = (
+                {"Authorization": f"Bearer {token}"} if header == "bearer" else {"X-API-Key": token}
+            )
+        if self.kind == "fastapi":
+            transport = httpx.ASGITransport(self.module.app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                return await client.request(method, path, headers=headers)
+        with httpx.Client(
+            transport=httpx.WSGITransport(app=self.module.app), base_url="http://t"
+        ) as client:
+            return client.request(method, path, headers=headers)
+
+
+def open_example(kind: str, store: str, monkeypatch: pytest.MonkeyPatch) -> Example:
+    monkeypatch.setenv("KEYGUARD_STORE", store)
+    module = load_example(f"{kind}_app.py")
+    guard = module.guard if kind == "fastapi" else module.keyguard.guard
+    assert guard.settings.store == store  # read at import, from the environment
+    return Example(module, guard, kind)
+
+
+def close_example(example: Example) -> None:
+    example.guard.close()
+    sys.modules.pop(example.module.__name__, None)
+
+
+@pytest.fixture(params=["fastapi", "flask"])
+def example(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> Iterator[Example]:
+    store = "memory://" if request.param == "fastapi" else f"sqlite:///{tmp_path / 'flask.db'}"
+    ex = open_example(request.param, store, monkeypatch)
+    yield ex
+    close_example(ex)
+
+
+@pytest.fixture
+def fastapi_example(monkeypatch: pytest.MonkeyPatch) -> Iterator[Example]:
+    ex = open_example("fastapi", "memory://", monkeypatch)
+    yield ex
+    close_example(ex)
+
+
+ROUTES = [
+    # method, path, scopes of the calling key (None: no key), header, status, body check
+    pytest.param("GET", "/health", None, "bearer", 200, {"status": "ok"}, id="health-public"),
+    pytest.param("GET", "/v1/models", None, "bearer", 401, "missing_credentials", id="no-key"),
+    pytest.param("POST", "/v1/chat/completions", None, "x-api-key", 401, None, id="chat-no-key"),
+    pytest.param(
+        "GET",
+        "/v1/models",
+        ["models:read"],
+        "bearer",
+        200,
+        {"models": ["tiny", "small"]},
+        id="models-bearer",
+    ),  # fmt: skip
+    pytest.param("GET", "/v1/models", ["models:read"], "x-api-key", 200, None, id="models-header"),
+    pytest.param(
+        "GET", "/v1/models", ["inference"], "bearer", 403, "insufficient_scope", id="models-scope"
+    ),
+    pytest.param(
+        "POST",
+        "/v1/chat/completions",
+        ["inference"],
+        "x-api-key",
+        200,
+        {"reply": "hello, k"},
+        id="chat-inference",
+    ),  # fmt: skip
+    pytest.param(
+        "POST",
+        "/v1/chat/completions",
+        ["models:read"],
+        "bearer",
+        403,
+        "insufficient_scope",
+        id="chat-needs-inference",
+    ),  # fmt: skip
+    pytest.param(
+        "GET",
+        "/v1/admin/stats",
+        ["inference", "models:read"],
+        "bearer",
+        403,
+        "insufficient_scope",
+        id="stats-demo-key",
+    ),  # fmt: skip
+    pytest.param("GET", "/v1/admin/stats", ["admin"], "bearer", 200, {"keys": 1}, id="stats-admin"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "scopes", "header", "status", "body"), ROUTES)
+async def test_routes(
+    example: Example,
+    method: str,
+    path: str,
+    scopes: list[str] | None,
+    header: str,
+    status: int,
+    body: Any,
+) -> None:
+    token = None
+    if scopes is not None:
+        token = example.guard.keys.create(owner="user", name="k", scopes=scopes).token
+    r = await example.request(method, path, token, header)
+    assert r.status_code == status, r.text
+    if isinstance(body, dict):
+        assert r.json() == body
+    elif isinstance(body, str):
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["code"] == body
+    if status == 401:
+        assert r.headers["www-authenticate"].startswith("Bearer")
+    if token:
+        assert token not in r.text
+
+
+async def test_demo_key_and_restarts(example: Example) -> None:
+    """The key main() prints works; starting the demo again and again never hits
+    the per-owner key limit, and only the newest demo key stays live."""
+    limit = example.guard.settings.policy.max_keys_per_owner
+    issued = [example.module.issue_demo_key() for _ in range(limit + 2)]
+    newest = issued[-1].token
+    r = await example.request("POST", "/v1/chat/completions", newest, "x-api-key")
+    assert r.status_code == 200 and r.json()["reply"].startswith("hello, ")
+    r = await example.request("GET", "/v1/models", issued[0].token, "bearer")
+    assert r.status_code == 401 and r.json()["code"] == "revoked_key"
+    assert [k.id for k in example.guard.keys.list(owner="demo")] == [issued[-1].info.id]
+
+
+async def test_fastapi_docs_are_public_and_show_the_scheme(fastapi_example: Example) -> None:
+    r = await fastapi_example.request("GET", "/openapi.json", None, "bearer")
+    assert r.status_code == 200
+    assert r.json()["components"]["securitySchemes"]
+    assert (await fastapi_example.request("GET", "/docs", None, "bearer")).status_code == 200
+
+
+# --- the demo, started for real -------------------------------------------------
+
+START_TIMEOUT = 20.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Lines:
+    """The child's stdout, read by a thread so every wait on it is bounded."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+        self.queue: queue.Queue[str | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._pump, daemon=True)
+        self.thread.start()
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.queue.put(line)
+        self.queue.put(None)
+
+    def until(self, done: Callable[[str], bool], timeout: float) -> str:
+        """Lines up to the first where `done(line)`; fails after `timeout` seconds
+        or when the child exits first."""
+        seen: list[str] = []
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                pytest.fail(f"no expected line within {timeout} s; stdout: {''.join(seen)!r}")
+            try:
+                line = self.queue.get(timeout=remaining)
+            except queue.Empty:
+                continue
+            if line is None:
+                pytest.fail(f"the example exited ({self.proc.poll()}); stdout: {''.join(seen)!r}")
+            seen.append(line)
+            if done(line):
+                return "".join(seen)
+
+
+def wait_healthy(base: str, proc: subprocess.Popen[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the example exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.05)
+    pytest.fail(f"{base}/health did not answer within {timeout} s")
+
+
+@pytest.mark.parametrize(
+    ("script", "last_line"),
+    [
+        pytest.param("fastapi_app.py", "/v1/admin/stats", id="fastapi"),
+        pytest.param("flask_app.py", "/v1/chat/completions", id="flask"),
+    ],
+)
+def test_demo_runs_and_its_printed_key_works(tmp_path: Path, script: str, last_line: str) -> None:
+    port = free_port()
+    # as from a fresh shell: no KEYGUARD_* settings, and stdout buffered as usual
+    # (PYTHONUNBUFFERED would hide an example that forgets to flush before serving)
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("KEYGUARD_") and k != "PYTHONUNBUFFERED"
+    }
+    env.update(PORT=str(port), PYTHONPATH=os.pathsep.join([SRC, env.get("PYTHONPATH", "")]))
+    proc = subprocess.Popen(
+        [sys.executable, str(EXAMPLES / script)],
+        cwd=tmp_path,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    lines = Lines(proc)
+    try:
+        out = lines.until(lambda line: "curl" in line and last_line in line, START_TIMEOUT)
+        tokens = set(TOKEN.findall(out))
+        assert len(tokens) == 1, out
+        token = tokens.pop()
+        base = f"http://127.0.0.1:{port}"
+        assert f"{base}/v1/models" in out
+        assert (tmp_path / "keyguard.db").is_file()  # the embedded default, in cwd
+
+        wait_healthy(base, proc, START_TIMEOUT)
+        with httpx.Client(base_url=base, timeout=5) as client:
+            r = client.get("/v1/models", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 200 and r.json() == {"models": ["tiny", "small"]}
+            r = client.post("/v1/chat/completions", headers={"X-API-Key": token})
+            assert r.status_code == 200 and r.json()["reply"].startswith("hello, ")
+            r = client.get("/v1/models")
+            assert r.status_code == 401
+            assert r.headers["content-type"].startswith("application/problem+json")
+            r = client.get("/v1/admin/stats", headers={"Authorization": f"Bearer {token}"})
+            assert r.status_code == 403 and r.json()["code"] == "insufficient_scope"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+        lines.thread.join(timeout=10)  # EOF once the child is gone
+        if proc.stdout:
+            proc.stdout.close()
