@@ -111,8 +111,9 @@ class KeyGuardMiddleware:
             return
         scope["keyguard.key"] = entry.info
         scope["keyguard.guard"] = self.guard
-        scope["auth"] = AuthCredentials(list(entry.scopes))
-        scope["user"] = KeyUser(entry.info)
+        if entry.door is None:  # Starlette's view of the key, made once per cached entry
+            entry.door = (AuthCredentials(sorted(entry.scopes)), KeyUser(entry.info))
+        scope["auth"], scope["user"] = entry.door
         await self._call_app(scope, receive, send, facts)
 
     async def _call_app(self, scope: Scope, receive: Receive, send: Send, facts: Facts | None) -> None:

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from .exceptions import AuthenticationError, AuthorizationError, BadRequest
 from .hashing import Hasher
@@ -33,8 +34,9 @@ class Entry:
     record: KeyRecord
     info: KeyInfo
     scopes: frozenset[str]
-    allowlist: Allowlist
+    allowlist: Allowlist | None  # None: the key may be used from anywhere
     proof: bytes | None = field(default=None, repr=False)
+    door: Any = field(default=None, repr=False)  # what a door derives from the entry, once
 
 
 def token_digest(token: str) -> bytes:
@@ -112,7 +114,7 @@ def decide(
         passphrase is None or not hasher.check(record.passphrase_hash, passphrase)
     ):
         raise AuthenticationError("invalid_passphrase", "The passphrase is missing or wrong.")
-    if entry.allowlist and client_ip not in entry.allowlist:
+    if entry.allowlist is not None and client_ip not in entry.allowlist:
         raise AuthorizationError("ip_not_allowed", "This API key may not be used from this address.")
     if needed and not entry.scopes.issuperset(needed):  # held outright: nothing to walk
         missing = Scopes.missing(entry.scopes, needed)

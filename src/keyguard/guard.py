@@ -117,7 +117,7 @@ class KeyGuard:
                 networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 networks.append(_NEVER)  # fail closed on a corrupt stored entry
-        return Entry(record, record.info(), self.scopes.expand(record.scopes), Allowlist(networks))
+        return Entry(record, record.info(), self.scopes.expand(record.scopes), Allowlist(networks) if networks else None)
 
     def _load(self, key_id: str) -> Entry | _Absent:
         epoch = self._epoch
