@@ -332,3 +332,15 @@ async def test_store_unreachable_from_start(tmp_path: Path) -> None:
     assert await aoutcome(g.averify(token)) == "503 unavailable"
     results = await asyncio.gather(*(aoutcome(g.averify(token)) for _ in range(10)))
     assert set(results) == {"503 unavailable"}
+
+
+def test_a_changed_pepper_is_reported(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    url = f"sqlite:///{tmp_path / 'keys.db'}"
+    issued = KeyGuard({"store": url}).keys.create(owner="o", name="n")  # generated pepper
+    pepper = "a-pepper-set-later-0123456789"
+    later = KeyGuard({"store": url, "pepper": pepper})
+    with caplog.at_level("ERROR", logger="keyguard"):
+        with pytest.raises(AuthenticationError):
+            later.verify(issued.token)
+    assert "not the one the store's keys were issued under" in caplog.text
+    assert pepper not in caplog.text

@@ -410,3 +410,37 @@ def test_default_store_is_sqlite_in_cwd(tmp_path: Path, monkeypatch: pytest.Monk
     again = KeyGuard()  # same file, pepper kept in the store: old keys still verify
     assert again.verify(issued.token).id == issued.id
     again.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        pytest.param({"expires_in": 1e300}, "expires_in", id="expires_in-huge"),
+        pytest.param({"expires_in": float("inf")}, "expires_in", id="expires_in-inf"),
+        pytest.param({"expires_in": float("nan")}, "expires_in", id="expires_in-nan"),
+        pytest.param({"expires_in": timedelta.max}, "expires_in", id="expires_in-timedelta-max"),
+        pytest.param(
+            {"expires_at": datetime.max.replace(tzinfo=UTC)}, "expires_at", id="expires_at-max"
+        ),
+    ],
+)
+def test_out_of_range_durations_name_their_field(kwargs: dict[str, Any], field: str) -> None:
+    g = KeyGuard({"store": "memory://"})
+    with pytest.raises(InvalidKeySettings) as info:
+        g.keys.create(owner="o", name="n", **kwargs)
+    assert info.value.field == field
+
+
+@pytest.mark.parametrize("grace", [float("nan"), 1e300, -1])
+def test_rotate_refuses_unusable_grace(grace: float) -> None:
+    g = KeyGuard({"store": "memory://"})
+    issued = g.keys.create(owner="o", name="n")
+    with pytest.raises(InvalidKeySettings) as info:
+        g.keys.rotate(issued.id, grace=grace)
+    assert info.value.field == "grace"
+
+
+def test_update_allowed_ips_none_removes_the_allowlist() -> None:
+    g = KeyGuard({"store": "memory://"})
+    issued = g.keys.create(owner="o", name="n", allowed_ips=["8.8.8.8"])
+    assert g.keys.update(issued.id, allowed_ips=None).allowed_ips == ()

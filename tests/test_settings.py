@@ -159,6 +159,12 @@ BAD = [
     pytest.param({"rate_limit": "lots"}, "rate_limit", id="rate_limit"),
     pytest.param({"rate_limit": 100}, "rate_limit", id="rate_limit-int"),
     pytest.param({"abuse.max_failures": "30 per fortnight"}, "abuse.max_failures", id="abuse"),
+    pytest.param({"rate_limit": "100/0 minute"}, "rate_limit", id="rate_limit-zero-window"),
+    pytest.param({"rate_limit": "0/minute"}, "rate_limit", id="rate_limit-zero-amount"),
+    pytest.param({"rules": [{"path": "/v1", "methods": ["FOO"]}]}, "rules.0.methods", id="method"),
+    pytest.param({"local_cache_ttl": float("inf")}, "local_cache_ttl", id="ttl-inf"),
+    pytest.param({"cache_ttl": float("nan")}, "cache_ttl", id="ttl-nan"),
+    pytest.param({"store": "sqlite:///"}, "store", id="sqlite-no-path"),
 ]
 
 

@@ -10,6 +10,7 @@ further in (by `keyguard.fastapi.require_scopes`) is rendered here too.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -81,6 +82,9 @@ class KeyGuardMiddleware:
         # raw header name -> the name the guard reads, decoded once here
         self._wanted = {n.encode(): n.encode().decode("latin-1") for n in self.guard.header_names}
         self._is_public = self.guard.router.is_public
+        fastapi_helpers = sys.modules.get("keyguard.fastapi")
+        if fastapi_helpers is not None:  # so the docs page's Authorize button sends our header
+            fastapi_helpers.document_header(self.guard.settings.header)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]

@@ -160,6 +160,20 @@ def key_id_of(guard: KeyGuard, facts: Facts) -> str | None:
     return None
 
 
+# Refusals told only to a caller that proved the key's secret (SPEC section 4).
+PROVEN_CODES = frozenset(
+    {
+        "revoked_key",
+        "expired_key",
+        "invalid_passphrase",
+        "ip_not_allowed",
+        "insufficient_scope",
+        "rate_limited",
+        "quota_exhausted",
+    }
+)
+
+
 def denied(guard: KeyGuard, facts: Facts, exc: RequestRejected) -> None:
     """Log a request a door (or the admin app) refused. Cheap when INFO is off."""
     if not logger.isEnabledFor(logging.INFO):
@@ -173,8 +187,8 @@ def denied(guard: KeyGuard, facts: Facts, exc: RequestRejected) -> None:
     emit(
         "request.denied",
         result=exc.code,
-        key_id=key_id,
-        who=f"key:{key_id}" if key_id else None,
+        key_id=key_id,  # the key the request named; `who` only once its secret was proven
+        who=f"key:{key_id}" if key_id and exc.code in PROVEN_CODES else None,
         client_ip=str(ip) if ip is not None else None,
         status=exc.status_code,
         method=facts.method,

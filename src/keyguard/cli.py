@@ -30,6 +30,7 @@ from rich.table import Table
 
 from .exceptions import ConfigurationError, InvalidKeySettings, KeyGuardError, KeyNotFound
 from .guard import KeyGuard
+from .keys import duration
 from .models import IssuedKey, KeyInfo
 from .settings import Settings
 
@@ -42,7 +43,10 @@ def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
         raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h, 30d or 2w")
-    return timedelta(seconds=int(m[1]) * _UNITS[m[2]])
+    try:
+        return timedelta(seconds=duration("duration", int(m[1]) * _UNITS[m[2]]))
+    except InvalidKeySettings:
+        raise click.BadParameter(f"{text!r} is longer than 100 years") from None
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]

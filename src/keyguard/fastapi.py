@@ -31,6 +31,12 @@ header_scheme = APIKeyHeader(
 )
 
 
+def document_header(name: str) -> None:
+    """Show `name` as the API-key header in the OpenAPI schema (the ASGI middleware
+    calls this with the guard's `header` setting, before any schema is built)."""
+    header_scheme.model.name = name
+
+
 def current_key(
     request: Request,
     _bearer: object = Depends(bearer_scheme),

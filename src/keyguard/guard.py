@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import atexit
 import base64
+import hmac
 import ipaddress
+import logging
 import secrets
 import threading
 import time
@@ -40,6 +42,7 @@ from .tokens import TokenParser
 if TYPE_CHECKING:
     from .shared import SharedCache
 
+logger = logging.getLogger("keyguard")
 FLUSH_INTERVAL = 60.0
 _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
 
@@ -105,7 +108,15 @@ class KeyGuard:
                     pepper = self.settings.pepper or self.store.set_meta_default(
                         "pepper", base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
                     )
-                    self._hasher = Hasher(pepper.encode(), self.settings.hashing)
+                    hasher = Hasher(pepper.encode(), self.settings.hashing)
+                    check = hasher.digest("keyguard pepper check").hex()
+                    if not hmac.compare_digest(self.store.set_meta_default("pepper_check", check), check):
+                        logger.error(
+                            "keyguard: this pepper is not the one the store's keys were issued "
+                            "under, so they will not verify (was the pepper set, changed or "
+                            "dropped after keys were created?)"
+                        )
+                    self._hasher = hasher
         return self._hasher
 
     # -- the lookup chain ---------------------------------------------------

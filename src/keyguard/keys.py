@@ -59,7 +59,7 @@ def _text(field: str, value: object, limit: int = 200) -> str:
 
 
 def _scopes(value: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(value, str):
+    if isinstance(value, str) or not isinstance(value, Iterable):
         raise InvalidKeySettings("scopes", "must be a list of strings, not one string")
     out: dict[str, None] = {}
     for scope in value:
@@ -76,16 +76,29 @@ def _when(value: datetime | None, now: float, field: str = "expires_at") -> floa
         raise InvalidKeySettings(field, "must be a datetime")
     if value.tzinfo is None:
         raise InvalidKeySettings(field, "must be timezone-aware (use datetime.now(UTC) + ...)")
-    ts = value.timestamp()
+    try:
+        ts = value.timestamp()
+    except (OverflowError, ValueError, OSError):
+        ts = float("inf")
     if ts <= now:
         raise InvalidKeySettings(field, "must be in the future")
+    if ts > now + MAX_SECONDS:
+        raise InvalidKeySettings(field, "must be within 100 years")
     return ts
 
 
-def _duration(field: str, value: timedelta | float | int) -> float:
+MAX_SECONDS = 100 * 365 * DAY  # durations and expiries beyond a century are a mistake
+
+
+def duration(field: str, value: timedelta | float | int) -> float:
+    """Seconds of a duration given as a timedelta or a number: 0 to 100 years."""
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0:
-        raise InvalidKeySettings(field, "must be a timedelta or a number of seconds, not negative")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not 0 <= seconds <= MAX_SECONDS  # also refuses NaN
+    ):
+        raise InvalidKeySettings(field, "must be a duration from 0 seconds to 100 years")
     return float(seconds)
 
 
@@ -171,7 +184,7 @@ class KeyManager:
             raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
         field = "expires_at"
         if expires_in is not None:
-            lifetime = _duration("expires_in", expires_in)
+            lifetime = duration("expires_in", expires_in)
             if lifetime <= 0:  # now + 0 may round up a microsecond and pass the check below
                 raise InvalidKeySettings("expires_in", "must be in the future")
             expires_at = datetime.fromtimestamp(now + lifetime, UTC)
@@ -269,8 +282,8 @@ class KeyManager:
             changes["name"] = _text("name", name)
         if not isinstance(scopes, _Unset):
             changes["scopes"] = _scopes(scopes)
-        if not isinstance(allowed_ips, _Unset):
-            changes["allowed_ips"] = self._allowlist(allowed_ips)
+        if not isinstance(allowed_ips, _Unset):  # None or [] removes the allowlist
+            changes["allowed_ips"] = self._allowlist(allowed_ips or ())
         if not isinstance(expires_at, _Unset):
             changes["expires_at"] = _when(expires_at, now)
         if not isinstance(rate_limit, _Unset):
@@ -304,7 +317,7 @@ class KeyManager:
     def rotate(self, key_id: str, grace: timedelta | float = timedelta(0)) -> IssuedKey:
         """A new secret now; the old one keeps working for `grace`, then stops."""
         now = self._guard.clock()
-        until = now + _duration("grace", grace)
+        until = now + duration("grace", grace)
         issued: list[tuple[str | None, str | None]] = []
 
         def change(record: KeyRecord) -> KeyRecord:

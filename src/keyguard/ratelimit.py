@@ -55,6 +55,7 @@ from limits.strategies import FixedWindowRateLimiter
 
 from .exceptions import TooManyRequests
 from .network import IPAddress
+from .settings import split_redis_url
 
 if TYPE_CHECKING:
     from .decision import Entry
@@ -94,14 +95,14 @@ class Abuse:
 
     def __init__(self, settings: Settings, store: Store, prefix: str = "keyguard") -> None:
         self._store = store
-        self._prefix = prefix
+        url, url_prefix = split_redis_url(settings.cache or "")
+        self._prefix = url_prefix + prefix
         self.default_limit = settings.rate_limit
         text = settings.abuse.max_failures
         self._fail_items: tuple[RateLimitItem, ...] = tuple(parse_many(text)) if text else ()
         self.throttling = bool(self._fail_items)
         self._memory = FixedWindowRateLimiter(MemoryStorage())
-        cache = settings.cache
-        self._redis_url = cache if cache and cache.startswith("redis") else None
+        self._redis_url = url if url.startswith("redis") else None
         self.shared = self._redis_url is not None
         self._redis: FixedWindowRateLimiter | None = None
         self._redis_client: Any = None

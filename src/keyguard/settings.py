@@ -13,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -20,9 +21,12 @@ from .exceptions import ConfigurationError
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-_RATE = re.compile(r"^\s*\d+\s*(/|per)\s*(\d+\s*)?(second|minute|hour|day|month|year)s?\s*$")
+_RATE = re.compile(
+    r"^\s*[1-9]\d*\s*(/|per)\s*([1-9]\d*\s*)?(second|minute|hour|day|month|year)s?\s*$"
+)
+_METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
-PositiveNumber = Annotated[float, Field(gt=0)]
+PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class _Section(BaseModel):
@@ -39,7 +43,11 @@ class Rule(_Section):
     @field_validator("methods")
     @classmethod
     def _upper(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(m.upper() for m in value)
+        methods = tuple(m.upper() for m in value)
+        unknown = [m for m in methods if m not in _METHODS]
+        if unknown:
+            raise ValueError(f"unknown HTTP method {unknown[0][:20]!r}")
+        return methods
 
     @field_validator("path")
     @classmethod
@@ -101,8 +109,11 @@ class Settings(_Section):
     @field_validator("store")
     @classmethod
     def _store(cls, value: str) -> str:
-        if value.split("://", 1)[0] not in {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss"}:
+        scheme = value.split("://", 1)[0]
+        if scheme not in {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss"}:
             raise ValueError("must be a memory://, sqlite:///, postgresql:// or redis:// URL")
+        if scheme == "sqlite" and value.removeprefix("sqlite://").strip("/") == "":
+            raise ValueError("a sqlite URL needs a path, as in sqlite:///keyguard.db")
         return value
 
     @field_validator("cache")
@@ -130,7 +141,7 @@ class Settings(_Section):
     @classmethod
     def _header(cls, value: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", value) or value.lower() == "authorization":
-            raise ValueError("must be a header name other than Authorization")
+            raise ValueError("must be a header name (letters, digits, '-'), not Authorization")
         return value
 
     @field_validator("public_paths")
@@ -155,6 +166,17 @@ class Settings(_Section):
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         return _check_rate(value)
+
+
+def split_redis_url(url: str) -> tuple[str, str]:
+    """A redis:// URL without keyguard's own `prefix` query option, and that prefix
+    ("" when absent). Every Redis user in keyguard (store, cache, replay cache,
+    rate limits) puts its keys under it."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query)
+    prefix = "".join(v for k, v in query if k == "prefix")
+    clean = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=clean)), prefix
 
 
 def _nest(raw: Mapping[str, Any]) -> dict[str, Any]:

@@ -47,6 +47,7 @@ import anyio.to_thread
 from .crypto import MasterKeyRing
 from .exceptions import AuthenticationError, BadRequest, ConfigurationError, ServiceUnavailable
 from .network import IPAddress
+from .settings import split_redis_url
 from .tokens import ID_LEN
 
 if TYPE_CHECKING:
@@ -197,12 +198,13 @@ class SignedRequests:
         self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
         self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
         self._seen_lock = threading.Lock()
-        self._redis_url = guard.settings.cache if _is_redis(guard.settings.cache) else None
+        url, url_prefix = split_redis_url(guard.settings.cache or "")
+        self._redis_url: str | None = url if _is_redis(url) else None
         self._redis: Any = None
         self._redis_lock = threading.Lock()
         self._redis_skip_until = 0.0
         self._redis_warned = 0.0
-        self.replay_prefix = s.replay_prefix
+        self.replay_prefix = url_prefix + s.replay_prefix
 
     # -- recognise and parse (no I/O) ---------------------------------------
 

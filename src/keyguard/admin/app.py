@@ -40,6 +40,7 @@ from ..exceptions import (
     problem,
 )
 from ..guard import Facts, KeyGuard
+from ..keys import duration
 from ..models import IssuedKey, KeyInfo
 from .openapi import openapi_document
 from .page import render_page
@@ -140,10 +141,10 @@ def _seconds(field: str, value: Any) -> float | None:
     """A duration: seconds as a number, or a string such as '90d', '24h', '30m'."""
     if value is None:
         return None
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
     if isinstance(value, str) and (m := _DURATION.fullmatch(value)):
-        return float(m[1]) * _UNITS[m[2]]
+        value = float(m[1]) * _UNITS[m[2]]
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return duration(field, value)
     raise InvalidKeySettings(
         field, "must be a number of seconds or a duration such as '30d' or '24h'"
     )

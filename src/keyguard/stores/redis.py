@@ -22,6 +22,8 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from ..settings import split_redis_url
+
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -84,9 +86,10 @@ return 0
 
 def client_from_url(url: str, timeout: float) -> tuple[redis.Redis, str]:
     """A redis-py client for `url` and the `prefix` query parameter (taken out)."""
+    url, prefix = split_redis_url(url)
+    prefix = prefix or DEFAULT_PREFIX
     parts = urlsplit(url)
     query = dict(parse_qsl(parts.query))
-    prefix = query.pop("prefix", DEFAULT_PREFIX)
     query.setdefault("socket_timeout", str(timeout))
     query.setdefault("socket_connect_timeout", str(timeout))
     clean = urlunsplit(parts._replace(query=urlencode(query)))
