@@ -91,36 +91,37 @@ class KeyGuardMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        if self._is_public(scope["path"]):
-            # No key is checked, but a route dependency (current_key) may still refuse.
-            await self._call_app(scope, receive, send, None)
-            return
-        wanted = self._wanted
-        headers: dict[str, list[str]] = {}
-        for name, value in scope["headers"]:
-            text = wanted.get(name)
-            if text is not None:
-                headers.setdefault(text, []).append(value.decode("latin-1"))
-        client = scope.get("client")
-        facts = Facts(scope.get("method", "GET"), scope["path"], client[0] if client else None, headers)
-        try:
-            if self.guard.signing.is_signed(headers):  # only signed requests have their body read
-                facts.raw_path, facts.query = asgi_target(scope)
-                limit = self.guard.signing.max_body_bytes
-                facts.body, receive = await asgi_body(scope, receive, limit)
-            entry = await self.guard.aauthenticate(facts)
-        except RequestRejected as exc:
-            audit.denied(self.guard, facts, exc)
-            await send_problem(scope, send, exc)
-            return
-        scope["keyguard.key"] = entry.info
-        scope["keyguard.guard"] = self.guard
-        if entry.door is None:  # Starlette's view of the key, made once per cached entry
-            entry.door = (AuthCredentials(sorted(entry.scopes)), KeyUser(entry.info))
-        scope["auth"], scope["user"] = entry.door
-        await self._call_app(scope, receive, send, facts)
+        facts = None
+        if not self._is_public(scope["path"]):
+            wanted = self._wanted
+            headers: dict[str, list[str]] = {}
+            for name, value in scope["headers"]:
+                text = wanted.get(name)
+                if text is not None:
+                    headers.setdefault(text, []).append(value.decode("latin-1"))
+            client = scope.get("client")
+            method = scope.get("method", "GET")
+            facts = Facts(method, scope["path"], client[0] if client else None, headers)
+            try:
+                if self.guard.signing.is_signed(headers):  # only signed requests have a body read
+                    facts.raw_path, facts.query = asgi_target(scope)
+                    limit = self.guard.signing.max_body_bytes
+                    facts.body, receive = await asgi_body(scope, receive, limit)
+                entry = await self.guard.aauthenticate(facts)
+            except RequestRejected as exc:
+                audit.denied(self.guard, facts, exc)
+                await send_problem(scope, send, exc)
+                return
+            scope["keyguard.key"] = entry.info
+            scope["keyguard.guard"] = self.guard
+            if entry.door is None:  # Starlette's view of the key, made once per cached entry
+                entry.door = (AuthCredentials(sorted(entry.scopes)), KeyUser(entry.info))
+            scope["auth"], scope["user"] = entry.door
 
-    async def _call_app(self, scope: Scope, receive: Receive, send: Send, facts: Facts | None) -> None:
+        # A route dependency (require_scopes, or current_key on a public path) may still
+        # refuse; render that here too, unless an answer has started (when the app, or
+        # Starlette's ServerErrorMiddleware inside us, has begun one, a second would
+        # break the protocol: then the error goes on).
         started = False
 
         async def send_tracked(message: Message) -> None:
@@ -131,9 +132,6 @@ class KeyGuardMiddleware:
         try:
             await self.app(scope, receive, send_tracked)
         except RequestRejected as exc:
-            # From a route dependency (require_scopes). Once the app (or Starlette's
-            # ServerErrorMiddleware, when it sits inside us) has started an answer,
-            # a second one would break the protocol: let the error go on.
             if started:
                 raise
             if facts is not None:
