@@ -12,8 +12,7 @@ Variants (all answer GET /v1/hello with a small JSON body):
 - Starlette, FastAPI and Flask hello-world apps, bare;
 - each behind keyguard: `memory://` store, a warm Bearer key in the local
   cache, one matching rule requiring a scope, and an IP allowlist containing
-  the test peer 203.0.113.7 (a documentation address, which Python counts as
-  private, hence `policy.allow_private_ips: True`);
+  the test peer 203.0.113.7 (a documentation address);
 - FastAPI with a hand-written `APIKeyHeader` dependency doing a dict look-up;
 - FastAPI behind keyshield 2.0.1's `CachedApiKeyService` (aiocache memory
   cache, its argon2 hasher, its artificial delay set to 0) through its own
@@ -95,7 +94,6 @@ def make_guard() -> tuple[Any, str]:
             # add one store load per 5 s, amortised to nothing but noisy.
             "local_cache_ttl": 3600,
             "rules": [{"path": "/v1/*", "methods": ["GET"], "scopes": [SCOPE]}],
-            "policy": {"allow_private_ips": True},
         }
     )
     issued = guard.keys.create(

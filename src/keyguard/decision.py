@@ -94,7 +94,6 @@ def bearer_proven(entry: Entry, token: str, secret: str, hasher: Hasher, now: fl
 
 def decide(
     entry: Entry,
-    *,
     proven: bool,
     now: float,
     hasher: Hasher,

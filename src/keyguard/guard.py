@@ -311,15 +311,7 @@ class KeyGuard:
             proven = True
         else:
             proven = bearer_proven(entry, token, secret, hasher, now)
-        decide(
-            entry,
-            proven=proven,
-            now=now,
-            hasher=hasher,
-            passphrase=passphrase,
-            client_ip=ip,
-            needed=needed,
-        )
+        decide(entry, proven, now, hasher, passphrase, ip, needed)
         self._used[entry.record.id] = now
         if now >= self._next_flush:
             self._next_flush = now + FLUSH_INTERVAL
