@@ -55,10 +55,19 @@ def child(framework: str, guarded: bool, count: int) -> None:
 def instructions(framework: str, guarded: bool, count: int) -> int:
     out = subprocess.run(  # noqa: S603
         [
-            "valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
-            sys.executable, __file__, "--child", framework, str(int(guarded)), str(count),
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            __file__,
+            "--child",
+            framework,
+            str(int(guarded)),
+            str(count),
         ],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stderr
     line = next(line for line in out.splitlines() if "Collected" in line)
     return int(line.split()[-1])

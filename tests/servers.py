@@ -95,8 +95,19 @@ class RedisServer:
         if exe is None:
             unavailable("redis-server is not on PATH")
         self.process = subprocess.Popen(  # noqa: S603
-            [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-             "--dir", self.directory],
+            [
+                exe,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.directory,
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -153,12 +164,27 @@ class PostgresServer:
         if not os.path.exists(data):
             subprocess.run(  # noqa: S603
                 [self._tool("initdb"), "-D", data, "-U", "postgres", "-A", "trust", "--no-sync"],
-                check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **who,  # type: ignore[arg-type]
+                check=True,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                **who,  # type: ignore[arg-type]
             )
         subprocess.run(  # noqa: S603
-            [self._tool("pg_ctl"), "-D", data, "-l", os.path.join(self.directory, "log"), "-w", "-o",
-             f"-p {self.port} -h 127.0.0.1 -k {self.directory} -F", "start"],
-            check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **who,  # type: ignore[arg-type]
+            [
+                self._tool("pg_ctl"),
+                "-D",
+                data,
+                "-l",
+                os.path.join(self.directory, "log"),
+                "-w",
+                "-o",
+                f"-p {self.port} -h 127.0.0.1 -k {self.directory} -F",
+                "start",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **who,  # type: ignore[arg-type]
         )
         self.started = True
         return self
@@ -168,8 +194,19 @@ class PostgresServer:
             return
         who = self._as_postgres_user()
         subprocess.run(  # noqa: S603
-            [self._tool("pg_ctl"), "-D", os.path.join(self.directory, "data"), "-m", mode, "-w", "stop"],
-            check=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **who,  # type: ignore[arg-type]
+            [
+                self._tool("pg_ctl"),
+                "-D",
+                os.path.join(self.directory, "data"),
+                "-m",
+                mode,
+                "-w",
+                "stop",
+            ],
+            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            **who,  # type: ignore[arg-type]
         )
         self.started = False
 
@@ -224,7 +261,8 @@ def fresh_database(admin_url: str) -> Iterator[str]:
     with psycopg.connect(admin_url, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')
     params = conninfo_to_dict(admin_url)
-    url = f"postgresql://{params.get('user', 'postgres')}@{params.get('host', '127.0.0.1')}:{params.get('port', 5432)}/{name}"
+    user, host = params.get("user", "postgres"), params.get("host", "127.0.0.1")
+    url = f"postgresql://{user}@{host}:{params.get('port', 5432)}/{name}"
     try:
         yield url
     finally:

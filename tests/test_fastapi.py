@@ -148,5 +148,7 @@ async def test_openapi_shows_the_configured_header() -> None:
         assert (await client.get("/me", headers={"X-Key": issued.token or ""})).status_code == 200
         schemes = app.openapi()["components"]["securitySchemes"]
         assert schemes["APIKeyHeader"]["name"] == "X-Key"
-        assert (await client.get("/me", headers={"X-API-Key": issued.token or ""})).status_code == 401
+        assert (
+            await client.get("/me", headers={"X-API-Key": issued.token or ""})
+        ).status_code == 401
     document_header("X-API-Key")  # module-level scheme: leave it as other tests expect

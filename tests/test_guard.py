@@ -339,8 +339,7 @@ def test_a_changed_pepper_is_reported(tmp_path: Path, caplog: pytest.LogCaptureF
     issued = KeyGuard({"store": url}).keys.create(owner="o", name="n")  # generated pepper
     pepper = "a-pepper-set-later-0123456789"
     later = KeyGuard({"store": url, "pepper": pepper})
-    with caplog.at_level("ERROR", logger="keyguard"):
-        with pytest.raises(AuthenticationError):
-            later.verify(issued.token)
+    with caplog.at_level("ERROR", logger="keyguard"), pytest.raises(AuthenticationError):
+        later.verify(issued.token)
     assert "not the one the store's keys were issued under" in caplog.text
     assert pepper not in caplog.text

@@ -52,7 +52,9 @@ def parse_duration(text: str) -> timedelta:
 class Duration(click.ParamType):  # type: ignore[type-arg]
     name = "duration"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> timedelta:
+    def convert(
+        self, value: Any, param: click.Parameter | None, ctx: click.Context | None
+    ) -> timedelta:
         if isinstance(value, timedelta):
             return value
         return parse_duration(str(value))
@@ -114,7 +116,9 @@ def _issued(issued: IssuedKey, as_json: bool, what: str) -> None:
         click.echo(f"access key: {issued.info.id}\nsecret: {issued.secret}")
     if issued.info.expires_at:
         click.echo(f"expires: {_when(issued.info.expires_at)} UTC")
-    click.secho("Store it now: it is shown only once and cannot be recovered.", fg="yellow", err=True)
+    click.secho(
+        "Store it now: it is shown only once and cannot be recovered.", fg="yellow", err=True
+    )
 
 
 @click.group()
@@ -143,7 +147,9 @@ def _guard(ctx: click.Context) -> KeyGuard:
 @click.option("--scope", "scopes", multiple=True, help="A scope (repeat for several).")
 @click.option("--ip", "ips", multiple=True, metavar="CIDR", help="Allowed IP or CIDR (repeatable).")
 @click.option("--expires-in", type=Duration(), help="Lifetime such as 30d or 12h.")
-@click.option("--kind", type=click.Choice(["bearer", "signing"]), default="bearer", show_default=True)
+@click.option(
+    "--kind", type=click.Choice(["bearer", "signing"]), default="bearer", show_default=True
+)
 @click.option(
     "--passphrase-prompt",
     is_flag=True,
@@ -203,12 +209,29 @@ def list_(ctx: click.Context, owner: str | None, include_revoked: bool, as_json:
         click.echo(json.dumps([k.to_dict() for k in found], indent=2))
         return
     table = Table(title=f"{len(found)} key(s)")
-    for column in ("id", "owner", "name", "hint", "scopes", "created", "last used", "expires", "status"):
+    for column in (
+        "id",
+        "owner",
+        "name",
+        "hint",
+        "scopes",
+        "created",
+        "last used",
+        "expires",
+        "status",
+    ):
         table.add_column(column, no_wrap=column in ("id", "hint"))
     for k in found:
         table.add_row(
-            k.id, k.owner, k.name, k.hint, " ".join(k.scopes) or "-", _when(k.created_at),
-            _when(k.last_used_at), _when(k.expires_at), _status(k),
+            k.id,
+            k.owner,
+            k.name,
+            k.hint,
+            " ".join(k.scopes) or "-",
+            _when(k.created_at),
+            _when(k.last_used_at),
+            _when(k.expires_at),
+            _status(k),
         )
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
@@ -227,7 +250,9 @@ def show(ctx: click.Context, key_id: str, as_json: bool) -> None:
 @click.option("--name", help="New name.")
 @click.option("--scope", "scopes", multiple=True, help="Replace the scopes (repeatable).")
 @click.option("--clear-scopes", is_flag=True, help="Remove every scope.")
-@click.option("--ip", "ips", multiple=True, metavar="CIDR", help="Replace the allowlist (repeatable).")
+@click.option(
+    "--ip", "ips", multiple=True, metavar="CIDR", help="Replace the allowlist (repeatable)."
+)
 @click.option("--clear-ips", is_flag=True, help="Remove the allowlist.")
 @click.option("--expires-in", type=Duration(), help="New lifetime from now, such as 30d.")
 @click.option("--rate-limit", help='New per-key limit such as "100/minute".')
@@ -259,7 +284,9 @@ def update(
     if rate_limit is not None:
         changes["rate_limit"] = rate_limit
     if not changes:
-        raise click.UsageError("nothing to change: give --name, --scope, --ip, --expires-in or --rate-limit")
+        raise click.UsageError(
+            "nothing to change: give --name, --scope, --ip, --expires-in or --rate-limit"
+        )
     _show(guard.keys.update(key_id, **changes), as_json)
 
 
@@ -274,7 +301,13 @@ def revoke(ctx: click.Context, key_id: str) -> None:
 
 @keys.command()
 @click.argument("key_id")
-@click.option("--grace", type=Duration(), default="0s", show_default=True, help="How long the old secret still works.")
+@click.option(
+    "--grace",
+    type=Duration(),
+    default="0s",
+    show_default=True,
+    help="How long the old secret still works.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> None:
@@ -325,7 +358,11 @@ def _tolerant_output() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     _tolerant_output()
     try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="keyguard", standalone_mode=False)
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="keyguard",
+            standalone_mode=False,
+        )
     except click.exceptions.Abort:
         _fail("aborted", 1)
     except click.UsageError as exc:

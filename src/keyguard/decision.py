@@ -114,7 +114,9 @@ def decide(
     ):
         raise AuthenticationError("invalid_passphrase", "The passphrase is missing or wrong.")
     if entry.allowlist is not None and client_ip not in entry.allowlist:
-        raise AuthorizationError("ip_not_allowed", "This API key may not be used from this address.")
+        raise AuthorizationError(
+            "ip_not_allowed", "This API key may not be used from this address."
+        )
     if needed and not entry.scopes.issuperset(needed):  # held outright: nothing to walk
         missing = Scopes.missing(entry.scopes, needed)
         if missing:

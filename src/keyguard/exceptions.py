@@ -75,9 +75,7 @@ class RequestRejected(KeyGuardError):
     code = "invalid_request"
     detail = "The request is invalid."
 
-    def __init__(
-        self, code: str | None = None, detail: str | None = None, **extra: object
-    ) -> None:
+    def __init__(self, code: str | None = None, detail: str | None = None, **extra: object) -> None:
         if code is not None:
             self.code = code
         if detail is not None:

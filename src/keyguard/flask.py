@@ -1,12 +1,12 @@
 """Flask conveniences on top of the WSGI door.
 
-    app.config["KEYGUARD"] = {"store": "sqlite:///keys.db", "rules": [...]}
-    kg = KeyGuardExtension(app)          # or KeyGuardExtension().init_app(app)
+app.config["KEYGUARD"] = {"store": "sqlite:///keys.db", "rules": [...]}
+kg = KeyGuardExtension(app)          # or KeyGuardExtension().init_app(app)
 
-    @app.get("/v1/models")
-    @require_scopes("models:read")
-    def models():
-        return {"key": current_key.name}
+@app.get("/v1/models")
+@require_scopes("models:read")
+def models():
+    return {"key": current_key.name}
 """
 
 from __future__ import annotations
@@ -19,7 +19,13 @@ from flask import Flask, Response, request
 from werkzeug.local import LocalProxy
 
 from . import audit
-from .exceptions import AuthenticationError, AuthorizationError, ConfigurationError, RequestRejected, problem
+from .exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ConfigurationError,
+    RequestRejected,
+    problem,
+)
 from .guard import KeyGuard
 from .models import KeyInfo
 from .wsgi import KeyGuardMiddleware
@@ -52,10 +58,14 @@ def require_scopes(*scopes: str) -> Callable[[F], F]:
             try:
                 key = _current_key()
                 guard = request.environ.get("keyguard.guard")
-                missing = guard.has_scopes(key, scopes) if isinstance(guard, KeyGuard) else list(scopes)
+                missing = (
+                    guard.has_scopes(key, scopes) if isinstance(guard, KeyGuard) else list(scopes)
+                )
                 if missing:
                     raise AuthorizationError(
-                        "insufficient_scope", "The API key lacks a scope this route needs.", scopes=missing
+                        "insufficient_scope",
+                        "The API key lacks a scope this route needs.",
+                        scopes=missing,
                     )
             except RequestRejected as exc:
                 audit.denied_in_wsgi_view(request.environ, exc)

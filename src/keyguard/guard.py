@@ -87,9 +87,18 @@ class KeyGuard:
         self.header = s.header.lower()
         self.passphrase_header = "kg-passphrase"
         self.signing = SignedRequests(self)  # checks signing.master_keys now, not on first use
-        self.header_names = frozenset(
-            {"authorization", self.header, "x-forwarded-for", "forwarded", self.passphrase_header}
-        ) | self.signing.header_names
+        self.header_names = (
+            frozenset(
+                {
+                    "authorization",
+                    self.header,
+                    "x-forwarded-for",
+                    "forwarded",
+                    self.passphrase_header,
+                }
+            )
+            | self.signing.header_names
+        )
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
@@ -110,7 +119,9 @@ class KeyGuard:
                     )
                     hasher = Hasher(pepper.encode(), self.settings.hashing)
                     check = hasher.digest("keyguard pepper check").hex()
-                    if not hmac.compare_digest(self.store.set_meta_default("pepper_check", check), check):
+                    if not hmac.compare_digest(
+                        self.store.set_meta_default("pepper_check", check), check
+                    ):
                         logger.error(
                             "keyguard: this pepper is not the one the store's keys were issued "
                             "under, so they will not verify (was the pepper set, changed or "
@@ -128,7 +139,12 @@ class KeyGuard:
                 networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 networks.append(_NEVER)  # fail closed on a corrupt stored entry
-        return Entry(record, record.info(), self.scopes.expand(record.scopes), Allowlist(networks) if networks else None)
+        return Entry(
+            record,
+            record.info(),
+            self.scopes.expand(record.scopes),
+            Allowlist(networks) if networks else None,
+        )
 
     def _load(self, key_id: str) -> Entry | _Absent:
         epoch = self._epoch

@@ -64,7 +64,9 @@ def _scopes(value: Iterable[str]) -> tuple[str, ...]:
     out: dict[str, None] = {}
     for scope in value:
         if not isinstance(scope, str) or not _SCOPE.fullmatch(scope):
-            raise InvalidKeySettings("scopes", "each scope is 1-128 of letters, digits and _ . : * / -")
+            raise InvalidKeySettings(
+                "scopes", "each scope is 1-128 of letters, digits and _ . : * / -"
+            )
         out[scope] = None
     return tuple(out)
 
@@ -191,9 +193,13 @@ class KeyManager:
             field = "expires_in"
         if kind not in ("bearer", "signing"):
             raise InvalidKeySettings("kind", "must be 'bearer' or 'signing'")
-        if passphrase is not None and (not isinstance(passphrase, str) or not 8 <= len(passphrase) <= 256):
+        if passphrase is not None and (
+            not isinstance(passphrase, str) or not 8 <= len(passphrase) <= 256
+        ):
             raise InvalidKeySettings("passphrase", "must be 8 to 256 characters")
-        if max_uses is not None and (isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses < 1):
+        if max_uses is not None and (
+            isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses < 1
+        ):
             raise InvalidKeySettings("max_uses", "must be a positive integer")
         record = KeyRecord(
             id=tokens.new_key_id(),
@@ -304,7 +310,9 @@ class KeyManager:
         """Refuse the key from now on (it stays listed with `include_revoked`)."""
         now = self._guard.clock()
         return self._info(
-            self._modify(key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now))
+            self._modify(
+                key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now)
+            )
         )
 
     @audited("key.delete")
@@ -384,4 +392,3 @@ class KeyManager:
     adelete = _offload(delete)
     arotate = _offload(rotate)
     areencrypt = _offload(reencrypt)
-

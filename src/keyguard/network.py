@@ -97,8 +97,17 @@ class ClientResolver:
 PRIVATE_RANGES = tuple(
     ipaddress.ip_network(n)
     for n in (
-        "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "127.0.0.0/8",
-        "169.254.0.0/16", "0.0.0.0/8", "fc00::/7", "fe80::/10", "::1/128", "::/128",
+        "10.0.0.0/8",
+        "172.16.0.0/12",
+        "192.168.0.0/16",
+        "100.64.0.0/10",
+        "127.0.0.0/8",
+        "169.254.0.0/16",
+        "0.0.0.0/8",
+        "fc00::/7",
+        "fe80::/10",
+        "::1/128",
+        "::/128",
     )
 )
 
@@ -125,13 +134,18 @@ def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetw
         try:
             net = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
-            raise InvalidKeySettings("allowed_ips", f"{entry[:64]!r} is not an IP address or CIDR") from None
+            raise InvalidKeySettings(
+                "allowed_ips", f"{entry[:64]!r} is not an IP address or CIDR"
+            ) from None
         if net.prefixlen == 0:
-            raise InvalidKeySettings("allowed_ips", f"{entry!r} allows every address; leave the list empty instead")
+            raise InvalidKeySettings(
+                "allowed_ips", f"{entry!r} allows every address; leave the list empty instead"
+            )
         if not allow_private and is_private(net):
             raise InvalidKeySettings(
                 "allowed_ips",
-                f"{entry!r} is a private, loopback or link-local range (policy.allow_private_ips is off)",
+                f"{entry!r} is a private, loopback or link-local range"
+                " (policy.allow_private_ips is off)",
             )
         nets.append(net)
     return tuple(nets)

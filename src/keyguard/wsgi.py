@@ -61,7 +61,9 @@ class KeyGuardMiddleware:
         for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
             if key in environ:
                 headers[name] = [environ[key]]
-        facts = Facts(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers)
+        facts = Facts(
+            environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers
+        )
         try:
             if self.guard.signing.is_signed(headers):  # only signed requests have their body read
                 facts.raw_path, facts.query = wsgi_target(environ)
@@ -73,4 +75,3 @@ class KeyGuardMiddleware:
         environ["keyguard.key"] = entry.info
         environ["keyguard.guard"] = self.guard
         return self.app(environ, start_response)
-

@@ -34,7 +34,8 @@ def open_store(url: str) -> Store:
     except ImportError as exc:
         extra = "postgresql" if scheme.startswith("postgres") else scheme
         raise ConfigurationError(
-            f"store: the {scheme}:// backend needs its driver: pip install 'keyguard[{extra}]' ({exc.name})"
+            f"store: the {scheme}:// backend needs its driver:"
+            f" pip install 'keyguard[{extra}]' ({exc.name})"
         ) from None
     store: Store = getattr(module, cls_name)(url)
     return store

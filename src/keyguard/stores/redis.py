@@ -22,14 +22,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from ..settings import split_redis_url
-
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from ..exceptions import KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
+from ..settings import split_redis_url
 from .base import SCHEMA_VERSION, Store
 
 DEFAULT_PREFIX = "keyguard:"

@@ -49,7 +49,9 @@ class SQLiteStore(Store):
         if path.startswith("/"):
             path = path[1:] or ":memory:"
         if not path:
-            raise ConfigurationError("store: a sqlite URL needs a path, as in sqlite:///keyguard.db")
+            raise ConfigurationError(
+                "store: a sqlite URL needs a path, as in sqlite:///keyguard.db"
+            )
         self.path = path
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
@@ -86,8 +88,13 @@ class SQLiteStore(Store):
 
     def setup(self) -> None:
         with self._db(write=True) as db:
-            db.execute("CREATE TABLE IF NOT EXISTS keyguard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
-            row = db.execute("SELECT value FROM keyguard_meta WHERE name = 'schema_version'").fetchone()
+            db.execute(
+                "CREATE TABLE IF NOT EXISTS keyguard_meta"
+                " (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+            )
+            row = db.execute(
+                "SELECT value FROM keyguard_meta WHERE name = 'schema_version'"
+            ).fetchone()
             version = int(row[0]) if row else 0
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -104,7 +111,9 @@ class SQLiteStore(Store):
 
     def get(self, key_id: str) -> KeyRecord | None:
         with self._db() as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)).fetchone()
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
+            ).fetchone()
         return None if row is None else _record(row)
 
     def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
@@ -118,7 +127,8 @@ class SQLiteStore(Store):
                 if live >= max_live_per_owner:
                     raise KeyLimitExceeded(max_live_per_owner)
             db.execute(
-                "INSERT INTO keyguard_keys (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
+                "INSERT INTO keyguard_keys"
+                " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 (
                     record.id,
@@ -133,12 +143,15 @@ class SQLiteStore(Store):
 
     def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
         with self._db(write=True) as db:
-            row = db.execute(f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)).fetchone()
+            row = db.execute(
+                f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
+            ).fetchone()
             if row is None:
                 raise KeyNotFound(key_id)
             new = change(_record(row))
             db.execute(
-                "UPDATE keyguard_keys SET owner = ?, expires_at = ?, revoked_at = ?, data = ? WHERE id = ?",
+                "UPDATE keyguard_keys SET owner = ?, expires_at = ?, revoked_at = ?, data = ?"
+                " WHERE id = ?",
                 (new.owner, new.expires_at, new.revoked_at, new.to_json(), key_id),
             )
             return new
@@ -176,13 +189,19 @@ class SQLiteStore(Store):
 
     def set_meta_default(self, name: str, value: str) -> str:
         with self._db(write=True) as db:
-            db.execute("INSERT OR IGNORE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value))
-            (stored,) = db.execute("SELECT value FROM keyguard_meta WHERE name = ?", (name,)).fetchone()
+            db.execute(
+                "INSERT OR IGNORE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value)
+            )
+            (stored,) = db.execute(
+                "SELECT value FROM keyguard_meta WHERE name = ?", (name,)
+            ).fetchone()
         return str(stored)
 
     def set_meta(self, name: str, value: str) -> None:
         with self._db(write=True) as db:
-            db.execute("INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value))
+            db.execute(
+                "INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value)
+            )
 
     def close(self) -> None:
         with self._lock:
