@@ -54,7 +54,7 @@ def remembered(entry: object, token: str) -> bool:
 
 
 def invalid_key() -> AuthenticationError:
-    return AuthenticationError("invalid_key", "The API key is not valid.")
+    return AuthenticationError()  # the class defaults: invalid_key, "The API key is not valid."
 
 
 def credential(authorization: Sequence[str], api_key: Sequence[str]) -> str:

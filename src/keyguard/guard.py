@@ -288,8 +288,11 @@ class KeyGuard:
         found = None if key_id is None else self._local.get(key_id)
         if found is not None and remembered(found, token):
             return key_id, None, found  # type: ignore[return-value]
-        parts = tokens.split(token) if key_id is not None else None
-        if parts is None or not tokens.checksum_ok(token):
+        # The checksum first: it refuses random tokens fastest (split only checks shape).
+        if key_id is None or not tokens.checksum_ok(token):
+            raise invalid_key()
+        parts = tokens.split(token)
+        if parts is None:
             raise invalid_key()
         key_id, secret = parts  # split() accepts only tokens whose quick_id is this id
         return key_id, secret, found

@@ -97,9 +97,9 @@ class TokenParser:
         return key_id, token[id_end + 1 : self._secret_end]
 
     def checksum_ok(self, token: str) -> bool:
-        """For a token `split` accepted: does its checksum match?"""
+        """For a token of the right length: is it ASCII with a matching checksum?"""
         end = self._secret_end
-        return checksum(token[:end]) == token[end:]
+        return token.isascii() and checksum(token[:end]) == token[end:]
 
     def parse(self, token: str) -> tuple[str, str] | None:
         """(id, secret) of a well-formed token with a valid checksum, else None."""
