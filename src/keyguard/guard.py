@@ -253,7 +253,10 @@ class KeyGuard:
                 signed = self.signing.begin(facts)
                 found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
                 entry = self._decide(found, ip, signed.needed, signed.passphrase, signed=signed)
-                await self.signing.aremember(signed)
+                if self.signing.shared:  # Redis: the call runs in a worker thread
+                    await self.signing.aremember(signed)
+                else:
+                    self.signing.remember(signed)
             else:
                 token, needed, passphrase = self._begin(facts)
                 key_id, secret, cached = self._bearer(token)

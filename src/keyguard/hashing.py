@@ -23,29 +23,43 @@ _HMAC_TAG = "hmac-sha256$"
 _argon2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 
+class HmacSha256:
+    """HMAC-SHA256 under one key (RFC 2104), its keyed inner and outer SHA-256
+    states computed once: copying them costs far less than `hmac.new()` or
+    `hmac.digest()` setting them up on every call."""
+
+    __slots__ = ("_inner", "_outer")
+
+    def __init__(self, key: bytes) -> None:
+        key = hashlib.sha256(key).digest() if len(key) > 64 else key
+        key = key.ljust(64, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+
+    def __repr__(self) -> str:  # never show key material
+        return "HmacSha256(<key>)"
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
+
+
 class Hasher:
     """Hashes and checks secrets and passphrases under one pepper."""
 
     def __init__(self, pepper: bytes, scheme: str = "hmac-sha256", remember: int = 10_000) -> None:
-        self._pepper = pepper
-        # HMAC's keyed inner and outer SHA-256 states, computed once: copying
-        # them costs far less than hmac.new() setting them up on every call.
-        key = hashlib.sha256(pepper).digest() if len(pepper) > 64 else pepper
-        key = key.ljust(64, b"\0")
-        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._mac = HmacSha256(pepper)
         self._scheme = scheme
         self._passed: OrderedDict[str, bytes] = OrderedDict()
         self._remember = remember
         self._lock = threading.Lock()
 
     def digest(self, secret: str) -> bytes:
-        """HMAC-SHA256(pepper, secret), as `hmac.new(...).digest()` gives it (RFC 2104)."""
-        inner = self._inner.copy()
-        inner.update(secret.encode("utf-8", "surrogatepass"))
-        outer = self._outer.copy()
-        outer.update(inner.digest())
-        return outer.digest()
+        """HMAC-SHA256(pepper, secret)."""
+        return self._mac.digest(secret.encode("utf-8", "surrogatepass"))
 
     def hash_secret(self, secret: str) -> str:
         if self._scheme == "argon2id":

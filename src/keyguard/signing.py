@@ -46,6 +46,7 @@ import anyio.to_thread
 
 from .crypto import MasterKeyRing
 from .exceptions import AuthenticationError, BadRequest, ConfigurationError, ServiceUnavailable
+from .hashing import HmacSha256
 from .settings import split_redis_url
 from .tokens import ID_LEN
 
@@ -158,7 +159,7 @@ def invalid_signature() -> AuthenticationError:
     return AuthenticationError("invalid_signature", "The request signature does not match.")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: made per request, and frozen __init__ is slower
 class Signed:
     """A signed request whose headers parsed and whose timestamp is fresh."""
 
@@ -193,7 +194,8 @@ class SignedRequests:
         self.header_names = self.names | {self._pass}
         self.max_skew = float(s.max_skew_seconds)
         self.max_body_bytes = s.max_body_bytes
-        self._secrets: dict[str, bytes | None] = {}  # ciphertext -> secret (decrypt once)
+        # ciphertext -> the secret's HMAC, keyed once (decrypt once, never per request)
+        self._secrets: dict[str, HmacSha256 | None] = {}
         self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
         self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
         self._seen_lock = threading.Lock()
@@ -254,14 +256,15 @@ class SignedRequests:
         )
 
     def _one(self, headers: Mapping[str, Sequence[str]], name: str) -> str:
-        values = headers.get(name, ())
-        if len(values) != 1 or not values[0].strip():
+        values = headers.get(name)
+        value = values[0].strip() if values and len(values) == 1 else ""
+        if not value:
             raise _bad(f"A signed request needs exactly one {name.upper()} header.")
-        return values[0].strip()
+        return value
 
     # -- the proof (no I/O) -------------------------------------------------
 
-    def _secret(self, ciphertext: str | None, key_id: str) -> bytes | None:
+    def _secret(self, ciphertext: str | None, key_id: str) -> HmacSha256 | None:
         if ciphertext is None:
             return None
         cache = self._secrets
@@ -270,7 +273,7 @@ class SignedRequests:
         except KeyError:
             pass
         secret = self.ring.decrypt(ciphertext, key_id)
-        value = None if secret is None else secret.encode("utf-8")
+        value = None if secret is None else HmacSha256(secret.encode("utf-8"))
         if len(cache) >= 2 * self._guard.settings.local_cache_size:
             cache.clear()
         cache[ciphertext] = value
@@ -286,13 +289,13 @@ class SignedRequests:
         secret = self._secret(record.encrypted_secret, record.id)
         if secret is None:
             return False
-        if hmac.compare_digest(hmac.digest(secret, signed.message, "sha256"), signed.mac):
+        if hmac.compare_digest(secret.digest(signed.message), signed.mac):
             return True
         until = record.previous_valid_until
         if until is not None and now < until:
             previous = self._secret(record.previous_encrypted_secret, record.id)
             if previous is not None and hmac.compare_digest(
-                hmac.digest(previous, signed.message, "sha256"), signed.mac
+                previous.digest(signed.message), signed.mac
             ):
                 return True
         raise invalid_signature()
@@ -364,6 +367,11 @@ class SignedRequests:
             raise self._replayed()
         if self._redis_url is not None and not self._remember_shared(signed, now):
             raise self._replayed()
+
+    @property
+    def shared(self) -> bool:
+        """Is the replay cache shared through Redis (so remembering does I/O)?"""
+        return self._redis_url is not None
 
     async def aremember(self, signed: Signed) -> None:
         """`remember` for the event loop: the Redis call runs in a worker thread."""
