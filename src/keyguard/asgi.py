@@ -80,7 +80,8 @@ class KeyGuardMiddleware:
         self.app = app
         self.guard = guard_from(guard, settings)
         # raw header name -> the name the guard reads, decoded once here
-        self._wanted = {n.encode(): n.encode().decode("latin-1") for n in self.guard.header_names}
+        names = {*self.guard.header_names, "content-length"}  # the length for signed bodies
+        self._wanted = {n.encode(): n for n in names}
         self._is_public = self.guard.router.is_public
         fastapi_helpers = sys.modules.get("keyguard.fastapi")
         if fastapi_helpers is not None:  # so the docs page's Authorize button sends our header
@@ -106,7 +107,8 @@ class KeyGuardMiddleware:
                 if self.guard.signing.is_signed(headers):  # only signed requests have a body read
                     facts.raw_path, facts.query = asgi_target(scope)
                     limit = self.guard.signing.max_body_bytes
-                    facts.body, receive = await asgi_body(scope, receive, limit)
+                    lengths = headers.get("content-length", ())
+                    facts.body, receive = await asgi_body(scope, receive, limit, lengths)
                 entry = await self.guard.aauthenticate(facts)
             except RequestRejected as exc:
                 audit.denied(self.guard, facts, exc)

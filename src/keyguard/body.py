@@ -15,6 +15,7 @@ puts on the wire, not their percent-decoded form).
 from __future__ import annotations
 
 import io
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
@@ -58,18 +59,16 @@ def asgi_target(scope: Scope) -> tuple[str, str]:
     return path, bytes(scope.get("query_string", b"")).decode("latin-1")
 
 
-async def asgi_body(scope: Scope, receive: Receive, limit: int) -> tuple[bytes, Receive]:
+async def asgi_body(
+    scope: Scope, receive: Receive, limit: int, lengths: Sequence[str] = ()
+) -> tuple[bytes, Receive]:
     """Read the whole body (at most `limit` bytes); return it and a `receive`
-    that gives it to the app again."""
+    that gives it to the app again. `lengths`: the Content-Length header values."""
     if scope["type"] != "http":
         return b"", receive  # a websocket handshake has no body
-    length: str | None = None
-    for name, value in scope["headers"]:
-        if name == b"content-length":
-            if length is not None:
-                raise BadRequest("invalid_request", "Send one Content-Length header.")
-            length = value.decode("latin-1")
-    declared = _declared(length, limit)
+    if len(lengths) > 1:
+        raise BadRequest("invalid_request", "Send one Content-Length header.")
+    declared = _declared(lengths[0] if lengths else None, limit)
     chunks: list[bytes] = []
     size = 0
     while True:
