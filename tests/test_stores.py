@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from keyguard.exceptions import InvalidKeySettings, KeyLimitExceeded, KeyNotFound
+from keyguard.exceptions import InvalidKeySettings, KeyLimitExceeded, KeyNotFound, StoreError
 from keyguard.models import KeyRecord
 from keyguard.stores import Store, open_store
 
@@ -316,3 +316,22 @@ def test_invariants_hold_across_two_processes(
         counter = store.get("counter")
         assert counter is not None and len(counter.scopes) == 2 * 4 * 4
         store.close()
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
+def test_a_newer_schema_is_refused(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A store written by a newer keyguard is not silently used by an older one."""
+    for url in store_url(kind, request, tmp_path):
+        s = open_store(url)
+        s.setup()
+        s.setup()  # idempotent
+        if kind == "redis":
+            s._client.hset(s._k("meta"), "schema_version", "999")  # type: ignore[attr-defined]
+        else:
+            with s._db(write=True) as db:  # type: ignore[attr-defined]
+                db.execute("UPDATE keyguard_meta SET value = '999' WHERE name = 'schema_version'")
+        with pytest.raises(StoreError, match="schema version 999"):
+            s.setup()
+        s.close()

@@ -11,11 +11,32 @@ Invariants a backend must keep, also across processes:
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
+from ..exceptions import StoreError
 from ..models import KeyRecord
 
 SCHEMA_VERSION = 1
+
+
+def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], record: str) -> None:
+    """Bring a SQL store's schema to SCHEMA_VERSION, inside the caller's transaction.
+    `db` is a DB-API connection (sqlite3, psycopg); `record` upserts the version."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS keyguard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
+    )
+    row = db.execute("SELECT value FROM keyguard_meta WHERE name = 'schema_version'").fetchone()
+    version = int(row[0]) if row else 0
+    if version > SCHEMA_VERSION:
+        raise StoreError(
+            f"{where} has schema version {version}; "
+            f"this keyguard knows up to {SCHEMA_VERSION}: upgrade keyguard"
+        )
+    for step in range(version, SCHEMA_VERSION):
+        for sql in migrations[step]:
+            db.execute(sql)
+    db.execute(record, (str(SCHEMA_VERSION),))
 
 
 def is_live(record: KeyRecord, now: float) -> bool:

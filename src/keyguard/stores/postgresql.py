@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from .base import SCHEMA_VERSION, Store
+from .base import Store, migrate
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -142,26 +142,12 @@ class PostgreSQLStore(Store):
     def setup(self) -> None:
         with self._db(write=True) as db:
             db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _SETUP_LOCK))
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS keyguard_meta"
-                " (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
-            row = db.execute(
-                "SELECT value FROM keyguard_meta WHERE name = 'schema_version'"
-            ).fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"postgresql store {self._where} has schema version {version}; "
-                    f"this keyguard knows up to {SCHEMA_VERSION}: upgrade keyguard"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for sql in MIGRATIONS[step]:
-                    db.execute(sql)
-            db.execute(
+            migrate(
+                db,
+                f"postgresql store {self._where}",
+                MIGRATIONS,
                 "INSERT INTO keyguard_meta (name, value) VALUES ('schema_version', %s)"
                 " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                (str(SCHEMA_VERSION),),
             )
 
     # -- records ------------------------------------------------------------

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from .base import SCHEMA_VERSION, Store
+from .base import Store, migrate
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -88,25 +88,11 @@ class SQLiteStore(Store):
 
     def setup(self) -> None:
         with self._db(write=True) as db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS keyguard_meta"
-                " (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
-            )
-            row = db.execute(
-                "SELECT value FROM keyguard_meta WHERE name = 'schema_version'"
-            ).fetchone()
-            version = int(row[0]) if row else 0
-            if version > SCHEMA_VERSION:
-                raise StoreError(
-                    f"sqlite store {self.path!r} has schema version {version}; "
-                    f"this keyguard knows up to {SCHEMA_VERSION}: upgrade keyguard"
-                )
-            for step in range(version, SCHEMA_VERSION):
-                for sql in MIGRATIONS[step]:
-                    db.execute(sql)
-            db.execute(
+            migrate(
+                db,
+                f"sqlite store {self.path!r}",
+                MIGRATIONS,
                 "INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
             )
 
     def get(self, key_id: str) -> KeyRecord | None:
