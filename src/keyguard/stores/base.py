@@ -39,6 +39,20 @@ def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], record
     db.execute(record, (str(SCHEMA_VERSION),))
 
 
+def insert_row(record: KeyRecord) -> tuple[object, ...]:
+    """The values of a SQL store's INSERT, in its column order:
+    (id, owner, created_at, expires_at, revoked_at, last_used_at, data)."""
+    return (
+        record.id,
+        record.owner,
+        record.created_at,
+        record.expires_at,
+        record.revoked_at,
+        record.last_used_at,
+        record.to_json(),
+    )
+
+
 def is_live(record: KeyRecord, now: float) -> bool:
     """Counts toward the owner's key limit: not revoked and not expired."""
     return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)

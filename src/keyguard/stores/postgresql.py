@@ -30,7 +30,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from .base import Store, migrate
+from .base import Store, insert_row, migrate
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -177,15 +177,7 @@ class PostgreSQLStore(Store):
                 "INSERT INTO keyguard_keys"
                 " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
                 " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (
-                    record.id,
-                    record.owner,
-                    record.created_at,
-                    record.expires_at,
-                    record.revoked_at,
-                    record.last_used_at,
-                    record.to_json(),
-                ),
+                insert_row(record),
             )
 
     def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:

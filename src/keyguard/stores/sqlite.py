@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from .base import Store, migrate
+from .base import Store, insert_row, migrate
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -116,15 +116,7 @@ class SQLiteStore(Store):
                 "INSERT INTO keyguard_keys"
                 " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.id,
-                    record.owner,
-                    record.created_at,
-                    record.expires_at,
-                    record.revoked_at,
-                    record.last_used_at,
-                    record.to_json(),
-                ),
+                insert_row(record),
             )
 
     def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
