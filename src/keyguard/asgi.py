@@ -92,30 +92,34 @@ class KeyGuardMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        facts = None
-        if not self._is_public(scope["path"]):
-            wanted = self._wanted
+        path = scope["path"]
+        guarded = not self._is_public(path)
+        facts = None  # made only when needed: the warm path does without
+        if guarded:
+            guard, wanted = self.guard, self._wanted
             headers: dict[str, list[str]] = {}
             for name, value in scope["headers"]:
                 text = wanted.get(name)
                 if text is not None:
                     headers.setdefault(text, []).append(value.decode("latin-1"))
             client = scope.get("client")
-            method = scope.get("method", "GET")
-            facts = Facts(method, scope["path"], client[0] if client else None, headers)
-            try:
-                if self.guard.signing.is_signed(headers):  # only signed requests have a body read
-                    facts.raw_path, facts.query = asgi_target(scope)
-                    limit = self.guard.signing.max_body_bytes
-                    lengths = headers.get("content-length", ())
-                    facts.body, receive = await asgi_body(scope, receive, limit, lengths)
-                entry = await self.guard.aauthenticate(facts)
-            except RequestRejected as exc:
-                audit.denied(self.guard, facts, exc)
-                await send_problem(scope, send, exc)
-                return
+            method, peer = scope.get("method", "GET"), client[0] if client else None
+            entry = guard.warm(method, path, peer, headers)
+            if entry is None:  # not the usual warm request: the whole check, which may await
+                facts = Facts(method, path, peer, headers)
+                try:
+                    if guard.signing.is_signed(headers):  # only signed requests have a body read
+                        facts.raw_path, facts.query = asgi_target(scope)
+                        limit = guard.signing.max_body_bytes
+                        lengths = headers.get("content-length", ())
+                        facts.body, receive = await asgi_body(scope, receive, limit, lengths)
+                    entry = await guard.aauthenticate(facts)
+                except RequestRejected as exc:
+                    audit.denied(guard, facts, exc)
+                    await send_problem(scope, send, exc)
+                    return
             scope["keyguard.key"] = entry.info
-            scope["keyguard.guard"] = self.guard
+            scope["keyguard.guard"] = guard
             if entry.door is None:  # Starlette's view of the key, made once per cached entry
                 entry.door = (AuthCredentials(sorted(entry.scopes)), KeyUser(entry.info))
             scope["auth"], scope["user"] = entry.door
@@ -136,6 +140,6 @@ class KeyGuardMiddleware:
         except RequestRejected as exc:
             if started:
                 raise
-            if facts is not None:
-                audit.denied(self.guard, facts, exc)
+            if guarded:
+                audit.denied(self.guard, facts or Facts(method, path, peer, headers), exc)
             await send_problem(scope, send, exc)

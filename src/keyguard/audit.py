@@ -268,7 +268,15 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
     miss = metrics.cache.labels("miss").inc
     denied_by = metrics.requests.labels
 
-    sync, asyn, get = guard.authenticate, guard.aauthenticate, guard._local.get
+    sync, asyn, warm, get = guard.authenticate, guard.aauthenticate, guard.warm, guard._local.get
+
+    @functools.wraps(warm)
+    def counted_warm(*args: Any) -> Any:
+        entry = warm(*args)  # None: authenticate answers (and is counted) instead
+        if entry is not None:
+            allowed()
+            hit()
+        return entry
 
     @functools.wraps(sync)
     def authenticate(facts: Facts) -> Any:
@@ -297,6 +305,7 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
 
     guard.authenticate = authenticate  # type: ignore[method-assign]
     guard.aauthenticate = aauthenticate  # type: ignore[method-assign]
+    guard.warm = counted_warm  # type: ignore[method-assign,assignment]
     guard._local.get = lookup  # type: ignore[method-assign]
     guard._keyguard_metrics = metrics  # type: ignore[attr-defined]
     return metrics

@@ -9,11 +9,10 @@ that proved the secret.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from .exceptions import AuthenticationError, AuthorizationError, BadRequest
 from .hashing import Hasher
@@ -26,30 +25,29 @@ from .scopes import Scopes
 class Entry:
     """A record prepared for the hot path: expanded scopes, the allowlist as ranges.
 
-    `proof` is the SHA-256 of the last token that proved this record's current
-    secret. A record change makes a new Entry, so a proof never outlives the
-    secret it was checked against.
+    `proof` is the last token that proved this record's current secret, kept in
+    this process only (as a signing key's secret is), so the next request with
+    it skips the checksum and the hash. A record change makes a new Entry, so a
+    proof never outlives the secret it was checked against.
     """
 
     record: KeyRecord
     info: KeyInfo
     scopes: frozenset[str]
     allowlist: Allowlist | None  # None: the key may be used from anywhere
-    proof: bytes | None = field(default=None, repr=False)
+    proof: str | None = field(default=None, repr=False)
     door: Any = field(default=None, repr=False)  # what a door derives from the entry, once
 
 
-def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
-
-
-def remembered(entry: object, token: str) -> bool:
+def remembered(entry: object, token: str) -> TypeGuard[Entry]:
     """Steps 2-3 from memory: this exact token already passed them against this entry
-    (a well-formed token with a valid checksum whose secret matched the current hash)."""
+    (a well-formed token with a valid checksum whose secret matched the current hash).
+    Compared in constant time; `compare_digest` takes ASCII text only."""
     return (
         isinstance(entry, Entry)
         and entry.proof is not None
-        and hmac.compare_digest(entry.proof, token_digest(token))
+        and token.isascii()
+        and hmac.compare_digest(entry.proof, token)
     )
 
 
@@ -86,7 +84,7 @@ def bearer_proven(entry: Entry, token: str, secret: str, hasher: Hasher, now: fl
     A match of the current hash is remembered on the entry (see `remembered`)."""
     record = entry.record
     if hasher.check(record.secret_hash, secret):
-        entry.proof = token_digest(token)
+        entry.proof = token
         return True
     until = record.previous_valid_until
     return until is not None and now < until and hasher.check(record.previous_secret_hash, secret)

@@ -28,7 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from .cache import ABSENT, LocalCache, SingleFlight, _Absent
 from .decision import Entry, bearer_proven, credential, decide, invalid_key, remembered
-from .exceptions import AuthenticationError, ConfigurationError, ServiceUnavailable, StoreError
+from .exceptions import (
+    AuthenticationError,
+    ConfigurationError,
+    RequestRejected,
+    ServiceUnavailable,
+    StoreError,
+)
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
@@ -99,6 +105,7 @@ class KeyGuard:
             )
             | self.signing.header_names
         )
+        self._cold_headers = self.header_names - {"authorization", self.header}  # see `warm`
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
@@ -222,6 +229,30 @@ class KeyGuard:
         if self.abuse.applies(entry):
             await self.abuse.aadmit(entry)
         return entry.info
+
+    def warm(
+        self, method: str, path: str, peer: str | None, headers: Mapping[str, Sequence[str]]
+    ) -> Entry | None:
+        """Steps 1-8 for the usual request, in one call that never awaits: a lone
+        bearer credential header whose token already proved its cached key (see
+        `remembered`), no forwarding, passphrase or signing header, no rate limit,
+        no throttled client. None when `authenticate` must answer: a miss, a first
+        use, anything that needs I/O or would be refused (so it is counted there)."""
+        if not self._cold_headers.isdisjoint(headers) or self.abuse.blocked:
+            return None
+        try:
+            token = credential(headers.get("authorization", ()), headers.get(self.header, ()))
+        except RequestRejected:
+            return None
+        key_id = self._tokens.quick_id(token)
+        entry = None if key_id is None else self._local.peek(key_id)
+        if remembered(entry, token) and not self.abuse.applies(entry):
+            ip = parse_ip(peer) if peer else None  # no forwarding header: the peer is the client
+            try:
+                return self._decide(entry, ip, self.router.required(method, path), None)
+            except RequestRejected:
+                pass
+        return None
 
     def authenticate(self, facts: Facts) -> Entry:
         """Steps 1-8 for a request the door described; returns the passing entry."""

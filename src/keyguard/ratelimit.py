@@ -109,7 +109,7 @@ class Abuse:
         self._down_until = 0.0
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
         self._plans: dict[tuple[object, ...], tuple[tuple[RateLimitItem, str, int], ...]] = {}
-        self._blocked: dict[str, float] = {}  # bucket -> wall time its window resets
+        self.blocked: dict[str, float] = {}  # client bucket -> wall time it may try again
         self._lock = threading.Lock()
         self._uses: dict[str, int] = {}  # key id -> uses known to this process
         self._seeded: set[str] = set()  # key ids whose Redis counter this process seeded
@@ -189,7 +189,7 @@ class Abuse:
 
     def check_client(self, ip: IPAddress | None) -> None:
         """Before any parsing or lookup: 429 when this client is throttled."""
-        blocked = self._blocked
+        blocked = self.blocked
         if not blocked:
             return
         key = bucket(ip)
@@ -211,7 +211,7 @@ class Abuse:
         full = self._hit(self._fail_items, "fail", key) or self._full(self._fail_items, "fail", key)
         if full is None:
             return
-        blocked = self._blocked
+        blocked = self.blocked
         if len(blocked) >= MAX_BLOCKED:
             now = time.time()
             for stale in [k for k, t in blocked.items() if t <= now]:

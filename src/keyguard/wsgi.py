@@ -61,17 +61,18 @@ class KeyGuardMiddleware:
         for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
             if key in environ:
                 headers[name] = [environ[key]]
-        facts = Facts(
-            environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers
-        )
-        try:
-            if self.guard.signing.is_signed(headers):  # only signed requests have their body read
-                facts.raw_path, facts.query = wsgi_target(environ)
-                facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
-            entry = self.guard.authenticate(facts)
-        except RequestRejected as exc:
-            audit.denied(self.guard, facts, exc)
-            return problem_response(exc, start_response)
+        method, peer = environ.get("REQUEST_METHOD", "GET"), environ.get("REMOTE_ADDR")
+        entry = self.guard.warm(method, path, peer, headers)  # the usual request, in one call
+        if entry is None:
+            facts = Facts(method, path, peer, headers)
+            try:
+                if self.guard.signing.is_signed(headers):  # only signed requests have a body read
+                    facts.raw_path, facts.query = wsgi_target(environ)
+                    facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
+                entry = self.guard.authenticate(facts)
+            except RequestRejected as exc:
+                audit.denied(self.guard, facts, exc)
+                return problem_response(exc, start_response)
         environ["keyguard.key"] = entry.info
         environ["keyguard.guard"] = self.guard
         return self.app(environ, start_response)

@@ -1,0 +1,218 @@
+"""The warm path (`KeyGuard.warm`): the usual request answered in one call that
+never awaits, with exactly the answers of the whole check.
+
+Every row of the request table is played three times in a row on both doors (the
+later times with the key warm and its token remembered); then the cases where
+the warm path must step aside: a change to the key, a clock that passes its
+expiry, another client address, throttling, rate limits."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from keyguard import KeyGuard
+from keyguard.asgi import KeyGuardMiddleware
+from keyguard.wsgi import KeyGuardMiddleware as WSGIMiddleware
+
+from .doors import OK, PARAMS, World, check_response, make_world, render
+from .kgutil import Clock
+from .test_asgi import build, request
+from .test_wsgi import flask_app
+
+ROW = ("case", "method", "path", "headers", "peer", "status", "expected", "wsgi")
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return make_world()
+
+
+@pytest.mark.parametrize(ROW, PARAMS)
+async def test_table_rows_answer_the_same_when_warm_asgi(
+    world: World, case: str, method: str, path: str, headers: Any, peer: Any, status: int,
+    expected: Any, wsgi: Any,
+) -> None:  # fmt: skip
+    app = build("fastapi", world)
+    for _ in range(3):
+        before = len(world.calls)
+        resp = await request(app, method, path, render(headers, world.tokens), peer)
+        check_response(resp.status_code, resp.headers, resp.content, status, expected, world.tokens)
+        assert len(world.calls) - before == (1 if status == OK else 0)
+
+
+@pytest.mark.parametrize(ROW, PARAMS)
+def test_table_rows_answer_the_same_when_warm_wsgi(
+    world: World, case: str, method: str, path: str, headers: Any, peer: Any, status: int,
+    expected: Any, wsgi: Any,
+) -> None:  # fmt: skip
+    status, expected = (status, expected) if wsgi is None else wsgi
+    client = flask_app(world).test_client()
+    for _ in range(3):
+        before = len(world.calls)
+        resp = client.open(
+            path,
+            method=method,
+            headers=render(headers, world.tokens),
+            environ_base={"REMOTE_ADDR": peer or "127.0.0.1"},
+        )
+        body = resp.get_data()
+        check_response(resp.status_code, resp.headers, body, status, expected, world.tokens)
+        assert len(world.calls) - before == (1 if status == OK else 0)
+
+
+class Spy:
+    """Counts the whole checks (`aauthenticate`) a door falls back to."""
+
+    def __init__(self, guard: KeyGuard) -> None:
+        self.calls = 0
+        real = guard.aauthenticate
+
+        async def counted(facts: Any) -> Any:
+            self.calls += 1
+            return await real(facts)
+
+        guard.aauthenticate = counted  # type: ignore[method-assign]
+
+
+def guarded(**settings: Any) -> tuple[KeyGuard, Clock, Any]:
+    clock = Clock()
+    base = {"store": "memory://", "abuse": {"max_failures": None}}
+    guard = KeyGuard({**base, **settings}, clock=clock)
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse(request.scope["keyguard.key"].name)
+
+    app = Starlette(routes=[Route("/v1/x", hello)])
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+    return guard, clock, app
+
+
+async def get(app: Any, token: str, peer: str = "203.0.113.7", **headers: str) -> httpx.Response:
+    sent = [("Authorization", f"Bearer {token}"), *headers.items()]
+    return await request(app, "GET", "/v1/x", sent, peer)
+
+
+async def test_second_request_takes_the_warm_path_until_the_key_changes() -> None:
+    guard, _, app = guarded()
+    spy = Spy(guard)
+    issued = guard.keys.create(owner="o", name="k")
+    assert issued.token is not None
+    assert (await get(app, issued.token)).status_code == 200
+    assert spy.calls == 1  # the first use: the whole check proves the secret
+    for _ in range(3):
+        assert (await get(app, issued.token)).text == "k"
+    assert spy.calls == 1  # then the warm path alone
+    guard.keys.revoke(issued.id)
+    resp = await get(app, issued.token)
+    assert resp.status_code == 401 and resp.json()["code"] == "revoked_key"
+    assert spy.calls == 2
+
+
+async def test_warm_key_with_a_wrong_secret_or_other_token_is_refused() -> None:
+    from .kgutil import bad_checksum, other_secret
+
+    guard, _, app = guarded()
+    issued = guard.keys.create(owner="o", name="k")
+    assert issued.token is not None
+    assert (await get(app, issued.token)).status_code == 200
+    for token in (other_secret(issued.token), bad_checksum(issued.token), issued.token[:-1]):
+        resp = await get(app, token)
+        assert resp.status_code == 401 and resp.json()["code"] == "invalid_key"
+    assert (await get(app, issued.token)).status_code == 200
+
+
+async def test_warm_key_expires_on_time() -> None:
+    guard, clock, app = guarded()
+    issued = guard.keys.create(owner="o", name="k", expires_in=10)
+    assert issued.token is not None
+    assert (await get(app, issued.token)).status_code == 200
+    assert (await get(app, issued.token)).status_code == 200
+    clock.advance(11)
+    resp = await get(app, issued.token)
+    assert resp.status_code == 401 and resp.json()["code"] == "expired_key"
+
+
+async def test_warm_key_from_another_address_is_refused() -> None:
+    guard, _, app = guarded()
+    issued = guard.keys.create(owner="o", name="k", allowed_ips=["203.0.113.0/24"])
+    assert issued.token is not None
+    assert (await get(app, issued.token)).status_code == 200
+    assert (await get(app, issued.token)).status_code == 200
+    resp = await get(app, issued.token, "198.51.100.9")
+    assert resp.status_code == 403 and resp.json()["code"] == "ip_not_allowed"
+    assert (await get(app, issued.token)).status_code == 200
+
+
+async def test_throttled_client_is_refused_even_with_a_warm_key() -> None:
+    from .kgutil import other_secret
+
+    guard, _, app = guarded(abuse={"max_failures": "2/minute"})
+    issued = guard.keys.create(owner="o", name="k")
+    assert issued.token is not None
+    assert (await get(app, issued.token)).status_code == 200
+    assert (await get(app, issued.token)).status_code == 200  # warm
+    for _ in range(2):
+        assert (await get(app, other_secret(issued.token))).status_code == 401
+    resp = await get(app, issued.token)
+    assert resp.status_code == 429 and resp.json()["code"] == "too_many_failures"
+    assert (await get(app, issued.token, "198.51.100.9")).status_code == 200  # per client
+
+
+async def test_warm_key_behind_a_forwarding_header_is_checked_whole() -> None:
+    guard, _, app = guarded(trusted_proxies=["10.0.0.0/8"])
+    issued = guard.keys.create(owner="o", name="k", allowed_ips=["203.0.113.0/24"])
+    assert issued.token is not None
+    assert (await get(app, issued.token)).status_code == 200
+    resp = await get(app, issued.token, "10.0.0.1", **{"X-Forwarded-For": "198.51.100.9"})
+    assert resp.status_code == 403 and resp.json()["code"] == "ip_not_allowed"
+    resp = await get(app, issued.token, "10.0.0.1", **{"X-Forwarded-For": "203.0.113.9"})
+    assert resp.status_code == 200
+
+
+async def test_warm_key_with_a_rate_limit_still_spends_it() -> None:
+    guard, _, app = guarded()
+    issued = guard.keys.create(owner="o", name="k", rate_limit="3/minute")
+    assert issued.token is not None
+    statuses = [(await get(app, issued.token)).status_code for _ in range(4)]
+    assert statuses == [200, 200, 200, 429]
+
+
+async def test_warm_key_with_a_passphrase_needs_it_every_time() -> None:
+    guard, _, app = guarded()
+    issued = guard.keys.create(owner="o", name="k", passphrase="a long passphrase")
+    assert issued.token is not None
+    ok = await get(app, issued.token, **{"KG-Passphrase": "a long passphrase"})
+    assert ok.status_code == 200
+    resp = await get(app, issued.token)
+    assert resp.status_code == 401 and resp.json()["code"] == "invalid_passphrase"
+
+
+def test_wsgi_door_takes_the_warm_path_too() -> None:
+    guard = KeyGuard({"store": "memory://"})
+    issued = guard.keys.create(owner="o", name="k")
+    assert issued.token is not None
+    calls = []
+    real = guard.authenticate
+
+    def counted(facts: Any) -> Any:
+        calls.append(facts.path)
+        return real(facts)
+
+    guard.authenticate = counted  # type: ignore[method-assign]
+
+    def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return [environ["keyguard.key"].name.encode()]
+
+    app = WSGIMiddleware(inner, guard=guard)
+    with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
+        for _ in range(3):
+            assert client.get("/", headers={"X-API-Key": issued.token}).text == "k"
+    assert calls == ["/"]
