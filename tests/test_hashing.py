@@ -52,3 +52,17 @@ def test_malformed_stored_hash_is_not_verified(stored: str | None) -> None:
 @pytest.mark.parametrize("presented", ["", "\udcff", "é" * 300])
 def test_odd_presented_values(presented: str) -> None:
     assert H.check(H.hash_secret("x"), presented) is False
+
+
+@pytest.mark.parametrize("key_len", [0, 1, 32, 63, 64, 65, 200])
+@pytest.mark.parametrize("msg_len", [0, 1, 55, 56, 64, 1000])
+def test_hmac_sha256_matches_the_standard_library(key_len: int, msg_len: int) -> None:
+    import hmac
+    import os
+
+    from keyguard.hashing import HmacSha256
+
+    key, msg = os.urandom(key_len), os.urandom(msg_len)
+    mac = HmacSha256(key)
+    assert mac.digest(msg) == hmac.digest(key, msg, "sha256")
+    assert mac.digest(msg) == mac.digest(msg)  # the keyed states are copied, never consumed

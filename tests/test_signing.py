@@ -364,6 +364,51 @@ async def test_replay_within_and_after_the_window(door: Door, key: Any, clock: C
     assert (await door.request("POST", "/orders", headers=fresh, content=body)).status_code == 200
 
 
+async def test_replay_cache_is_bounded_and_forgets_expired_signatures(
+    door: Door, key: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("keyguard.signing.REPLAY_LIMIT", 3)
+
+    async def send(n: int) -> httpx.Response:
+        headers = signed(key.info.id, key.secret, "GET", f"/x{n}", now=clock.now)
+        return await door.request("GET", f"/x{n}", headers=headers)
+
+    assert [(await send(n)).status_code for n in range(3)] == [200, 200, 200]
+    full = await send(3)  # fail closed: no room to remember it
+    assert full.status_code == 503
+    clock.advance(32)  # the first three leave the window (max_skew_seconds 30, + 1 s)
+    assert (await send(3)).status_code == 200  # and was not burnt by its refusal
+
+
+def test_one_signature_from_many_threads_passes_once(
+    guard: KeyGuard, key: Any, clock: Clock
+) -> None:
+    import threading
+
+    from keyguard.guard import Facts
+
+    headers = signed(key.info.id, key.secret, "GET", "/x", now=clock.now)
+    lowered = {k.lower(): [v] for k, v in headers.items()}
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def attempt() -> None:
+        facts = Facts("GET", "/x", "203.0.113.1", lowered, body=b"", raw_path="/x")
+        barrier.wait()
+        try:
+            guard.authenticate(facts)
+            results.append("ok")
+        except Exception as exc:  # noqa: BLE001 - the code is what is checked
+            results.append(getattr(exc, "code", repr(exc)))
+
+    threads = [threading.Thread(target=attempt) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == ["ok"] + ["replayed_request"] * 7
+
+
 async def test_refused_signature_is_not_remembered(door: Door, key: Any, clock: Clock) -> None:
     """A forged request does not burn the real signature: only proven ones are remembered."""
     headers = signed(key.info.id, key.secret, "POST", "/orders", "", b"1", now=clock.now)

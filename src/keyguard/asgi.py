@@ -11,7 +11,7 @@ further in (by `keyguard.fastapi.require_scopes`) is rendered here too.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser
@@ -130,10 +130,10 @@ class KeyGuardMiddleware:
         # break the protocol: then the error goes on).
         started = False
 
-        async def send_tracked(message: Message) -> None:
+        def send_tracked(message: Message) -> Awaitable[None]:  # no coroutine of its own
             nonlocal started
             started = True
-            await send(message)
+            return send(message)
 
         try:
             await self.app(scope, receive, send_tracked)

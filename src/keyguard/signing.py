@@ -222,7 +222,7 @@ class SignedRequests:
             and any(v.strip().partition(" ")[0].lower() == "bearer" for v in authorization)
         ):
             raise _bad("Send either a signed request or an API key, not both.")
-        key_id, timestamp, signature = self._one(h, self._key, self._ts, self._sig)
+        key_id, timestamp, signature = self._one(h)
         if facts.body is None:  # a door that cannot give the body cannot check a signature
             raise _bad("This endpoint does not accept signed requests.")
         ts = parse_timestamp(timestamp, self.profile.iso_time)
@@ -252,17 +252,16 @@ class SignedRequests:
             passphrase=passphrases[0] if passphrases else None,
         )
 
-    @staticmethod
-    def _one(headers: Mapping[str, Sequence[str]], *names: str) -> list[str]:
-        """The one non-blank value of each named header (400 otherwise)."""
-        out = []
-        for name in names:
-            values = headers.get(name)
-            value = values[0].strip() if values and len(values) == 1 else ""
-            if not value:
-                raise _bad(f"A signed request needs exactly one {name.upper()} header.")
-            out.append(value)
-        return out
+    def _one(self, h: Mapping[str, Sequence[str]]) -> tuple[str, str, str]:
+        """The one non-blank value of each of the three signing headers (400 otherwise)."""
+        k, t, s = h.get(self._key, ()), h.get(self._ts, ()), h.get(self._sig, ())
+        if len(k) == len(t) == len(s) == 1:
+            key_id, timestamp, signature = k[0].strip(), t[0].strip(), s[0].strip()
+            if key_id and timestamp and signature:
+                return key_id, timestamp, signature
+        pairs = ((self._key, k), (self._ts, t), (self._sig, s))
+        name = next(n for n, v in pairs if len(v) != 1 or not v[0].strip())
+        raise _bad(f"A signed request needs exactly one {name.upper()} header.")
 
     # -- the proof (no I/O) -------------------------------------------------
 
@@ -305,25 +304,39 @@ class SignedRequests:
     # -- replay protection --------------------------------------------------
 
     def _remember_locally(self, signed: Signed, now: float) -> bool:
-        """Record the MAC; False when it was already seen inside its window."""
-        until = signed.ts + self.max_skew + 1.0
+        """Record the MAC; False when it was already seen inside its window.
+
+        No lock on the usual path: `dict.setdefault` is atomic, so of two threads
+        with one MAC exactly one inserts it. (A MAC fixes the timestamp, so a fresh
+        request never meets an expired copy of its own MAC; that case, and the
+        clean-up, take the lock.)"""
+        mac, until, seen = signed.mac, signed.ts + self.max_skew + 1.0, self._seen
+        previous = seen.setdefault(mac, until)
+        if previous is not until:  # this MAC was here before
+            with self._seen_lock:
+                if seen.get(mac, now) > now:
+                    return False
+                seen[mac] = until
+        queue = self._expiry
+        queue.append((until, mac))
+        if queue[0][0] <= now or len(seen) > REPLAY_LIMIT:
+            self._forget_expired(now, mac)
+        return True
+
+    def _forget_expired(self, now: float, mac: bytes) -> None:
+        """Drop expired MACs (arrival order is nearly expiry order: from the front);
+        still over the limit: refuse this one, unremembered (fail closed)."""
         seen, queue = self._seen, self._expiry
         with self._seen_lock:
-            previous = seen.get(signed.mac)
-            if previous is not None and previous > now:
-                return False
-            # Arrival order is nearly expiry order: forget what expired, from the front.
             while queue and queue[0][0] <= now:
-                old_until, mac = queue.popleft()
-                if seen.get(mac) == old_until:
-                    del seen[mac]
-            if len(seen) >= REPLAY_LIMIT:
+                old_until, old = queue.popleft()
+                if seen.get(old) == old_until:
+                    del seen[old]
+            if len(seen) > REPLAY_LIMIT:
+                seen.pop(mac, None)
                 raise ServiceUnavailable(
                     detail="Too many signed requests in the window; try again later."
                 )
-            seen[signed.mac] = until
-            queue.append((until, signed.mac))
-        return True
 
     def _client(self) -> Any:
         if self._redis is None:
