@@ -69,22 +69,16 @@ async def asgi_body(
     if len(lengths) > 1:
         raise BadRequest("invalid_request", "Send one Content-Length header.")
     declared = _declared(lengths[0] if lengths else None, limit)
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] != "http.request":  # http.disconnect: the client went away
-            raise _short()
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit or (declared is not None and size > declared):
-            raise PayloadTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    if declared is not None and size != declared:
+    message = await receive()
+    if message["type"] != "http.request":  # http.disconnect: the client went away
         raise _short()
-    body = b"".join(chunks)
+    body = message.get("body", b"")
+    if message.get("more_body", False):  # more than one message: gather them
+        body = await _rest(receive, [body], limit, declared)
+    if len(body) > limit or (declared is not None and len(body) > declared):
+        raise PayloadTooLarge()
+    if declared is not None and len(body) != declared:
+        raise _short()
     replayed = False
 
     async def replay() -> Message:
@@ -95,6 +89,22 @@ async def asgi_body(
         return await receive()  # after the body: wait for http.disconnect as usual
 
     return body, replay
+
+
+async def _rest(receive: Receive, chunks: list[bytes], limit: int, declared: int | None) -> bytes:
+    """The remaining messages of a body sent in several, within the limits."""
+    size = len(chunks[0])
+    while True:
+        if size > limit or (declared is not None and size > declared):
+            raise PayloadTooLarge()
+        message = await receive()
+        if message["type"] != "http.request":
+            raise _short()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
 
 
 # -- WSGI ----------------------------------------------------------------------

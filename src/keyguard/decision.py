@@ -37,6 +37,7 @@ class Entry:
     allowlist: Allowlist | None  # None: the key may be used from anywhere
     proof: str | None = field(default=None, repr=False)
     door: Any = field(default=None, repr=False)  # what a door derives from the entry, once
+    limited: bool = False  # a rate limit or use quota applies (set by the guard)
 
 
 def remembered(entry: object, token: str) -> TypeGuard[Entry]:

@@ -146,12 +146,14 @@ class KeyGuard:
                 networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 networks.append(_NEVER)  # fail closed on a corrupt stored entry
-        return Entry(
+        entry = Entry(
             record,
             record.info(),
             self.scopes.expand(record.scopes),
             Allowlist(networks) if networks else None,
         )
+        entry.limited = self.abuse.applies(entry)
+        return entry
 
     def _load(self, key_id: str) -> Entry | _Absent:
         epoch = self._epoch
@@ -244,15 +246,23 @@ class KeyGuard:
             token = credential(headers.get("authorization", ()), headers.get(self.header, ()))
         except RequestRejected:
             return None
-        key_id = self._tokens.quick_id(token)
-        entry = None if key_id is None else self._local.peek(key_id)
-        if remembered(entry, token) and not self.abuse.applies(entry):
-            ip = parse_ip(peer) if peer else None  # no forwarding header: the peer is the client
-            try:
-                return self._decide(entry, ip, self.router.required(method, path), None)
-            except RequestRejected:
-                pass
-        return None
+        tokens = self._tokens
+        if len(token) != tokens.length:  # `quick_id`, inline: calls are most of this path's cost
+            return None
+        entry = self._local.peek(token[tokens.id_slice])
+        if not remembered(entry, token) or entry.limited:
+            return None
+        ip = parse_ip(peer) if peer else None  # no forwarding header: the peer is the client
+        now = self.clock()
+        try:
+            hasher = self._hasher or self.hasher
+            decide(entry, True, now, hasher, None, ip, self.router.required(method, path))
+        except RequestRejected:
+            return None
+        self._used[entry.record.id] = now  # as in `_decide`
+        if now >= self._next_flush:
+            self._flush_soon(now)
+        return entry
 
     def authenticate(self, facts: Facts) -> Entry:
         """Steps 1-8 for a request the door described; returns the passing entry."""
@@ -365,11 +375,15 @@ class KeyGuard:
         else:
             proven = bearer_proven(entry, token, secret, hasher, now)
         decide(entry, proven, now, hasher, passphrase, ip, needed)
-        self._used[entry.record.id] = now
+        self._used[entry.record.id] = now  # `last_used_at`, buffered
         if now >= self._next_flush:
-            self._next_flush = now + FLUSH_INTERVAL
-            threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
+            self._flush_soon(now)
         return entry
+
+    def _flush_soon(self, now: float) -> None:
+        """Once a minute, a thread writes the buffered `last_used_at` times out."""
+        self._next_flush = now + FLUSH_INTERVAL
+        threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
 
     def has_scopes(self, key: KeyInfo, needed: Iterable[str]) -> list[str]:
         """The scopes in `needed` that `key` lacks (after implication and wildcards)."""

@@ -235,21 +235,21 @@ class SignedRequests:
             )
         if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
             raise AuthenticationError("invalid_key", "The API key is not valid.")
-        try:  # strict base64 (no stray characters), decoded in C
-            mac = binascii.a2b_base64(signature.encode("ascii"), strict_mode=True)
-        except (binascii.Error, ValueError):  # UnicodeEncodeError is a ValueError
+        try:  # strict base64 (no stray characters), decoded in C (ASCII text only)
+            mac = binascii.a2b_base64(signature, strict_mode=True)
+        except (binascii.Error, ValueError):
             mac = b""
         if len(mac) != MAC_SIZE:
             raise invalid_signature()
         passphrases = h.get(self._pass)
         path = facts.raw_path if facts.raw_path is not None else facts.path
-        return Signed(
-            key_id=key_id,
-            ts=ts,
-            mac=mac,
-            message=message(timestamp, facts.method, path, facts.query, facts.body),
-            needed=guard.router.required(facts.method, facts.path),
-            passphrase=passphrases[0] if passphrases else None,
+        return Signed(  # key_id, ts, mac, message, needed, passphrase
+            key_id,
+            ts,
+            mac,
+            message(timestamp, facts.method, path, facts.query, facts.body),
+            guard.router.required(facts.method, facts.path),
+            passphrases[0] if passphrases else None,
         )
 
     def _one(self, h: Mapping[str, Sequence[str]]) -> tuple[str, str, str]:
