@@ -52,11 +52,12 @@ def _declared(value: str | None, limit: int) -> int | None:
 def asgi_target(scope: Scope) -> tuple[str, str]:
     """(raw path, raw query) of an ASGI request."""
     raw = scope.get("raw_path")
-    if raw:
-        path = bytes(raw).partition(b"?")[0].decode("latin-1")
+    if raw:  # some servers put the query in raw_path too
+        path = (raw.partition(b"?")[0] if b"?" in raw else raw).decode("latin-1")
     else:
         path = quote(scope.get("root_path", "") + scope["path"], safe=_PATH_SAFE)
-    return path, bytes(scope.get("query_string", b"")).decode("latin-1")
+    query = scope.get("query_string")
+    return path, query.decode("latin-1") if query else ""
 
 
 async def asgi_body(
