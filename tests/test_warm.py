@@ -216,3 +216,17 @@ def test_wsgi_door_takes_the_warm_path_too() -> None:
         for _ in range(3):
             assert client.get("/", headers={"X-API-Key": issued.token}).text == "k"
     assert calls == ["/"]
+
+
+async def test_what_passed_on_one_route_is_not_assumed_on_another() -> None:
+    guard, _, app = guarded(rules=[{"path": "/v1/admin*", "scopes": ["admin"]}])
+    issued = guard.keys.create(owner="o", name="k", scopes=["read"])
+    assert issued.token is not None
+    headers = [("Authorization", f"Bearer {issued.token}")]
+    for _ in range(3):  # first use, then warm, then remembered as passed on this route
+        assert (await request(app, "GET", "/v1/x", headers, "203.0.113.7")).status_code == 200
+    refused = await request(app, "GET", "/v1/admin", headers, "203.0.113.7")
+    assert refused.status_code == 403 and refused.json()["code"] == "insufficient_scope"
+    for method in ("POST", "GET"):  # the same path, another method: checked again
+        resp = await request(app, method, "/v1/x", headers, "203.0.113.8")
+        assert resp.status_code == (405 if method == "POST" else 200)

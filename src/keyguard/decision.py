@@ -10,6 +10,7 @@ that proved the secret.
 from __future__ import annotations
 
 import hmac
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
@@ -38,6 +39,16 @@ class Entry:
     proof: str | None = field(default=None, repr=False)
     door: Any = field(default=None, repr=False)  # what a door derives from the entry, once
     limited: bool = False  # a rate limit or use quota applies (set by the guard)
+    # The warm path's memory of (peer, method, path) that `decide` passed with no
+    # passphrase and no forwarding header: each is a pure function of the record,
+    # the peer and the route, so until `until` (revocation or expiry) it passes
+    # again. A record change makes a new Entry, and this memory goes with it.
+    passed: set[tuple[str | None, str, str]] = field(default_factory=set, repr=False)
+    until: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        ends = [t for t in (self.record.revoked_at, self.record.expires_at) if t is not None]
+        self.until = min(ends, default=math.inf)
 
 
 def remembered(entry: object, token: str) -> TypeGuard[Entry]:

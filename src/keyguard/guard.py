@@ -50,6 +50,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("keyguard")
 FLUSH_INTERVAL = 60.0
+WARM_ROUTES = 256  # (peer, method, path) a cached key remembers as passed (see Entry.passed)
 _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
 
 
@@ -252,13 +253,17 @@ class KeyGuard:
         entry = self._local.peek(token[tokens.id_slice])
         if not remembered(entry, token) or entry.limited:
             return None
-        ip = parse_ip(peer) if peer else None  # no forwarding header: the peer is the client
         now = self.clock()
-        try:
-            hasher = self._hasher or self.hasher
-            decide(entry, True, now, hasher, None, ip, self.router.required(method, path))
-        except RequestRejected:
-            return None
+        seen = (peer, method, path)
+        if now >= entry.until or seen not in entry.passed:  # else: passed before, see Entry
+            ip = parse_ip(peer) if peer else None  # no forwarding header: the peer is the client
+            try:
+                hasher = self._hasher or self.hasher
+                decide(entry, True, now, hasher, None, ip, self.router.required(method, path))
+            except RequestRejected:
+                return None
+            if len(entry.passed) < WARM_ROUTES:
+                entry.passed.add(seen)
         self._used[entry.record.id] = now  # as in `_decide`
         if now >= self._next_flush:
             self._flush_soon(now)
