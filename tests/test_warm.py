@@ -176,12 +176,19 @@ async def test_warm_key_behind_a_forwarding_header_is_checked_whole() -> None:
     assert resp.status_code == 200
 
 
-async def test_warm_key_with_a_rate_limit_still_spends_it() -> None:
+async def test_warm_key_with_a_rate_limit_or_quota_still_spends_it() -> None:
     guard, _, app = guarded()
-    issued = guard.keys.create(owner="o", name="k", rate_limit="3/minute")
-    assert issued.token is not None
-    statuses = [(await get(app, issued.token)).status_code for _ in range(4)]
-    assert statuses == [200, 200, 200, 429]
+    spy = Spy(guard)
+    limited = guard.keys.create(owner="o", name="k", rate_limit="3/minute")
+    quota = guard.keys.create(owner="o", name="q", max_uses=3)
+    assert limited.token is not None and quota.token is not None
+    for token, code in ((limited.token, "rate_limited"), (quota.token, "quota_exhausted")):
+        # (a rate limit's 429 says when to retry: tests/test_ratelimit.py)
+        responses = [await get(app, token) for _ in range(5)]
+        assert [r.status_code for r in responses] == [200, 200, 200, 429, 429]
+        assert responses[-1].json()["code"] == code
+    assert int(responses[-1].headers.get("retry-after", 0)) == 0  # a quota does not come back
+    assert spy.calls == 2  # each key's first use; the warm path counted the rest
 
 
 async def test_warm_key_with_a_passphrase_needs_it_every_time() -> None:

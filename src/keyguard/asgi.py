@@ -104,20 +104,20 @@ class KeyGuardMiddleware:
                     headers.setdefault(text, []).append(value.decode("latin-1"))
             client = scope.get("client")
             method, peer = scope.get("method", "GET"), client[0] if client else None
-            entry = guard.warm(method, path, peer, headers)
-            if entry is None:  # not the usual warm request: the whole check, which may await
-                facts = Facts(method, path, peer, headers)
-                try:
+            try:
+                entry = guard.warm(method, path, peer, headers)
+                if entry is None:  # not the usual warm request: the whole check, which may await
+                    facts = Facts(method, path, peer, headers)
                     if guard.signing.is_signed(headers):  # only signed requests have a body read
                         facts.raw_path, facts.query = asgi_target(scope)
                         limit = guard.signing.max_body_bytes
                         lengths = headers.get("content-length", ())
                         facts.body, receive = await asgi_body(scope, receive, limit, lengths)
                     entry = await guard.aauthenticate(facts)
-                except RequestRejected as exc:
-                    audit.denied(guard, facts, exc)
-                    await send_problem(scope, send, exc)
-                    return
+            except RequestRejected as exc:
+                audit.denied(guard, facts or Facts(method, path, peer, headers), exc)
+                await send_problem(scope, send, exc)
+                return
             scope["keyguard.key"] = entry.info
             scope["keyguard.guard"] = guard
             if entry.door is None:  # Starlette's view of the key, made once per cached entry

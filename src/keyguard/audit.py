@@ -272,7 +272,11 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
 
     @functools.wraps(warm)
     def counted_warm(*args: Any) -> Any:
-        entry = warm(*args)  # None: authenticate answers (and is counted) instead
+        try:
+            entry = warm(*args)  # None: authenticate answers (and is counted) instead
+        except RequestRejected as exc:  # a spent rate limit
+            denied_by("denied", exc.code).inc()
+            raise
         if entry is not None:
             allowed()
             hit()

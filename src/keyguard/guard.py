@@ -238,9 +238,10 @@ class KeyGuard:
     ) -> Entry | None:
         """Steps 1-8 for the usual request, in one call that never awaits: a lone
         bearer credential header whose token already proved its cached key (see
-        `remembered`), no forwarding, passphrase or signing header, no rate limit,
-        no throttled client. None when `authenticate` must answer: a miss, a first
-        use, anything that needs I/O or would be refused (so it is counted there)."""
+        `remembered`), no forwarding, passphrase or signing header, no throttled
+        client, rate limits counted in memory. None when `authenticate` must answer:
+        a miss, a first use, anything that needs I/O or fails steps 1-7 (so it is
+        counted there). Raises only step 8's 429 (a spent rate limit or quota)."""
         if not self._cold_headers.isdisjoint(headers) or self.abuse.blocked:
             return None
         try:
@@ -251,7 +252,7 @@ class KeyGuard:
         if len(token) != tokens.length:  # `quick_id`, inline: calls are most of this path's cost
             return None
         entry = self._local.peek(token[tokens.id_slice])
-        if not remembered(entry, token) or entry.limited:
+        if not remembered(entry, token) or (entry.limited and not self.abuse.admits_now(entry)):
             return None
         now = self.clock()
         seen = (peer, method, path)
@@ -267,6 +268,8 @@ class KeyGuard:
         self._used[entry.record.id] = now  # as in `_decide`
         if now >= self._next_flush:
             self._flush_soon(now)
+        if entry.limited:
+            self.abuse.admit(entry)  # in memory; a spent limit raises 429 for the door to send
         return entry
 
     def authenticate(self, facts: Facts) -> Entry:

@@ -250,10 +250,12 @@ class Abuse:
         if record.max_uses is not None:
             self._spend(record.id, record.max_uses)
 
+    def admits_now(self, entry: Entry) -> bool:
+        """Can `admit` run on an event loop: memory counters, the quota already seeded?"""
+        return not self.shared and (entry.record.max_uses is None or entry.record.id in self._uses)
+
     async def aadmit(self, entry: Entry) -> None:
-        record = entry.record
-        unseeded = record.max_uses is not None and record.id not in self._uses
-        if (self.shared or unseeded) and self.applies(entry):
+        if self.applies(entry) and not self.admits_now(entry):  # Redis, or the store's count
             await anyio.to_thread.run_sync(self.admit, entry)
         else:
             self.admit(entry)

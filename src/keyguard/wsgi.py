@@ -62,17 +62,18 @@ class KeyGuardMiddleware:
             if key in environ:
                 headers[name] = [environ[key]]
         method, peer = environ.get("REQUEST_METHOD", "GET"), environ.get("REMOTE_ADDR")
-        entry = self.guard.warm(method, path, peer, headers)  # the usual request, in one call
-        if entry is None:
-            facts = Facts(method, path, peer, headers)
-            try:
+        facts = None
+        try:
+            entry = self.guard.warm(method, path, peer, headers)  # the usual request, one call
+            if entry is None:
+                facts = Facts(method, path, peer, headers)
                 if self.guard.signing.is_signed(headers):  # only signed requests have a body read
                     facts.raw_path, facts.query = wsgi_target(environ)
                     facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
                 entry = self.guard.authenticate(facts)
-            except RequestRejected as exc:
-                audit.denied(self.guard, facts, exc)
-                return problem_response(exc, start_response)
+        except RequestRejected as exc:
+            audit.denied(self.guard, facts or Facts(method, path, peer, headers), exc)
+            return problem_response(exc, start_response)
         environ["keyguard.key"] = entry.info
         environ["keyguard.guard"] = self.guard
         return self.app(environ, start_response)
