@@ -81,7 +81,11 @@ class RequestRejected(KeyGuardError):
         if detail is not None:
             self.detail = detail
         self.extra = extra
-        super().__init__(f"{self.code}: {self.detail}")
+        # No Exception.__init__: `args` are set already, and the message is built only
+        # when shown (`__str__`). Refusing a forged token should cost little.
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
 
     def headers(self) -> list[tuple[str, str]]:
         return []

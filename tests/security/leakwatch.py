@@ -161,6 +161,14 @@ class SecretWatch:
             original_init(self_, *args, **kwargs)
 
         self._patch(exceptions.KeyGuardError, "__init__", init)
+        # A request rejection builds its message only when shown: scan what it will show.
+        rejected_init = exceptions.RequestRejected.__init__
+
+        def rejected(self_: exceptions.RequestRejected, *args: Any, **kwargs: Any) -> None:
+            rejected_init(self_, *args, **kwargs)
+            watch.scan(f"{self_} {self_.extra}", f"{type(self_).__name__} message")
+
+        self._patch(exceptions.RequestRejected, "__init__", rejected)
         self._install_doors()
         root = logging.getLogger()
         root.addHandler(self._handler)
