@@ -12,6 +12,8 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse
@@ -237,3 +239,30 @@ async def test_what_passed_on_one_route_is_not_assumed_on_another() -> None:
     for method in ("POST", "GET"):  # the same path, another method: checked again
         resp = await request(app, method, "/v1/x", headers, "203.0.113.8")
         assert resp.status_code == (405 if method == "POST" else 200)
+
+
+_PROVEN = KeyGuard({"store": "memory://", "abuse": {"max_failures": None}})
+_PROVEN_TOKEN = _PROVEN.keys.create(owner="o", name="k").token or ""
+_PROVEN.verify(_PROVEN_TOKEN)  # cached and proven: the warm path now knows this token
+
+
+@given(
+    value=st.one_of(
+        st.text(max_size=120),
+        st.builds(lambda t: "Bearer " + t, st.text(max_size=80)),
+        st.sampled_from([_PROVEN_TOKEN[:-1] + c for c in "0aZ_é "]),
+        st.builds(lambda i: _PROVEN_TOKEN[:i] + "x" + _PROVEN_TOKEN[i + 1 :], st.integers(0, 60)),
+    ),
+    name=st.sampled_from(["authorization", "x-api-key"]),
+)
+@settings(max_examples=400, deadline=None)
+def test_warm_passes_only_the_proven_token(value: str, name: str) -> None:
+    entry = _PROVEN.warm("GET", "/", "203.0.113.7", {name: [value]})
+    stripped = value.strip()
+    if name == "authorization":
+        scheme, _, stripped = stripped.partition(" ")
+        stripped = stripped.strip() if scheme.lower() == "bearer" else ""
+    assert entry is None or stripped == _PROVEN_TOKEN
+    for token in (_PROVEN_TOKEN, f"  {_PROVEN_TOKEN} "):
+        assert _PROVEN.warm("GET", "/", None, {"x-api-key": [token]}) is not None
+        assert _PROVEN.warm("GET", "/", None, {"authorization": ["bearer " + token]}) is not None
