@@ -1,7 +1,10 @@
 """`KeyGuard`: settings, the lookup chain, and verification for both doors.
 
 Lookup chain: in-process `LocalCache` -> shared cache (Redis, when set) ->
-store. The warm path (key cached) does no I/O and never awaits. A miss runs
+store. The warm path (key cached) does no I/O and never awaits; the doors
+first try `warm`, which answers the usual repeat request in one call (the
+token that proved the key last time, a decision already taken for this peer
+and route), and fall back to `authenticate` for everything else. A miss runs
 once per id however many requests wait for it (`SingleFlight`); async callers
 run it in a worker thread, so the event loop never blocks on a store.
 Sync and async share every line except that one call: `authenticate` and
