@@ -199,19 +199,26 @@ class KeyGuard:
     ) -> KeyInfo:
         """Check a bearer token without HTTP; raises the errors of SPEC section 5.
         With `client_ip`, failed-attempt throttling applies to that address."""
-        ip = None if client_ip is None else _ip(client_ip)
-        if client_ip is not None:
+        if client_ip is None:  # no client to count failures against: no handler in the way
+            entry = self._verified(token, None, scopes, passphrase)
+        else:
+            ip = _ip(client_ip)
             self.abuse.check_client(ip)
-        try:
-            key_id, secret, found = self._bearer(token)
-            found = found or self._fetch(key_id)
-            entry = self._decide(found, ip, _scopes(scopes), passphrase, token=token, secret=secret)
-        except AuthenticationError as exc:
-            if client_ip is not None and exc.code != "missing_credentials":
-                self.abuse.failed(ip)
-            raise
+            try:
+                entry = self._verified(token, ip, scopes, passphrase)
+            except AuthenticationError as exc:
+                if exc.code != "missing_credentials":
+                    self.abuse.failed(ip)
+                raise
         self.abuse.admit(entry)
         return entry.info
+
+    def _verified(
+        self, token: str, ip: IPAddress | None, scopes: Sequence[str], passphrase: str | None
+    ) -> Entry:
+        key_id, secret, found = self._bearer(token)
+        found = found or self._fetch(key_id)
+        return self._decide(found, ip, _scopes(scopes), passphrase, token=token, secret=secret)
 
     async def averify(
         self,
