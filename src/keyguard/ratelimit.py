@@ -71,6 +71,37 @@ MAX_BLOCKED = 100_000
 MAX_PLANS = 100_000
 
 
+class _MemoryStorage(MemoryStorage):
+    """`limits`' in-process storage with a leaner `incr`, the call every counted
+    request makes: `limits` takes a per-key lock, expires the key and checks (and
+    often restarts) its 10 ms clean-up timer thread on every call, about 15,000
+    CPU instructions, more than keyguard's whole warm check. Here one lock, the
+    window reset on use, and expired windows swept at most once a second. The
+    data stays `limits`' own (`storage`, `expirations`), so `get`, `get_expiry`
+    and the limiter's `test` and window stats read it as before."""
+
+    SWEEP_SECONDS = 1.0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._counting = threading.Lock()
+        self._next_sweep = 0.0
+
+    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+        now = time.time()
+        with self._counting:
+            if self.expirations.get(key, 0.0) <= now:  # a new window starts with this hit
+                self.storage[key] = 0
+                self.expirations[key] = now + expiry
+            value = self.storage[key] = self.storage[key] + amount
+            if now >= self._next_sweep:
+                self._next_sweep = now + self.SWEEP_SECONDS
+                for stale in [k for k, until in self.expirations.items() if until <= now]:
+                    self.storage.pop(stale, None)
+                    self.expirations.pop(stale, None)
+        return value
+
+
 class QuotaExhausted(TooManyRequests):
     """429 quota_exhausted: waiting will not help, so no Retry-After."""
 
@@ -98,17 +129,17 @@ class Abuse:
         url, url_prefix = split_redis_url(settings.cache or "")
         self._prefix = url_prefix + prefix
         self.default_limit = settings.rate_limit
-        text = settings.abuse.max_failures
+        text = self._fail_text = settings.abuse.max_failures or ""
         self._fail_items: tuple[RateLimitItem, ...] = tuple(parse_many(text)) if text else ()
         self.throttling = bool(self._fail_items)
-        self._memory = FixedWindowRateLimiter(MemoryStorage())
+        self._memory = FixedWindowRateLimiter(_MemoryStorage())
         self._redis_url = url if url.startswith("redis") else None
         self.shared = self._redis_url is not None
         self._redis: FixedWindowRateLimiter | None = None
         self._redis_client: Any = None
         self._down_until = 0.0
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
-        self._plans: dict[tuple[object, ...], tuple[tuple[RateLimitItem, str, int], ...]] = {}
+        self._plans: dict[tuple[str, ...], tuple[tuple[RateLimitItem, str, int], ...]] = {}
         self.blocked: dict[str, float] = {}  # client bucket -> wall time it may try again
         self._lock = threading.Lock()
         self._uses: dict[str, int] = {}  # key id -> uses known to this process
@@ -141,18 +172,21 @@ class Abuse:
             )
         self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
 
-    def _hit(self, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
-        """Hit every window in order; the first full one, or None when all had room.
+    def _hit(self, text: str, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
+        """Hit every window of `items` (parsed from `text`) in order; the first full
+        one, or None when all had room.
 
         This is `FixedWindowRateLimiter.hit` (`storage.incr(key, expiry) <= amount`)
         with each window's storage key built once per (limit, caller) instead of
-        once per request: the warm path's largest saving."""
+        once per request: the warm path's largest saving. The plans are found by
+        the limit's text (strings hash in C; `RateLimitItem`s hash in Python)."""
         limiter = self._limiter()
-        plan = self._plans.get((items, ids))
+        name = (text, *ids)
+        plan = self._plans.get(name)
         if plan is None:
             if len(self._plans) >= MAX_PLANS:
                 self._plans.clear()
-            plan = self._plans[(items, ids)] = tuple(
+            plan = self._plans[name] = tuple(
                 (item, item.key_for(*ids), item.get_expiry()) for item in items
             )
         incr = limiter.storage.incr
@@ -165,7 +199,7 @@ class Abuse:
             if limiter is self._memory:
                 raise
             self._down(exc)
-            return self._hit(items, *ids)
+            return self._hit(text, items, *ids)
 
     def _full(self, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
         """The first window with no room left (without spending from it)."""
@@ -208,7 +242,8 @@ class Abuse:
             return
         key = bucket(ip)
         # The failure that fills a window blocks at once: "30/minute" = 30 failures, then 429.
-        full = self._hit(self._fail_items, "fail", key) or self._full(self._fail_items, "fail", key)
+        items = self._fail_items
+        full = self._hit(self._fail_text, items, "fail", key) or self._full(items, "fail", key)
         if full is None:
             return
         blocked = self.blocked
@@ -244,7 +279,7 @@ class Abuse:
                 raise TooManyRequests(
                     "rate_limited", "The API key's rate limit is not valid.", retry_after=60
                 )
-            full = self._hit(items, "key", record.id)
+            full = self._hit(text, items, "key", record.id)
             if full is not None:
                 self._refuse(full, record.id)
         if record.max_uses is not None:
