@@ -388,3 +388,22 @@ async def test_redis_unreachable_falls_back_to_memory_never_5xx(door: str, caplo
     assert got == [200, 200, 429]
     assert bad == [401, 401, 429]
     assert any("Redis unreachable" in r.getMessage() for r in caplog.records)
+
+
+def test_memory_counter_windows_and_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from keyguard.ratelimit import _MemoryStorage
+
+    storage = _MemoryStorage()
+    assert [storage.incr("k", 0.05) for _ in range(3)] == [1, 2, 3]
+    assert storage.get("k") == 3 and storage.get_expiry("k") > time.time()
+    for n in range(100):
+        storage.incr(f"other{n}", 0.05)
+    time.sleep(0.06)
+    assert storage.incr("k", 0.05) == 1  # a new window starts with this hit
+    monkeypatch.setattr(_MemoryStorage, "SWEEP_SECONDS", 0.0)
+    storage._next_sweep = 0.0
+    storage.incr("k", 0.05)
+    assert set(storage.expirations) == {"k"}  # the expired windows were swept
+    assert set(storage.storage) == {"k"}
