@@ -2,9 +2,10 @@
 IP, and usage quotas (SPEC section 4 step 8; settings `rate_limit`,
 `abuse.max_failures`; the key field `max_uses`).
 
-Owns the counting, on the `limits` library (fixed windows, no hand-written
-counters): `limits`' MemoryStorage by default, its Redis storage when the
-`cache` setting is a redis:// URL, so every instance shares one budget.
+Owns the counting, on the `limits` library (fixed windows): `limits`'
+MemoryStorage by default (with a leaner `incr`, see `_MemoryStorage`), its
+Redis storage when the `cache` setting is a redis:// URL, so every instance
+shares one budget.
 Must not: decide anything of steps 1-7 (decision.py does), or ever turn a
 counting failure into a 5xx.
 
