@@ -228,7 +228,7 @@ class KeyGuard:
         scopes: Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
-        ip = None if client_ip is None else _ip(client_ip)
+        ip = _ip(client_ip)
         if client_ip is not None:
             self.abuse.check_client(ip)
         try:
@@ -254,32 +254,13 @@ class KeyGuard:
         counted there). Raises only step 8's 429 (a spent rate limit or quota)."""
         if not self._cold_headers.isdisjoint(headers) or self.abuse.blocked:
             return None
-        # `credential`, `quick_id`, `LocalCache.get` and `remembered`, inline: on this
-        # path the calls would cost more than the work (tests/test_warm.py holds the
-        # answers equal to the whole check's).
-        auth = headers.get("authorization")
-        if auth is None:
-            keys = headers.get(self.header)
-            if keys is None or len(keys) != 1:
-                return None
-            token = keys[0].strip()
-        else:
-            scheme, _, token = auth[0].strip().partition(" ")
-            if len(auth) != 1 or self.header in headers or scheme.lower() != "bearer":
-                return None
-            token = token.strip()
-        tokens = self._tokens
-        if len(token) != tokens.length:
+        try:
+            token = credential(headers.get("authorization", ()), headers.get(self.header, ()))
+        except RequestRejected:
             return None
-        local = self._local
-        item = local.data.get(token[tokens.id_slice])
-        entry = None if item is None or item[0] < local.clock() else item[1]
-        if not (
-            isinstance(entry, Entry)
-            and entry.proof is not None
-            and token.isascii()
-            and hmac.compare_digest(entry.proof, token)
-        ) or (entry.limited and not self.abuse.admits_now(entry)):
+        key_id = self._tokens.quick_id(token)
+        entry = None if key_id is None else self._local.peek(key_id)
+        if not remembered(entry, token) or (entry.limited and not self.abuse.admits_now(entry)):
             return None
         now = self.clock()
         seen = (peer, method, path)
@@ -363,9 +344,9 @@ class KeyGuard:
         Returns (key id, the secret still to check or None when this very token
         already proved the cached entry, the cached entry or None)."""
         tokens = self._tokens
-        if not isinstance(token, str) or len(token) != tokens.length:  # `quick_id`, inline
+        key_id = tokens.quick_id(token)
+        if key_id is None:
             raise invalid_key()
-        key_id = token[tokens.id_slice]
         found = self._local.get(key_id)
         if found is not None and remembered(found, token):
             return key_id, None, found

@@ -66,14 +66,13 @@ class TokenParser:
     `[0-9A-Za-z]+` (an ASCII letter or digit), without a regex on the hot path.
     """
 
-    __slots__ = ("_head", "_id_end", "_secret_end", "_length", "length", "id_slice")
+    __slots__ = ("_head", "_id_end", "_secret_end", "_length")
 
     def __init__(self, prefix: str) -> None:
         self._head = prefix + "_"
         self._id_end = len(self._head) + ID_LEN
         self._secret_end = self._id_end + 1 + SECRET_LEN
-        self._length = self.length = self._secret_end + CHECKSUM_LEN
-        self.id_slice = slice(len(self._head), self._id_end)  # where the id is in a token
+        self._length = self._secret_end + CHECKSUM_LEN
 
     def quick_id(self, token: object) -> str | None:
         """Where the id would be, for a token of the right length (nothing else checked)."""
