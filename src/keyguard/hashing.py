@@ -10,23 +10,13 @@ hash means "not verified", never a crash. Comparisons use `hmac.compare_digest`.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import hmac
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import Argon2Error, InvalidHashError
-
-_sha256: Callable[[bytes], Any] = hashlib.sha256
-try:  # CPython's own SHA-256 (`_sha2` from 3.12): its copy() is a memcpy, OpenSSL's is not
-    from _sha2 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
-except ImportError:
-    with contextlib.suppress(ImportError):  # a Python built without it keeps OpenSSL's
-        from _sha256 import sha256 as _sha256  # type: ignore[import-not-found,no-redef]
 
 _HMAC_TAG = "hmac-sha256$"
 # OWASP minimum for argon2id: 19 MiB, t=2, p=1.
@@ -36,16 +26,17 @@ _argon2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 class HmacSha256:
     """HMAC-SHA256 under one key (RFC 2104), its keyed inner and outer SHA-256
     states computed once: copying them costs far less than `hmac.new()` or
-    `hmac.digest()` setting them up on every call. Known-answer tested against
-    `hmac` (tests/test_hashing.py)."""
+    `hmac.digest()` setting them up on every call. OpenSSL's SHA-256 (hashlib's),
+    which uses the CPU's SHA instructions: on a 1 KiB body it is about 4x faster
+    than CPython's own. Known-answer tested against `hmac` (tests/test_hashing.py)."""
 
     __slots__ = ("_inner", "_outer")
 
     def __init__(self, key: bytes) -> None:
         key = hashlib.sha256(key).digest() if len(key) > 64 else key
         key = key.ljust(64, b"\0")
-        self._inner = _sha256(bytes(b ^ 0x36 for b in key))
-        self._outer = _sha256(bytes(b ^ 0x5C for b in key))
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
 
     def __repr__(self) -> str:  # never show key material
         return "HmacSha256(<key>)"
