@@ -64,7 +64,11 @@ def _nested(dotted: str, value: object) -> dict[str, object]:
 
 @pytest.mark.parametrize(("key", "value"), GOOD)
 @pytest.mark.parametrize("form", ["dotted", "nested"])
-def test_every_setting_accepted(key: str, value: object, form: str) -> None:
+def test_every_setting_accepted(
+    key: str, value: object, form: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if key.startswith("signing."):  # settings that configure signing need a master key
+        monkeypatch.setenv("KEYGUARD_MASTER_KEYS", "A" * 43)
     raw = {key: value} if form == "dotted" else _nested(key, value)
     s = load_settings(raw)
     got = _get(s, key)

@@ -523,6 +523,26 @@ def test_master_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         KeyGuard({"store": "memory://"})
 
 
+@pytest.mark.parametrize(
+    "signing",
+    [
+        pytest.param({}, id="empty-section"),
+        pytest.param({"profile": "okx"}, id="profile"),
+        pytest.param({"master_keys": []}, id="empty-list"),
+    ],
+)
+def test_settings_that_configure_signing_need_a_master_key_at_start_up(
+    signing: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("KEYGUARD_MASTER_KEYS", raising=False)
+    with pytest.raises(ConfigurationError, match=r"^signing\.master_keys: required"):
+        KeyGuard({"store": "memory://", "signing": signing})
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", MASTER)
+    if "master_keys" not in signing:  # the environment supplies it
+        KeyGuard({"store": "memory://", "signing": signing}).close()
+    KeyGuard({"store": "memory://"}).close()  # bearer-only settings never need one
+
+
 async def test_without_master_keys_signing_keys_are_refused(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -220,11 +220,20 @@ def load_settings(raw: Mapping[str, Any] | None) -> Settings:
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigurationError("settings must be a mapping (a dict)")
     data = _nest(raw or {})
+    configures_signing = "signing" in data
     _from_env(data)
     try:
-        return Settings.model_validate(_listish_to_tuple(data))
+        settings = Settings.model_validate(_listish_to_tuple(data))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"]) or "settings"
         why = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
         raise ConfigurationError(f"{where}: {why}") from None
+    if configures_signing and not settings.signing.master_keys:
+        # Caught now, not on the first signed request (which no key could ever pass).
+        raise ConfigurationError(
+            "signing.master_keys: required when the settings configure signing (set it or "
+            "KEYGUARD_MASTER_KEYS; make one with: python -c "
+            "'import keyguard.crypto as c; print(c.generate_master_key())')"
+        )
+    return settings
