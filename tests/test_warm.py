@@ -267,3 +267,126 @@ def test_warm_passes_only_the_proven_token(value: str, name: str) -> None:
     for token in (_PROVEN_TOKEN, f"  {_PROVEN_TOKEN} "):
         assert _PROVEN.warm("GET", "/", None, {"x-api-key": [token]}) is not None
         assert _PROVEN.warm("GET", "/", None, {"authorization": ["bearer " + token]}) is not None
+
+
+# -- signed requests (`KeyGuard.warm_signed`) ----------------------------------
+
+
+def _count_whole_checks(guard: KeyGuard) -> list[str]:
+    """The paths of the requests either door sent to the whole check."""
+    calls: list[str] = []
+    sync, coro = guard.authenticate, guard.aauthenticate
+
+    def counted(facts: Any) -> Any:
+        calls.append(facts.path)
+        return sync(facts)
+
+    async def acounted(facts: Any) -> Any:
+        calls.append(facts.path)
+        return await coro(facts)
+
+    guard.authenticate, guard.aauthenticate = counted, acounted  # type: ignore[method-assign]
+    return calls
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_signed_requests_take_the_warm_path_with_the_same_answers(kind: str) -> None:
+    from .signing_util import Clock as SigningClock
+    from .signing_util import Door, make_guard, signed
+
+    clock = SigningClock()
+    guard = make_guard(clock, abuse={"max_failures": None})
+    calls = _count_whole_checks(guard)
+    key = guard.keys.create(owner="o", name="s", kind="signing", scopes=["read"])
+    door = Door(kind, guard)
+
+    async def send(body: bytes = b"{}", path: str = "/v1/x", **change: Any) -> httpx.Response:
+        clock.advance(0.001)  # a new timestamp, so a new signature
+        headers = signed(key.info.id, key.secret, "POST", path, "", body, now=clock.now)
+        return await door.request("POST", path, headers={**headers, **change}, content=body)
+
+    assert (await send()).status_code == 200
+    assert calls == ["/v1/x"]  # the first use loads the key
+    for i in range(3):
+        ok = await send(f'{{"n":{i}}}'.encode())
+        assert ok.status_code == 200 and ok.json()["body"] == f'{{"n":{i}}}'  # body replayed
+    assert calls == ["/v1/x"]  # then the warm path alone
+
+    # A replay, a tampered signature, a stale timestamp: refused, by the whole check.
+    clock.advance(0.001)
+    headers = signed(key.info.id, key.secret, "POST", "/v1/x", "", b"{}", now=clock.now)
+    assert (await door.request("POST", "/v1/x", headers=headers, content=b"{}")).status_code == 200
+    replay = await door.request("POST", "/v1/x", headers=headers, content=b"{}")
+    assert replay.status_code == 401 and replay.json()["code"] == "replayed_request"
+    tampered = await door.request("POST", "/v1/x", headers=headers, content=b"{ }")
+    assert tampered.status_code == 401 and tampered.json()["code"] == "invalid_signature"
+    clock.advance(60)
+    stale = await door.request("POST", "/v1/x", headers=headers, content=b"{}")
+    assert stale.status_code == 401 and stale.json()["code"] == "stale_request"
+    assert calls == ["/v1/x"] * 4
+
+    # A bearer header beside the signature, a passphrase the key lacks: the whole check.
+    mixed = await send(**{"Authorization": "Bearer x"})
+    assert mixed.status_code == 400 and mixed.json()["code"] == "invalid_request"
+    assert (await send(**{"KG-Passphrase": "unneeded"})).status_code == 200
+    assert len(calls) == 6
+
+    guard.keys.revoke(key.info.id)  # a changed key: a new cache entry, checked whole
+    revoked = await send()
+    assert revoked.status_code == 401 and revoked.json()["code"] == "revoked_key"
+    await door.aclose()
+    guard.close()
+
+
+async def test_warm_signed_request_is_checked_per_route_and_address() -> None:
+    from .signing_util import Clock as SigningClock
+    from .signing_util import asgi_app, make_guard, signed
+
+    clock = SigningClock()
+    guard = make_guard(
+        clock,
+        abuse={"max_failures": None},
+        rules=[{"path": "/v1/admin*", "scopes": ["admin"]}],
+        trusted_proxies=["10.0.0.0/8"],
+    )
+    key = guard.keys.create(
+        owner="o", name="s", kind="signing", scopes=["read"], allowed_ips=["203.0.113.0/24"]
+    )
+    app = asgi_app(guard)
+
+    async def send(path: str, peer: str, **extra: str) -> httpx.Response:
+        clock.advance(0.001)
+        headers = signed(key.info.id, key.secret, "GET", path, now=clock.now)
+        return await request(app, "GET", path, [*headers.items(), *extra.items()], peer)
+
+    for _ in range(3):
+        assert (await send("/v1/x", "203.0.113.7")).status_code == 200
+    admin = await send("/v1/admin", "203.0.113.7")
+    assert admin.status_code == 403 and admin.json()["code"] == "insufficient_scope"
+    elsewhere = await send("/v1/x", "198.51.100.9")
+    assert elsewhere.status_code == 403 and elsewhere.json()["code"] == "ip_not_allowed"
+    forwarded = await send("/v1/x", "10.0.0.1", **{"X-Forwarded-For": "198.51.100.9"})
+    assert forwarded.status_code == 403 and forwarded.json()["code"] == "ip_not_allowed"
+    forwarded = await send("/v1/x", "10.0.0.1", **{"X-Forwarded-For": "203.0.113.9"})
+    assert forwarded.status_code == 200
+    guard.close()
+
+
+@pytest.mark.servers
+async def test_signed_requests_with_the_replay_cache_in_redis_are_checked_whole(
+    redis_url: str, redis_prefix: str
+) -> None:
+    from .signing_util import Door, make_guard, signed
+    from .test_signing import _cleanup
+
+    guard = make_guard(cache=redis_url, signing={"replay_prefix": redis_prefix})
+    calls = _count_whole_checks(guard)
+    key = guard.keys.create(owner="o", name="s", kind="signing")
+    door, start = Door("asgi", guard), guard.clock()
+    for i in range(3):  # three timestamps, so three signatures
+        headers = signed(key.info.id, key.secret, "GET", "/v1/x", now=start - i / 1000)
+        assert (await door.request("GET", "/v1/x", headers=headers)).status_code == 200
+    assert len(calls) == 3  # remembering a signature in Redis is I/O: never the warm path
+    await door.aclose()
+    guard.close()
+    _cleanup(redis_url, guard.signing.replay_prefix)

@@ -113,7 +113,9 @@ class KeyGuardMiddleware:
                         limit = guard.signing.max_body_bytes
                         lengths = headers.get("content-length", ())
                         facts.body, receive = await asgi_body(scope, receive, limit, lengths)
-                    entry = await guard.aauthenticate(facts)
+                        entry = guard.warm_signed(facts)
+                    if entry is None:
+                        entry = await guard.aauthenticate(facts)
             except RequestRejected as exc:
                 audit.denied(guard, facts or Facts(method, path, peer, headers), exc)
                 await send_problem(scope, send, exc)

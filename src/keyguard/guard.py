@@ -110,6 +110,7 @@ class KeyGuard:
             | self.signing.header_names
         )
         self._cold_headers = self.header_names - {"authorization", self.header}  # see `warm`
+        self._cold_signed = self.header_names - self.signing.names  # see `warm_signed`
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
@@ -260,19 +261,64 @@ class KeyGuard:
             return None
         key_id = self._tokens.quick_id(token)
         entry = None if key_id is None else self._local.peek(key_id)
-        if not remembered(entry, token) or (entry.limited and not self.abuse.admits_now(entry)):
+        if not remembered(entry, token):
             return None
         now = self.clock()
+        if not self._warm_passes(entry, method, path, peer, now):
+            return None
+        return self._warm_admit(entry, now)
+
+    def warm_signed(self, facts: Facts) -> Entry | None:
+        """`warm` for a signed request whose body the door has read: a cached
+        signing key, no forwarding, passphrase or bearer header, the replay cache
+        in this process (with Redis, remembering is I/O: `aauthenticate` does it).
+        The signature is checked and remembered as `authenticate` does it (the
+        same calls); None when that must answer instead, as for `warm`."""
+        signing = self.signing
+        if (
+            not self._cold_signed.isdisjoint(facts.headers)
+            or self.abuse.blocked
+            or signing.shared
+        ):
+            return None
+        method, path, peer = facts.method, facts.path, facts.peer
+        try:
+            signed = signing.begin(facts)
+            entry = self._local.peek(signed.key_id)
+            now = self.clock()
+            if not isinstance(entry, Entry) or not signing.prove(entry, signed, now):
+                return None
+        except RequestRejected:
+            return None
+        if not self._warm_passes(entry, method, path, peer, now):
+            return None
+        try:
+            signing.remember(signed)  # last: a refused request must not use the signature up
+        except RequestRejected:
+            return None  # a replay: `authenticate` refuses it again, and counts it
+        return self._warm_admit(entry, now)
+
+    def _warm_passes(
+        self, entry: Entry, method: str, path: str, peer: str | None, now: float
+    ) -> bool:
+        """Steps 4-8 of a warm request whose credential proved `entry`, short of
+        counting it: `decide` for this peer (no forwarding header: the peer is the
+        client) and route, unless it passed before (see `Entry.passed`)."""
+        if entry.limited and not self.abuse.admits_now(entry):
+            return False
         seen = (peer, method, path)
-        if now >= entry.until or seen not in entry.passed:  # else: passed before, see Entry
-            ip = parse_ip(peer) if peer else None  # no forwarding header: the peer is the client
+        if now >= entry.until or seen not in entry.passed:
+            ip = parse_ip(peer) if peer else None
             try:
                 hasher = self._hasher or self.hasher
                 decide(entry, True, now, hasher, None, ip, self.router.required(method, path))
             except RequestRejected:
-                return None
+                return False
             if len(entry.passed) < WARM_ROUTES:
                 entry.passed.add(seen)
+        return True
+
+    def _warm_admit(self, entry: Entry, now: float) -> Entry:
         self._used[entry.record.id] = now  # as in `_decide`
         if now >= self._next_flush:
             self._flush_soon(now)

@@ -70,7 +70,9 @@ class KeyGuardMiddleware:
                 if self.guard.signing.is_signed(headers):  # only signed requests have a body read
                     facts.raw_path, facts.query = wsgi_target(environ)
                     facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
-                entry = self.guard.authenticate(facts)
+                    entry = self.guard.warm_signed(facts)
+                if entry is None:
+                    entry = self.guard.authenticate(facts)
         except RequestRejected as exc:
             audit.denied(self.guard, facts or Facts(method, path, peer, headers), exc)
             return problem_response(exc, start_response)
