@@ -623,6 +623,35 @@ async def test_prometheus_counters(guard: KeyGuard) -> None:
     assert value("keyguard_cache_lookups_total", result="hit") == 2
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_prometheus_counts_signed_requests_on_the_warm_path(kind: str) -> None:
+    prometheus_client = pytest.importorskip("prometheus_client")
+    from keyguard.audit import enable_metrics
+
+    from .signing_util import Door, make_guard, signed
+
+    guard = make_guard(abuse={"max_failures": None})
+    registry = prometheus_client.CollectorRegistry()
+    enable_metrics(guard, registry)
+    key = guard.keys.create(owner="acme", name="signer", kind="signing", max_uses=3)
+    door, start = Door(kind, guard), guard.clock()
+    statuses = []
+    for i in range(4):  # the first use loads the key; the rest take the warm path
+        headers = signed(key.info.id, key.secret, "GET", "/v1/x", now=start - i / 1000)
+        statuses.append((await door.request("GET", "/v1/x", headers=headers)).status_code)
+    await door.aclose()
+    guard.close()
+
+    def value(name: str, **labels: str) -> float:
+        return registry.get_sample_value(name, labels) or 0.0
+
+    assert statuses == [200, 200, 200, 429]
+    assert value("keyguard_requests_total", outcome="allowed", code="") == 3
+    assert value("keyguard_requests_total", outcome="denied", code="quota_exhausted") == 1
+    assert value("keyguard_cache_lookups_total", result="miss") == 1
+    assert value("keyguard_cache_lookups_total", result="hit") == 2
+
+
 def test_audit_for_flask_require_scopes(audit_log: list[dict[str, Any]]) -> None:
     flask = pytest.importorskip("flask")
     from keyguard.flask import KeyGuardExtension, require_scopes

@@ -268,19 +268,24 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
     miss = metrics.cache.labels("miss").inc
     denied_by = metrics.requests.labels
 
-    sync, asyn, warm, get = guard.authenticate, guard.aauthenticate, guard.warm, guard._local.get
+    sync, asyn, get = guard.authenticate, guard.aauthenticate, guard._local.get
 
-    @functools.wraps(warm)
-    def counted_warm(*args: Any) -> Any:
-        try:
-            entry = warm(*args)  # None: authenticate answers (and is counted) instead
-        except RequestRejected as exc:  # a spent rate limit
-            denied_by("denied", exc.code).inc()
-            raise
-        if entry is not None:
-            allowed()
-            hit()
-        return entry
+    def counted_warm(warm: Callable[..., Any]) -> Callable[..., Any]:
+        """`warm` or `warm_signed`, counted (their cache look-ups are not `get`)."""
+
+        @functools.wraps(warm)
+        def counted(*args: Any) -> Any:
+            try:
+                entry = warm(*args)  # None: authenticate answers (and is counted) instead
+            except RequestRejected as exc:  # a spent rate limit
+                denied_by("denied", exc.code).inc()
+                raise
+            if entry is not None:
+                allowed()
+                hit()
+            return entry
+
+        return counted
 
     @functools.wraps(sync)
     def authenticate(facts: Facts) -> Any:
@@ -309,7 +314,8 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
 
     guard.authenticate = authenticate  # type: ignore[method-assign]
     guard.aauthenticate = aauthenticate  # type: ignore[method-assign]
-    guard.warm = counted_warm  # type: ignore[method-assign,assignment]
+    guard.warm = counted_warm(guard.warm)  # type: ignore[method-assign]
+    guard.warm_signed = counted_warm(guard.warm_signed)  # type: ignore[method-assign]
     guard._local.get = lookup  # type: ignore[method-assign]
     guard._keyguard_metrics = metrics  # type: ignore[attr-defined]
     return metrics

@@ -275,11 +275,7 @@ class KeyGuard:
         The signature is checked and remembered as `authenticate` does it (the
         same calls); None when that must answer instead, as for `warm`."""
         signing = self.signing
-        if (
-            not self._cold_signed.isdisjoint(facts.headers)
-            or self.abuse.blocked
-            or signing.shared
-        ):
+        if not self._cold_signed.isdisjoint(facts.headers) or self.abuse.blocked or signing.shared:
             return None
         method, path, peer = facts.method, facts.path, facts.peer
         try:
