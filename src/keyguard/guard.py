@@ -4,7 +4,8 @@ Lookup chain: in-process `LocalCache` -> shared cache (Redis, when set) ->
 store. The warm path (key cached) does no I/O and never awaits; the doors
 first try `warm`, which answers the usual repeat request in one call (the
 token that proved the key last time, a decision already taken for this peer
-and route), and fall back to `authenticate` for everything else. A miss runs
+and route), or for a signed request `warm_signed` once its body is read, and
+fall back to `authenticate` for everything else. A miss runs
 once per id however many requests wait for it (`SingleFlight`); async callers
 run it in a worker thread, so the event loop never blocks on a store.
 Sync and async share every line except that one call: `authenticate` and
