@@ -156,15 +156,20 @@ async def test_throttled_client_is_refused_even_with_a_warm_key() -> None:
     from .kgutil import other_secret
 
     guard, _, app = guarded(abuse={"max_failures": "2/minute"})
+    spy = Spy(guard)
     issued = guard.keys.create(owner="o", name="k")
     assert issued.token is not None
-    assert (await get(app, issued.token)).status_code == 200
+    for peer in ("203.0.113.7", "198.51.100.9"):
+        assert (await get(app, issued.token, peer)).status_code == 200
     assert (await get(app, issued.token)).status_code == 200  # warm
     for _ in range(2):
         assert (await get(app, other_secret(issued.token))).status_code == 401
+    calls = spy.calls
     resp = await get(app, issued.token)
     assert resp.status_code == 429 and resp.json()["code"] == "too_many_failures"
+    assert spy.calls == calls + 1  # the throttled client: the whole check, which refuses
     assert (await get(app, issued.token, "198.51.100.9")).status_code == 200  # per client
+    assert spy.calls == calls + 1  # and another client keeps the warm path meanwhile
 
 
 async def test_warm_key_behind_a_forwarding_header_is_checked_whole() -> None:
@@ -390,3 +395,22 @@ async def test_signed_requests_with_the_replay_cache_in_redis_are_checked_whole(
     await door.aclose()
     guard.close()
     _cleanup(redis_url, guard.signing.replay_prefix)
+
+
+async def test_throttling_an_ipv6_client_covers_its_64_on_the_warm_path_too() -> None:
+    from .kgutil import other_secret
+
+    guard, _, app = guarded(abuse={"max_failures": "2/minute"})
+    spy = Spy(guard)
+    issued = guard.keys.create(owner="o", name="k")
+    assert issued.token is not None
+    for peer in ("2001:db8::2", "2001:db8:1::1"):  # proven and remembered for both
+        for _ in range(2):
+            assert (await get(app, issued.token, peer)).status_code == 200
+    for _ in range(2):
+        assert (await get(app, other_secret(issued.token), "2001:db8::1")).status_code == 401
+    calls = spy.calls
+    resp = await get(app, issued.token, "2001:db8::2")  # the same /64 as the failures
+    assert resp.status_code == 429 and resp.json()["code"] == "too_many_failures"
+    assert (await get(app, issued.token, "2001:db8:1::1")).status_code == 200  # another /64
+    assert spy.calls == calls + 1

@@ -250,11 +250,12 @@ class KeyGuard:
     ) -> Entry | None:
         """Steps 1-8 for the usual request, in one call that never awaits: a lone
         bearer credential header whose token already proved its cached key (see
-        `remembered`), no forwarding, passphrase or signing header, no throttled
-        client, rate limits counted in memory. None when `authenticate` must answer:
+        `remembered`), no forwarding, passphrase or signing header, a client that
+        is not throttled, rate limits counted in memory. None when `authenticate` must answer:
         a miss, a first use, anything that needs I/O or fails steps 1-7 (so it is
         counted there). Raises only step 8's 429 (a spent rate limit or quota)."""
-        if not self._cold_headers.isdisjoint(headers) or self.abuse.blocked:
+        abuse = self.abuse
+        if not self._cold_headers.isdisjoint(headers) or (abuse.blocked and abuse.throttles(peer)):
             return None
         try:
             token = credential(headers.get("authorization", ()), headers.get(self.header, ()))
@@ -275,8 +276,12 @@ class KeyGuard:
         in this process (with Redis, remembering is I/O: `aauthenticate` does it).
         The signature is checked and remembered as `authenticate` does it (the
         same calls); None when that must answer instead, as for `warm`."""
-        signing = self.signing
-        if not self._cold_signed.isdisjoint(facts.headers) or self.abuse.blocked or signing.shared:
+        signing, abuse = self.signing, self.abuse
+        if (
+            not self._cold_signed.isdisjoint(facts.headers)
+            or (abuse.blocked and abuse.throttles(facts.peer))
+            or signing.shared
+        ):
             return None
         method, path, peer = facts.method, facts.path, facts.peer
         try:

@@ -55,7 +55,7 @@ from limits.storage import MemoryStorage, Storage, storage_from_string
 from limits.strategies import FixedWindowRateLimiter
 
 from .exceptions import TooManyRequests
-from .network import IPAddress
+from .network import IPAddress, parse_ip
 from .settings import split_redis_url
 
 if TYPE_CHECKING:
@@ -236,6 +236,12 @@ class Abuse:
             blocked.pop(key, None)
             return
         raise _too_many_failures(until - now)
+
+    def throttles(self, peer: str | None) -> bool:
+        """Is this socket peer, the client of a request with no forwarding header,
+        among the throttled clients? (A lapsed block still counts until
+        `check_client` clears it.) The warm path asks only while someone is."""
+        return bucket(parse_ip(peer) if peer else None) in self.blocked
 
     def failed(self, ip: IPAddress | None) -> None:
         """Count one failed authentication for this client."""
