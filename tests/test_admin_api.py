@@ -639,6 +639,8 @@ async def test_prometheus_counts_signed_requests_on_the_warm_path(kind: str) -> 
     for i in range(4):  # the first use loads the key; the rest take the warm path
         headers = signed(key.info.id, key.secret, "GET", "/v1/x", now=start - i / 1000)
         statuses.append((await door.request("GET", "/v1/x", headers=headers)).status_code)
+    replay = await door.request("GET", "/v1/x", headers=headers)  # the last one again
+    assert replay.json()["code"] == "replayed_request"
     await door.aclose()
     guard.close()
 
@@ -648,8 +650,9 @@ async def test_prometheus_counts_signed_requests_on_the_warm_path(kind: str) -> 
     assert statuses == [200, 200, 200, 429]
     assert value("keyguard_requests_total", outcome="allowed", code="") == 3
     assert value("keyguard_requests_total", outcome="denied", code="quota_exhausted") == 1
+    assert value("keyguard_requests_total", outcome="denied", code="replayed_request") == 1
     assert value("keyguard_cache_lookups_total", result="miss") == 1
-    assert value("keyguard_cache_lookups_total", result="hit") == 2
+    assert value("keyguard_cache_lookups_total", result="hit") == 4  # one per request
 
 
 def test_audit_for_flask_require_scopes(audit_log: list[dict[str, Any]]) -> None:

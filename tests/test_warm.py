@@ -414,3 +414,48 @@ async def test_throttling_an_ipv6_client_covers_its_64_on_the_warm_path_too() ->
     assert resp.status_code == 429 and resp.json()["code"] == "too_many_failures"
     assert (await get(app, issued.token, "2001:db8:1::1")).status_code == 200  # another /64
     assert spy.calls == calls + 1
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_signed_warm_path_keeps_rotate_grace_passphrases_and_failure_counts(
+    kind: str,
+) -> None:
+    from .signing_util import Clock as SigningClock
+    from .signing_util import Door, make_guard, signed
+
+    clock = SigningClock()
+    guard = make_guard(clock, abuse={"max_failures": "3/minute"})
+    calls = _count_whole_checks(guard)
+    key = guard.keys.create(owner="o", name="s", kind="signing")
+    locked = guard.keys.create(owner="o", name="p", kind="signing", passphrase="a long passphrase")
+    door = Door(kind, guard)
+
+    async def send(key_id: str, secret: str, **extra: str) -> httpx.Response:
+        clock.advance(0.001)
+        headers = {**signed(key_id, secret, "GET", "/v1/x", now=clock.now), **extra}
+        return await door.request("GET", "/v1/x", headers=headers)
+
+    old = key.secret
+    rotated = guard.keys.rotate(key.info.id, grace=300)
+    assert (await send(key.info.id, rotated.secret)).status_code == 200  # loads the key
+    assert (await send(key.info.id, old)).status_code == 200  # in grace, on the warm path
+    assert len(calls) == 1
+    clock.advance(301)
+    late = await send(key.info.id, old)  # failure 1
+    assert late.status_code == 401 and late.json()["code"] == "invalid_signature"
+    assert (await send(key.info.id, rotated.secret)).status_code == 200
+    assert len(calls) == 2
+
+    ok = await send(locked.info.id, locked.secret, **{"KG-Passphrase": "a long passphrase"})
+    assert ok.status_code == 200
+    bare = await send(locked.info.id, locked.secret)  # failure 2
+    assert bare.status_code == 401 and bare.json()["code"] == "invalid_passphrase"
+    assert len(calls) == 4
+
+    tampered = await send(key.info.id, rotated.secret[::-1])  # failure 3: now throttled
+    assert tampered.status_code == 401 and tampered.json()["code"] == "invalid_signature"
+    throttled = await send(key.info.id, rotated.secret)  # a good request, refused all the same
+    assert throttled.status_code == 429 and throttled.json()["code"] == "too_many_failures"
+    assert len(calls) == 6
+    await door.aclose()
+    guard.close()

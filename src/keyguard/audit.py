@@ -277,8 +277,9 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
         def counted(*args: Any) -> Any:
             try:
                 entry = warm(*args)  # None: authenticate answers (and is counted) instead
-            except RequestRejected as exc:  # a spent rate limit
+            except RequestRejected as exc:  # a spent rate limit, of a key found in the cache
                 denied_by("denied", exc.code).inc()
+                hit()
                 raise
             if entry is not None:
                 allowed()
