@@ -380,23 +380,31 @@ async def test_replay_cache_is_bounded_and_forgets_expired_signatures(
     assert (await send(3)).status_code == 200  # and was not burnt by its refusal
 
 
+@pytest.mark.parametrize("warm", [False, True], ids=["whole-check", "warm-path"])
 def test_one_signature_from_many_threads_passes_once(
-    guard: KeyGuard, key: Any, clock: Clock
+    guard: KeyGuard, key: Any, clock: Clock, warm: bool
 ) -> None:
     import threading
 
     from keyguard.guard import Facts
 
+    def facts_of(headers: dict[str, str]) -> Facts:
+        lowered = {k.lower(): [v] for k, v in headers.items()}
+        return Facts("GET", "/x", "203.0.113.1", lowered, body=b"", raw_path="/x")
+
+    if warm:  # the key cached and this route remembered: as the doors do, warm path first
+        guard.authenticate(facts_of(signed(key.info.id, key.secret, "GET", "/x", now=clock.now)))
+        clock.advance(0.001)
     headers = signed(key.info.id, key.secret, "GET", "/x", now=clock.now)
-    lowered = {k.lower(): [v] for k, v in headers.items()}
     barrier = threading.Barrier(8)
     results: list[str] = []
 
     def attempt() -> None:
-        facts = Facts("GET", "/x", "203.0.113.1", lowered, body=b"", raw_path="/x")
+        facts = facts_of(headers)
         barrier.wait()
         try:
-            guard.authenticate(facts)
+            if not (warm and guard.warm_signed(facts)):
+                guard.authenticate(facts)
             results.append("ok")
         except Exception as exc:  # noqa: BLE001 - the code is what is checked
             results.append(getattr(exc, "code", repr(exc)))

@@ -336,6 +336,15 @@ async def test_signed_requests_take_the_warm_path_with_the_same_answers(kind: st
     assert (await send(**{"KG-Passphrase": "unneeded"})).status_code == 200
     assert len(calls) == 6
 
+    bearer = guard.keys.create(owner="o", name="b")
+    assert bearer.token is not None
+    guard.verify(bearer.token)  # cached: a signed request naming it meets it on the warm path
+    clock.advance(0.001)
+    as_signer = signed(bearer.info.id, "a" * 43, "POST", "/v1/x", "", b"{}", now=clock.now)
+    wrong_kind = await door.request("POST", "/v1/x", headers=as_signer, content=b"{}")
+    assert wrong_kind.status_code == 401 and wrong_kind.json()["code"] == "invalid_key"
+    assert len(calls) == 7
+
     guard.keys.revoke(key.info.id)  # a changed key: a new cache entry, checked whole
     revoked = await send()
     assert revoked.status_code == 401 and revoked.json()["code"] == "revoked_key"
