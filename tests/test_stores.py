@@ -335,3 +335,29 @@ def test_a_newer_schema_is_refused(
         with pytest.raises(StoreError, match="schema version 999"):
             s.setup()
         s.close()
+
+
+def test_sqlite_waits_for_another_connection_to_switch_a_new_database_to_wal(
+    tmp_path: Path,
+) -> None:
+    """Opening a new database while another connection holds a lock on it: the
+    switch to WAL waits (SQLite itself answers "locked" at once), as other
+    statements wait for the busy timeout. Several guards or processes starting
+    on one new file hit this."""
+    import sqlite3
+
+    path = tmp_path / "new.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")  # a write lock, on a file still in rollback mode
+    release = threading.Timer(0.3, other.rollback)
+    release.start()
+    try:
+        store = open_store(f"sqlite:///{path}")
+        store.setup()  # connects, switches to WAL once the lock is gone
+        assert store.get("nothing") is None
+        mode = sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0]
+        assert mode == "wal"
+        store.close()
+    finally:
+        release.join()
+        other.close()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +36,26 @@ MIGRATIONS = {
 }
 
 _COLUMNS = "data, last_used_at"
+
+
+BUSY_SECONDS = 10.0  # how long a statement waits for another connection's lock
+
+
+def _wal(conn: sqlite3.Connection) -> None:
+    """Switch the database to WAL. While another connection holds a write lock on
+    a file still in rollback mode (several guards or processes opening one new
+    database together), SQLite answers "database is locked" at once, without the
+    busy timeout: retry, within the same bound as other statements."""
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF
+            if busy != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
 
 
 def _record(row: tuple[str, float | None]) -> KeyRecord:
@@ -79,10 +100,12 @@ class SQLiteStore(Store):
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=10, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 10000")
+        conn = sqlite3.connect(
+            self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
         if self.path != ":memory:":
-            conn.execute("PRAGMA journal_mode = WAL")
+            _wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
