@@ -4,8 +4,9 @@ Runs the same in-process apps as bench_core.py (Starlette, FastAPI, Flask; bare
 and behind keyguard with a warm Bearer key, one scope rule and an IP allowlist)
 under `valgrind --tool=callgrind`, twice per variant with different request
 counts, and divides the difference: instructions per request, without start-up.
-Instruction counts repeat exactly for the same inputs; wall time on a shared
-2-core machine moves 20% between runs. (Instructions are not time: cache misses
+With the garbage collector off in the loop and a fixed hash seed, the counts
+repeat to within a few hundred instructions; wall time on a shared 2-core
+machine moves 20% between runs. (Instructions are not time: cache misses
 and branch mispredictions are not in them.)
 
     python benchmarks/bench_instructions.py [Starlette] [FastAPI] [Flask]   # needs valgrind; ~4 min
@@ -14,6 +15,8 @@ and branch mispredictions are not in them.)
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import shutil
 import subprocess
 import sys
@@ -29,6 +32,8 @@ def child(framework: str, guarded: bool, count: int) -> None:
     import bench_core as b
 
     guard, token = b.make_guard()
+    gc.collect()
+    gc.disable()  # as in bench_core's timed loops: a collection would land in one count only
     if framework == "Flask":
         app = b.flask_app(guard if guarded else None)
         environ = b.wsgi_environ({"HTTP_AUTHORIZATION": "Bearer " + token})
@@ -68,6 +73,7 @@ def instructions(framework: str, guarded: bool, count: int) -> int:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},  # the same dict layouts in every run
     ).stderr
     line = next(line for line in out.splitlines() if "Collected" in line)
     return int(line.split()[-1])
