@@ -5,7 +5,7 @@ and behind keyguard with a warm Bearer key, one scope rule and an IP allowlist)
 under `valgrind --tool=callgrind`, twice per variant with different request
 counts, and divides the difference: instructions per request, without start-up.
 With the garbage collector off in the loop and a fixed hash seed, the counts
-repeat to within a few hundred instructions; wall time on a shared 2-core
+repeat to within about ten instructions; wall time on a shared 2-core
 machine moves 20% between runs. (Instructions are not time: cache misses
 and branch mispredictions are not in them.)
 
