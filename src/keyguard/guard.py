@@ -251,9 +251,10 @@ class KeyGuard:
         """Steps 1-8 for the usual request, in one call that never awaits: a lone
         bearer credential header whose token already proved its cached key (see
         `remembered`), no forwarding, passphrase or signing header, a client that
-        is not throttled, rate limits counted in memory. None when `authenticate` must answer:
-        a miss, a first use, anything that needs I/O or fails steps 1-7 (so it is
-        counted there). Raises only step 8's 429 (a spent rate limit or quota)."""
+        is not throttled, rate limits counted in memory. None when `authenticate`
+        must answer: a miss, a first use, anything that needs I/O or fails steps 1-7
+        (so it is counted there). Raises only step 8's 429 (a spent rate limit or
+        quota)."""
         abuse = self.abuse
         if not self._cold_headers.isdisjoint(headers) or (abuse.blocked and abuse.throttles(peer)):
             return None
@@ -283,7 +284,6 @@ class KeyGuard:
             or signing.shared
         ):
             return None
-        method, path, peer = facts.method, facts.path, facts.peer
         try:
             signed = signing.begin(facts)
             entry = self._local.peek(signed.key_id)
@@ -292,7 +292,7 @@ class KeyGuard:
                 return None
         except RequestRejected:
             return None
-        if not self._warm_passes(entry, method, path, peer, now):
+        if not self._warm_passes(entry, facts.method, facts.path, facts.peer, now):
             return None
         try:
             signing.remember(signed)  # last: a refused request must not use the signature up

@@ -46,8 +46,7 @@ class HmacSha256:
         inner.update(message)
         outer = self._outer.copy()
         outer.update(inner.digest())
-        mac: bytes = outer.digest()
-        return mac
+        return outer.digest()
 
 
 class Hasher:

@@ -38,7 +38,7 @@ MIGRATIONS = {
 _COLUMNS = "data, last_used_at"
 
 
-BUSY_SECONDS = 10.0  # how long a statement waits for another connection's lock
+BUSY_SECONDS = 10.0  # how long a statement waits for another connection's lock (busy timeout)
 
 
 def _wal(conn: sqlite3.Connection) -> None:
@@ -52,8 +52,8 @@ def _wal(conn: sqlite3.Connection) -> None:
             conn.execute("PRAGMA journal_mode = WAL")
             return
         except sqlite3.OperationalError as exc:
-            busy = getattr(exc, "sqlite_errorcode", sqlite3.SQLITE_BUSY) & 0xFF
-            if busy != sqlite3.SQLITE_BUSY or time.monotonic() >= deadline:
+            busy = exc.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # or a BUSY_* variant
+            if not busy or time.monotonic() >= deadline:
                 raise
             time.sleep(0.005)
 
@@ -103,7 +103,6 @@ class SQLiteStore(Store):
         conn = sqlite3.connect(
             self.path, timeout=BUSY_SECONDS, isolation_level=None, check_same_thread=False
         )
-        conn.execute(f"PRAGMA busy_timeout = {int(BUSY_SECONDS * 1000)}")
         if self.path != ":memory:":
             _wal(conn)
         conn.execute("PRAGMA synchronous = NORMAL")
