@@ -11,8 +11,12 @@ from hypothesis import strategies as st
 from keyguard import InvalidKeySettings
 from keyguard.network import ClientResolver, ip_allowed, parse_allowlist, parse_ip
 
-TRUSTED = ClientResolver([ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")])
+PROXIES = [ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")]
+TRUSTED = ClientResolver(PROXIES)
 NOBODY = ClientResolver([])
+# The same trust, for proxies that write RFC 7239 `Forwarded` (proxy_header: forwarded).
+FORWARDED = {id(TRUSTED): ClientResolver(PROXIES, "forwarded"), id(NOBODY): NOBODY}
+UNIX = ClientResolver(["unix", *PROXIES])
 
 
 def ip(text: str | None) -> object:
@@ -74,8 +78,15 @@ RESOLVE = [
     pytest.param(TRUSTED, "10.0.0.1", [], ["for="], None, id="fwd-empty"),
     pytest.param(TRUSTED, "10.0.0.1", [], ['for="[2001:db8::17'], None, id="fwd-unclosed-bracket"),
     pytest.param(
-        TRUSTED, "10.0.0.1", ["198.51.100.1"], ["for=6.6.6.6"], "198.51.100.1", id="xff-wins"
+        TRUSTED, "10.0.0.1", ["198.51.100.1"], ["for=6.6.6.6"], "198.51.100.1", id="xff-family"
     ),
+    # unix-socket peers (no address): trusted only when "unix" is listed
+    pytest.param(NOBODY, None, ["198.51.100.1"], [], None, id="unix-untrusted"),
+    pytest.param(NOBODY, "", ["198.51.100.1"], [], None, id="unix-empty-untrusted"),
+    pytest.param(UNIX, None, ["198.51.100.1"], [], "198.51.100.1", id="unix-trusted"),
+    pytest.param(UNIX, "", ["198.51.100.1, 10.0.0.2"], [], "198.51.100.1", id="unix-trusted-wsgi"),
+    pytest.param(UNIX, None, [], [], None, id="unix-trusted-no-header"),
+    pytest.param(UNIX, "203.0.113.5", ["198.51.100.1"], [], "203.0.113.5", id="unix-not-ip-trust"),
     # peers
     pytest.param(NOBODY, "2001:db8::5", [], [], "2001:db8::5", id="ipv6-peer"),
     pytest.param(NOBODY, "::ffff:198.51.100.9", [], [], "198.51.100.9", id="ipv4-mapped-peer"),
@@ -89,7 +100,95 @@ RESOLVE = [
 def test_resolve(
     resolver: ClientResolver, peer: str | None, xff: list[str], fwd: list[str], expected: str | None
 ) -> None:
-    assert resolver.resolve(peer, xff, fwd) == ip(expected)
+    if fwd and not xff:  # a row about `Forwarded`: the resolver of proxies that write it
+        resolver = FORWARDED[id(resolver)]
+    assert resolver.resolve(peer, {"x-forwarded-for": xff, "forwarded": fwd}) == ip(expected)
+
+
+@pytest.mark.parametrize(
+    ("resolver", "headers", "expected"),
+    [
+        pytest.param(
+            TRUSTED, {"forwarded": ["for=198.51.100.1"]}, "10.0.0.1", id="xff-ignores-fwd"
+        ),
+        pytest.param(
+            FORWARDED[id(TRUSTED)],
+            {"x-forwarded-for": ["198.51.100.1"]},
+            "10.0.0.1",
+            id="fwd-ignores-xff",
+        ),
+        pytest.param(
+            FORWARDED[id(TRUSTED)],
+            {"x-forwarded-for": ["6.6.6.6"], "forwarded": ["for=198.51.100.1"]},
+            "198.51.100.1",
+            id="fwd-family",
+        ),
+    ],
+)
+def test_only_the_configured_family(
+    resolver: ClientResolver, headers: dict[str, list[str]], expected: str
+) -> None:
+    assert resolver.resolve("10.0.0.1", headers) == ip(expected)
+
+
+TLS = [
+    # (resolver, peer, headers, socket scheme, TLS?)
+    pytest.param(TRUSTED, "203.0.113.5", {}, "https", True, id="socket-https"),
+    pytest.param(TRUSTED, "203.0.113.5", {}, "http", False, id="socket-http"),
+    pytest.param(TRUSTED, "203.0.113.5", {}, "wss", True, id="socket-wss"),
+    pytest.param(
+        TRUSTED, "203.0.113.5", {"x-forwarded-proto": ["https"]}, "http", False, id="spoofed"
+    ),
+    pytest.param(TRUSTED, "10.0.0.1", {"x-forwarded-proto": ["https"]}, "http", True, id="xfp"),
+    pytest.param(TRUSTED, "10.0.0.1", {"x-forwarded-proto": ["HTTPS "]}, "http", True, id="case"),
+    pytest.param(TRUSTED, "10.0.0.1", {"x-forwarded-proto": ["http"]}, "https", False, id="plain"),
+    pytest.param(
+        TRUSTED, "10.0.0.1", {"x-forwarded-proto": ["https, http"]}, "http", False, id="mixed"
+    ),
+    pytest.param(TRUSTED, "10.0.0.1", {}, "http", False, id="trusted-no-proto"),
+    pytest.param(
+        TRUSTED, "10.0.0.1", {"forwarded": ["for=1.2.3.4;proto=https"]}, "http", False, id="other"
+    ),
+    pytest.param(
+        FORWARDED[id(TRUSTED)],
+        "10.0.0.1",
+        {"forwarded": ["for=1.2.3.4;proto=https"]},
+        "http",
+        True,
+        id="fwd-proto",
+    ),
+    pytest.param(
+        FORWARDED[id(TRUSTED)],
+        "10.0.0.1",
+        {"forwarded": ["for=1.2.3.4;proto=https, for=10.0.0.2;proto=http"]},
+        "https",
+        False,
+        id="fwd-plain-hop",
+    ),
+    pytest.param(
+        FORWARDED[id(TRUSTED)],
+        "10.0.0.1",
+        {"x-forwarded-proto": ["https"]},
+        "http",
+        False,
+        id="fwd-ignores-xfp",
+    ),
+    pytest.param(UNIX, None, {"x-forwarded-proto": ["https"]}, "http", True, id="unix-trusted"),
+    pytest.param(
+        NOBODY, None, {"x-forwarded-proto": ["https"]}, "http", False, id="unix-untrusted"
+    ),
+]
+
+
+@pytest.mark.parametrize(("resolver", "peer", "headers", "scheme", "tls"), TLS)
+def test_is_tls(
+    resolver: ClientResolver,
+    peer: str | None,
+    headers: dict[str, list[str]],
+    scheme: str,
+    tls: bool,
+) -> None:
+    assert resolver.is_tls(peer, headers, scheme) is tls
 
 
 header_text = st.text(alphabet=st.characters(codec="latin-1"), max_size=80)
@@ -107,7 +206,9 @@ def test_forwarding_headers_never_crash_never_pick_a_trusted_hop(
     xff: list[str], fwd: list[str]
 ) -> None:
     lines = [", ".join(xff)] if xff else []
-    got = TRUSTED.resolve("10.9.9.9", lines, fwd)
+    got = TRUSTED.resolve("10.9.9.9", {"x-forwarded-for": lines})
+    fgot = FORWARDED[id(TRUSTED)].resolve("10.9.9.9", {"forwarded": fwd})
+    assert fgot is None or isinstance(fgot, ipaddress.IPv4Address | ipaddress.IPv6Address)
     assert got is None or isinstance(got, ipaddress.IPv4Address | ipaddress.IPv6Address)
     if got is not None and (lines or fwd):
         # only a trusted result when every hop was trusted (the leftmost proxy called)
@@ -125,7 +226,8 @@ def test_forwarding_headers_never_crash_never_pick_a_trusted_hop(
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=80), st.lists(header_text, max_size=3), st.lists(header_text, max_size=3))
 def test_untrusted_peer_headers_never_matter(peer: str, xff: list[str], fwd: list[str]) -> None:
-    assert TRUSTED.resolve(peer, xff, fwd) == TRUSTED.resolve(peer) or TRUSTED.is_trusted(
+    headers = {"x-forwarded-for": xff, "forwarded": fwd}
+    assert TRUSTED.resolve(peer, headers) == TRUSTED.resolve(peer) or TRUSTED.is_trusted(
         TRUSTED.resolve(peer)  # type: ignore[arg-type]
     )
 

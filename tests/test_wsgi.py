@@ -99,8 +99,8 @@ def test_request_table_httpx(
     assert len(world.calls) - before == (1 if status == OK else 0)
 
 
-def test_script_name_counts_for_rules(world: World) -> None:
-    """Mounted under a prefix, rules see the full path (SCRIPT_NAME + PATH_INFO)."""
+def test_rules_match_the_path_below_the_mount_point(world: World) -> None:
+    """Mounted under a prefix (SCRIPT_NAME), the app routes PATH_INFO; rules match that."""
     seen: list[str] = []
 
     def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
@@ -108,11 +108,12 @@ def test_script_name_counts_for_rules(world: World) -> None:
         start_response("200 OK", [("content-type", "text/plain")])
         return [b"ok"]
 
+    # Its rule is for /v1/chat/*; httpx sends the URL path as PATH_INFO, SCRIPT_NAME apart.
     mw = KeyGuardMiddleware(inner, guard=world.guard)
-    transport = httpx.WSGITransport(app=mw, script_name="/v1")
+    transport = httpx.WSGITransport(app=mw, script_name="/api")
     with httpx.Client(transport=transport, base_url="http://testserver") as client:
-        narrow = client.post("/chat/x", headers={"X-API-Key": world.tokens["narrow"]})
-        full = client.post("/chat/x", headers={"X-API-Key": world.tokens["full"]})
+        narrow = client.post("/v1/chat/x", headers={"X-API-Key": world.tokens["narrow"]})
+        full = client.post("/v1/chat/x", headers={"X-API-Key": world.tokens["full"]})
     assert (narrow.status_code, full.status_code) == (403, 200)
     assert seen == ["full"]
 

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Awaitable, Mapping
 from typing import Any
 
-from starlette.authentication import AuthCredentials, BaseUser
+from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import audit
@@ -22,6 +22,7 @@ from .body import asgi_body, asgi_target
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
+from .scopes import route_path
 
 
 class KeyUser(BaseUser):
@@ -92,7 +93,9 @@ class KeyGuardMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
+        # What the app routes (SPEC section 4 step 0): the path below the mount point,
+        # the method upper-cased.
+        path = route_path(scope["path"], scope.get("root_path", ""))
         guarded = not self._is_public(path)
         facts = None  # made only when needed: the warm path does without
         if guarded:
@@ -103,12 +106,14 @@ class KeyGuardMiddleware:
                 if text is not None:
                     headers.setdefault(text, []).append(value.decode("latin-1"))
             client = scope.get("client")
-            method, peer = scope.get("method", "GET"), client[0] if client else None
+            method, peer = scope.get("method", "GET").upper(), client[0] if client else None
+            scheme = scope.get("scheme") or ("ws" if kind == "websocket" else "http")
             try:
-                entry = guard.warm(method, path, peer, headers)
+                entry = guard.warm(method, path, peer, headers, scheme)
                 if entry is None:  # not the usual warm request: the whole check, which may await
-                    facts = Facts(method, path, peer, headers)
-                    if guard.signing.is_signed(headers):  # only signed requests have a body read
+                    facts = Facts(method, path, peer, headers, scheme=scheme)
+                    if guard.signing.is_signed(headers) and guard.admits_scheme(facts):
+                        # only a signed request that can be checked has its body read
                         facts.raw_path, facts.query = asgi_target(scope)
                         limit = guard.signing.max_body_bytes
                         lengths = headers.get("content-length", ())
@@ -117,14 +122,20 @@ class KeyGuardMiddleware:
                     if entry is None:
                         entry = await guard.aauthenticate(facts)
             except RequestRejected as exc:
-                audit.denied(guard, facts or Facts(method, path, peer, headers), exc)
+                audit.denied(guard, facts or Facts(method, path, peer, headers, scheme=scheme), exc)
                 await send_problem(scope, send, exc)
                 return
             scope["keyguard.key"] = entry.info
             scope["keyguard.guard"] = guard
-            if entry.door is None:  # Starlette's view of the key, made once per cached entry
-                entry.door = (AuthCredentials(sorted(entry.scopes)), KeyUser(entry.info))
-            scope["auth"], scope["user"] = entry.door
+            # Starlette's view of the key, new for every request: what the app does to
+            # `request.auth.scopes` stays in this request.
+            scope["auth"] = AuthCredentials(entry.granted)
+            scope["user"] = KeyUser(entry.info)
+        else:  # so `request.user` and `@requires` answer (403), never assert (500)
+            if "auth" not in scope:
+                scope["auth"] = AuthCredentials()
+            if "user" not in scope:
+                scope["user"] = UnauthenticatedUser()
 
         # A route dependency (require_scopes, or current_key on a public path) may still
         # refuse; render that here too, unless an answer has started (when the app, or

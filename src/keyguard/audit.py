@@ -180,7 +180,7 @@ def denied(guard: KeyGuard, facts: Facts, exc: RequestRejected) -> None:
         return
     try:
         h = facts.headers
-        ip = guard.clients.resolve(facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ()))
+        ip = guard.clients.resolve(facts.peer, h)
         key_id = key_id_of(guard, facts)
     except Exception:  # noqa: BLE001 - a malformed request must still be logged
         ip, key_id = None, None

@@ -38,7 +38,9 @@ def _declared(value: str | None, limit: int) -> int | None:
     if value is None or not value.strip():
         return None
     text = value.strip()
-    if not text.isdigit():
+    # ASCII digits only: str.isdigit admits "²" and other scripts' digits, which int()
+    # refuses (or reads); 19 digits are more than any body.
+    if not (text.isascii() and text.isdigit() and len(text) <= 19):
         raise BadRequest("invalid_request", "The Content-Length header is not a number.")
     size = int(text)
     if size > limit:
@@ -54,8 +56,8 @@ def asgi_target(scope: Scope) -> tuple[str, str]:
     raw = scope.get("raw_path")
     if raw:  # some servers put the query in raw_path too
         path = (raw.partition(b"?")[0] if b"?" in raw else raw).decode("latin-1")
-    else:
-        path = quote(scope.get("root_path", "") + scope["path"], safe=_PATH_SAFE)
+    else:  # `path` holds the whole path (ASGI servers prepend root_path; Mount keeps it)
+        path = quote(scope["path"], safe=_PATH_SAFE)
     query = scope.get("query_string")
     return path, query.decode("latin-1") if query else ""
 

@@ -13,7 +13,7 @@ import hmac
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeGuard
+from typing import TypeGuard
 
 from .exceptions import AuthenticationError, AuthorizationError, BadRequest
 from .hashing import Hasher
@@ -37,7 +37,6 @@ class Entry:
     scopes: frozenset[str]
     allowlist: Allowlist | None  # None: the key may be used from anywhere
     proof: str | None = field(default=None, repr=False)
-    door: Any = field(default=None, repr=False)  # what a door derives from the entry, once
     limited: bool = False  # a rate limit or use quota applies (set by the guard)
     # The warm path's memory of (peer, method, path) that `decide` passed with no
     # passphrase and no forwarding header: each is a pure function of the record,
@@ -45,10 +44,12 @@ class Entry:
     # again. A record change makes a new Entry, and this memory goes with it.
     passed: set[tuple[str | None, str, str]] = field(default_factory=set, repr=False)
     until: float = field(init=False)
+    granted: tuple[str, ...] = field(init=False, repr=False)  # `scopes` sorted, for the doors
 
     def __post_init__(self) -> None:
         ends = [t for t in (self.record.revoked_at, self.record.expires_at) if t is not None]
         self.until = min(ends, default=math.inf)
+        self.granted = tuple(sorted(self.scopes))
 
 
 def remembered(entry: object, token: str) -> TypeGuard[Entry]:

@@ -34,6 +34,7 @@ from .cache import ABSENT, LocalCache, SingleFlight, _Absent
 from .decision import Entry, bearer_proven, credential, decide, invalid_key, remembered
 from .exceptions import (
     AuthenticationError,
+    AuthorizationError,
     ConfigurationError,
     RequestRejected,
     ServiceUnavailable,
@@ -41,7 +42,7 @@ from .exceptions import (
 )
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
+from .network import TLS_SCHEMES, Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
@@ -60,16 +61,19 @@ _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
 
 @dataclass(slots=True)
 class Facts:
-    """What a door gathered from one request (header names lower-case)."""
+    """What a door gathered from one request (header names lower-case): the method
+    upper-cased and the path below the mount point, as the app routes them.
+    Headers and body may hold credentials, so `repr` leaves them out."""
 
     method: str
     path: str
     peer: str | None
-    headers: dict[str, list[str]] = field(default_factory=dict)
-    query: str = ""
+    headers: dict[str, list[str]] = field(default_factory=dict, repr=False)
+    query: str = field(default="", repr=False)
     # Signed requests only (the door reads them when `guard.signing.is_signed`):
-    body: bytes | None = None
+    body: bytes | None = field(default=None, repr=False)
     raw_path: str | None = None
+    scheme: str = "http"  # the socket's: "http", "https", "ws", "wss"
 
 
 class KeyGuard:
@@ -84,7 +88,7 @@ class KeyGuard:
         self.store: Store = open_store(s.store)
         self.router = Router(s.public_paths, s.rules)
         self.scopes = Scopes(s.scope_implies)
-        self.clients = ClientResolver(s.trusted_proxies)
+        self.clients = ClientResolver(s.trusted_proxies, s.proxy_header)
         self._tokens = TokenParser(s.token_prefix)
         self._local: LocalCache[Entry] = LocalCache(s.local_cache_size)
         self._cache_positive = s.cache is not None
@@ -98,17 +102,11 @@ class KeyGuard:
         self.header = s.header.lower()
         self.passphrase_header = "kg-passphrase"
         self.signing = SignedRequests(self)  # checks signing.master_keys now, not on first use
+        self.require_tls = s.require_tls
         self.header_names = (
-            frozenset(
-                {
-                    "authorization",
-                    self.header,
-                    "x-forwarded-for",
-                    "forwarded",
-                    self.passphrase_header,
-                }
-            )
-            | self.signing.header_names
+            frozenset({"authorization", self.header, self.passphrase_header})
+            | self.clients.header_names  # the one forwarding family the proxies write
+            | self.signing.header_names  # empty unless signed requests can be checked
         )
         self._cold_headers = self.header_names - {"authorization", self.header}  # see `warm`
         self._cold_signed = self.header_names - self.signing.names  # see `warm_signed`
@@ -246,7 +244,12 @@ class KeyGuard:
         return entry.info
 
     def warm(
-        self, method: str, path: str, peer: str | None, headers: Mapping[str, Sequence[str]]
+        self,
+        method: str,
+        path: str,
+        peer: str | None,
+        headers: Mapping[str, Sequence[str]],
+        scheme: str = "http",
     ) -> Entry | None:
         """Steps 1-8 for the usual request, in one call that never awaits: a lone
         bearer credential header whose token already proved its cached key (see
@@ -256,7 +259,11 @@ class KeyGuard:
         (so it is counted there). Raises only step 8's 429 (a spent rate limit or
         quota)."""
         abuse = self.abuse
-        if not self._cold_headers.isdisjoint(headers) or (abuse.blocked and abuse.throttles(peer)):
+        if (
+            not self._cold_headers.isdisjoint(headers)
+            or (abuse.blocked and abuse.throttles(peer))
+            or (self.require_tls and scheme not in TLS_SCHEMES)  # no forwarding: the socket's
+        ):
             return None
         try:
             token = credential(headers.get("authorization", ()), headers.get(self.header, ()))
@@ -328,8 +335,17 @@ class KeyGuard:
             self.abuse.admit(entry)  # in memory; a spent limit raises 429 for the door to send
         return entry
 
+    def admits_scheme(self, facts: Facts) -> bool:
+        """`require_tls`: did this request arrive over TLS (or need it not)?"""
+        return not self.require_tls or self.clients.is_tls(facts.peer, facts.headers, facts.scheme)
+
+    def _check_scheme(self, facts: Facts) -> None:
+        if not self.admits_scheme(facts):  # before any credential is read
+            raise AuthorizationError("tls_required", "This API must be called over HTTPS.")
+
     def authenticate(self, facts: Facts) -> Entry:
         """Steps 1-8 for a request the door described; returns the passing entry."""
+        self._check_scheme(facts)
         ip = self._client(facts)
         self.abuse.check_client(ip)  # a throttled client is refused before any parsing or lookup
         try:
@@ -351,6 +367,7 @@ class KeyGuard:
         return entry
 
     async def aauthenticate(self, facts: Facts) -> Entry:
+        self._check_scheme(facts)
         ip = self._client(facts)
         self.abuse.check_client(ip)
         try:
@@ -408,9 +425,7 @@ class KeyGuard:
         return key_id, secret, found
 
     def _client(self, facts: Facts) -> IPAddress | None:
-        h = facts.headers
-        xff, fwd = h.get("x-forwarded-for", ()), h.get("forwarded", ())
-        return self.clients.resolve(facts.peer, xff, fwd)
+        return self.clients.resolve(facts.peer, facts.headers)
 
     def _fetch(self, key_id: str) -> Entry | _Absent:
         return self._flight(key_id)

@@ -1,23 +1,35 @@
-"""Who is calling: the client IP behind trusted proxies, and allowlist matching.
+"""Who is calling: the client IP (and scheme) behind trusted proxies, and
+allowlist matching.
 
-Forwarding headers are believed only when the socket peer is a trusted proxy;
-then the chain is walked from the right and the first address that is not a
+Forwarding headers are believed only when the socket peer is a trusted proxy
+(`trusted_proxies`: CIDRs, and `"unix"` for a unix-socket peer, which ASGI
+servers report as no client and WSGI servers as an empty `REMOTE_ADDR`); then
+the chain is walked from the right and the first address that is not a
 trusted proxy is the client (uvicorn's and werkzeug's approach, without hop
-counting). `X-Forwarded-For` is used when present, else RFC 7239 `Forwarded`.
-An entry that cannot be parsed (`unknown`, an obfuscated name, garbage) ends
-the walk with an unknown client: such a request never matches an allowlist.
+counting). Only the one header family the proxies write is read
+(`proxy_header`): `X-Forwarded-For` with `X-Forwarded-Proto`, or RFC 7239
+`Forwarded` with its `for=` and `proto=`; the other family is ignored, so a
+client cannot add a header the proxy does not overwrite. An entry that cannot
+be parsed (`unknown`, an obfuscated name, garbage) ends the walk with an
+unknown client: such a request never matches an allowlist.
+
+The scheme (`require_tls`) is the socket's unless a trusted proxy reported a
+proto; then the request is TLS only when every proto listed is https (a
+chain that names one plain hop is not, whichever hop it was).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from .exceptions import InvalidKeySettings
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+UNIX = "unix"  # the `trusted_proxies` entry naming a unix-socket peer
+TLS_SCHEMES = frozenset({"https", "wss"})
 
 
 @lru_cache(maxsize=4096)
@@ -42,45 +54,66 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
-def _forwarded_for(values: Iterable[str]) -> list[str]:
-    """The `for=` values of RFC 7239 `Forwarded` headers, in order."""
+def is_unix_peer(peer: str | None) -> bool:
+    """A peer with no address: a unix socket (ASGI `client` None, WSGI `REMOTE_ADDR`
+    empty; some servers name the socket path)."""
+    return not peer or peer.startswith("/") or peer.startswith("unix")
+
+
+def _forwarded(values: Iterable[str], param: str) -> list[str]:
+    """The `param=` values (`for`, `proto`) of RFC 7239 `Forwarded` headers, in order;
+    an element without it reads as "unknown"."""
     out = []
     for value in values:
         for element in value.split(","):
-            found = "unknown"  # an element without for= is a hop we cannot name
+            found = "unknown"
             for pair in element.split(";"):
                 name, eq, val = pair.strip().partition("=")
-                if eq and name.strip().lower() == "for":
+                if eq and name.strip().lower() == param:
                     found = val.strip().strip('"')
             out.append(found)
     return out
 
 
 class ClientResolver:
-    """Finds the client IP of a request from its peer and forwarding headers."""
+    """Finds the client IP and scheme of a request from its peer and the one
+    forwarding header family the trusted proxies write."""
 
-    __slots__ = ("_trusted",)
+    __slots__ = ("_trusted", "_unix", "_forwarded", "header_names")
 
-    def __init__(self, trusted_proxies: Sequence[IPNetwork]) -> None:
-        self._trusted = tuple(trusted_proxies)
+    def __init__(
+        self, trusted_proxies: Sequence[IPNetwork | str], proxy_header: str = "x-forwarded-for"
+    ) -> None:
+        self._trusted = tuple(n for n in trusted_proxies if not isinstance(n, str))
+        self._unix = UNIX in trusted_proxies
+        self._forwarded = proxy_header == "forwarded"
+        self.header_names = (
+            frozenset({"forwarded"})
+            if self._forwarded
+            else frozenset({"x-forwarded-for", "x-forwarded-proto"})
+        )
 
     def is_trusted(self, ip: IPAddress) -> bool:
         return any(ip in net for net in self._trusted)
 
+    def _peer(self, peer: str | None) -> tuple[IPAddress | None, bool]:
+        """(the peer's address, is it a trusted proxy)."""
+        if is_unix_peer(peer):
+            return None, self._unix
+        ip = parse_ip(peer or "")
+        return ip, ip is not None and bool(self._trusted) and self.is_trusted(ip)
+
     def resolve(
-        self,
-        peer: str | None,
-        x_forwarded_for: Sequence[str] = (),
-        forwarded: Sequence[str] = (),
+        self, peer: str | None, headers: Mapping[str, Sequence[str]] | None = None
     ) -> IPAddress | None:
-        ip = parse_ip(peer) if peer else None
-        if ip is None or not self._trusted or not self.is_trusted(ip):
+        ip, trusted = self._peer(peer)
+        if not trusted or not headers:
             return ip
-        if x_forwarded_for:
-            hops = [h for v in x_forwarded_for for h in v.split(",")]
-        elif forwarded:
-            hops = _forwarded_for(forwarded)
+        if self._forwarded:
+            hops = _forwarded(headers.get("forwarded", ()), "for")
         else:
+            hops = [h for v in headers.get("x-forwarded-for", ()) for h in v.split(",")]
+        if not hops:
             return ip
         for hop in reversed(hops):
             ip = parse_ip(hop)
@@ -89,6 +122,21 @@ class ClientResolver:
             if not self.is_trusted(ip):
                 return ip
         return ip  # every hop is a trusted proxy: the leftmost one called
+
+    def is_tls(
+        self, peer: str | None, headers: Mapping[str, Sequence[str]] | None, scheme: str
+    ) -> bool:
+        """Did the client's request arrive over TLS?"""
+        if headers and self._peer(peer)[1]:
+            if self._forwarded:
+                protos = [
+                    p for p in _forwarded(headers.get("forwarded", ()), "proto") if p != "unknown"
+                ]
+            else:
+                protos = [p for v in headers.get("x-forwarded-proto", ()) for p in v.split(",")]
+            if protos:
+                return all(p.strip().lower() in TLS_SCHEMES for p in protos)
+        return scheme in TLS_SCHEMES
 
 
 # What `policy.allow_private_ips` is about: RFC 1918 and unique-local ranges, loopback,

@@ -6,21 +6,61 @@
   (slashes included). Every rule that matches a request adds its scopes: a
   request needs the union, so a broad rule can never be shadowed by a narrow
   one. Patterns compile once; answers are memoised per (method, path).
+- They match what the app routes (SPEC section 4 step 0): the method
+  upper-cased (Werkzeug upper-cases it, so a lower-case `post` still runs a
+  POST view) and the path below the mount point, which the doors work out
+  (`route_path`). Matching is linear in the path: a glob is its literal parts,
+  found left to right with `str.find` (leftmost-first is exact for `*`-only
+  globs), never a backtracking regex that a crafted path could make explode.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from .settings import Rule
 
+MEMO_PATH_LEN = 512  # longer paths are matched every time, not memoised (bounded memory)
 
-def glob(pattern: str) -> re.Pattern[str]:
-    return re.compile(
-        "".join(".*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern))
-    )
+
+def glob(pattern: str) -> Callable[[str], bool]:
+    """A matcher for `pattern`, where `*` matches any run of characters.
+
+    The text between stars must appear in order: the first part as a prefix,
+    the last as a suffix, the middle ones each at its leftmost place after the
+    previous one (taking the leftmost never loses a match when the only wildcard
+    is `*`). One `find` per part, each starting where the last ended."""
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return pattern.__eq__
+    head, *middle, tail = parts
+    least = len(head) + len(tail) + sum(map(len, middle))
+
+    def match(path: str) -> bool:
+        if len(path) < least or not path.startswith(head) or not path.endswith(tail):
+            return False
+        at, end = len(head), len(path) - len(tail)
+        for part in middle:
+            found = path.find(part, at, end)
+            if found < 0:
+                return False
+            at = found + len(part)
+        return True
+
+    return match
+
+
+def route_path(path: str, root_path: str) -> str:
+    """The path an ASGI app routes: `path` less the mount point `root_path`,
+    exactly as Starlette's router takes it (`starlette._utils.get_route_path`),
+    and "/" for the mount point itself."""
+    if not root_path or not path.startswith(root_path):
+        return path or "/"
+    rest = path[len(root_path) :]
+    if not rest:
+        return "/"
+    return rest if rest[0] == "/" else path
 
 
 class Scopes:
@@ -68,18 +108,32 @@ def _methods(methods: Sequence[str]) -> frozenset[str]:
 
 
 class Router:
-    """Public paths and per-route rules, compiled once."""
+    """Public paths and per-route rules, compiled once. `method` and `path` are
+    what the app routes: the doors pass the route path; the method is
+    upper-cased here."""
 
     def __init__(self, public_paths: Sequence[str], rules: Sequence[Rule]) -> None:
-        self._public = [glob(p).fullmatch for p in public_paths]
-        self._rules = [(glob(r.path).fullmatch, _methods(r.methods), r.scopes) for r in rules]
-        self.is_public = lru_cache(maxsize=4096)(self._is_public)
-        self.required = lru_cache(maxsize=4096)(self._required)
+        self._public = [glob(p) for p in public_paths]
+        self._rules = [(glob(r.path), _methods(r.methods), r.scopes) for r in rules]
+        self._public_memo = lru_cache(maxsize=4096)(self._is_public)
+        self._required_memo = lru_cache(maxsize=4096)(self._required)
+
+    def is_public(self, path: str) -> bool:
+        if len(path) > MEMO_PATH_LEN:
+            return self._is_public(path)
+        return self._public_memo(path)
+
+    def required(self, method: str, path: str) -> tuple[str, ...]:
+        """The scopes a request needs: the union of every matching rule's."""
+        if len(path) > MEMO_PATH_LEN or len(method) > 16:
+            return self._required(method, path)
+        return self._required_memo(method, path)
 
     def _is_public(self, path: str) -> bool:
         return any(match(path) for match in self._public)
 
     def _required(self, method: str, path: str) -> tuple[str, ...]:
+        method = method.upper()
         needed: dict[str, None] = {}
         for match, methods, scopes in self._rules:
             if (not methods or method in methods) and match(path):

@@ -100,7 +100,9 @@ class Settings(_Section):
     public_paths: tuple[str, ...] = ()
     rules: tuple[Rule, ...] = ()
     scope_implies: dict[str, tuple[str, ...]] = {}
-    trusted_proxies: tuple[IPNetwork, ...] = ()
+    trusted_proxies: tuple[IPNetwork | Literal["unix"], ...] = ()
+    proxy_header: Literal["x-forwarded-for", "forwarded"] = "x-forwarded-for"
+    require_tls: bool = False
     policy: Policy = Policy()
     signing: Signing = Signing()
     rate_limit: str | None = None
@@ -156,11 +158,18 @@ class Settings(_Section):
     @classmethod
     def _proxies(cls, value: Any) -> Any:
         if isinstance(value, str) or not isinstance(value, list | tuple):
-            raise ValueError("must be a list of CIDRs")
+            raise ValueError("must be a list of CIDRs (and 'unix' for a unix-socket peer)")
         try:
-            return tuple(ipaddress.ip_network(str(v), strict=False) for v in value)
+            return tuple(
+                "unix" if v == "unix" else ipaddress.ip_network(str(v), strict=False) for v in value
+            )
         except ValueError:
-            raise ValueError("every entry must be an IP address or CIDR") from None
+            raise ValueError("every entry must be an IP address, a CIDR or 'unix'") from None
+
+    @field_validator("proxy_header", mode="before")
+    @classmethod
+    def _proxy_header(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @field_validator("rate_limit")
     @classmethod

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -160,14 +161,16 @@ def invalid_signature() -> AuthenticationError:
 
 @dataclass(slots=True)  # not frozen: made per request, and frozen __init__ is slower
 class Signed:
-    """A signed request whose headers parsed and whose timestamp is fresh."""
+    """A signed request whose headers parsed and whose timestamp is fresh.
+    The signature, the signed text (it holds the body) and the passphrase stay
+    out of `repr`."""
 
     key_id: str
     ts: float
-    mac: bytes
-    message: bytes
+    mac: bytes = dataclasses.field(repr=False)
+    message: bytes = dataclasses.field(repr=False)
     needed: tuple[str, ...]
-    passphrase: str | None
+    passphrase: str | None = dataclasses.field(repr=False)
 
 
 class SignedRequests:
@@ -189,8 +192,11 @@ class SignedRequests:
             raise ConfigurationError(
                 "signing.headers: may not reuse Authorization or the API key header"
             )
-        self.names = frozenset({self._key, self._ts, self._sig})
-        self.header_names = self.names | {self._pass}
+        # Without a master key no signed request can be checked: its headers are then
+        # no credential, not gathered, and no body is ever read for them.
+        self.enabled = self.ring.enabled
+        self.names = frozenset({self._key, self._ts, self._sig} if self.enabled else ())
+        self.header_names = self.names | {self._pass} if self.enabled else frozenset()
         self.max_skew = float(s.max_skew_seconds)
         self.max_body_bytes = s.max_body_bytes
         # ciphertext -> the secret's HMAC, keyed once (decrypt once, never per request)

@@ -43,15 +43,15 @@ class KeyGuardMiddleware:
         ]
         self._is_public = self.guard.router.is_public
 
-    def _path(self, environ: WSGIEnvironment) -> str:
-        # PATH_INFO is latin-1-decoded bytes (PEP 3333); route on the UTF-8 text.
-        raw = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
+    @staticmethod
+    def _path(environ: WSGIEnvironment) -> str:
+        """The path the app routes: PATH_INFO alone (below the mount point, SCRIPT_NAME),
+        decoded as Werkzeug decodes it (PEP 3333 latin-1 bytes, read as UTF-8 with
+        undecodable bytes replaced), so a rule sees the path the router sees."""
+        raw = environ.get("PATH_INFO", "")
         if raw.isascii():  # the usual path: the round trip below would give it back as is
             return str(raw) or "/"
-        try:
-            return str(raw.encode("latin-1").decode("utf-8")) or "/"
-        except UnicodeError:
-            return str(raw) or "/"
+        return raw.encode("latin-1", "replace").decode("utf-8", "replace") or "/"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = self._path(environ)
@@ -61,21 +61,24 @@ class KeyGuardMiddleware:
         for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
             if key in environ:
                 headers[name] = [environ[key]]
-        method, peer = environ.get("REQUEST_METHOD", "GET"), environ.get("REMOTE_ADDR")
+        method = environ.get("REQUEST_METHOD", "GET").upper()  # as Werkzeug routes it
+        peer, scheme = environ.get("REMOTE_ADDR"), environ.get("wsgi.url_scheme", "http")
+        guard = self.guard
         facts = None
         try:
-            entry = self.guard.warm(method, path, peer, headers)  # the usual request, one call
+            entry = guard.warm(method, path, peer, headers, scheme)  # the usual request, one call
             if entry is None:
-                facts = Facts(method, path, peer, headers)
-                if self.guard.signing.is_signed(headers):  # only signed requests have a body read
+                facts = Facts(method, path, peer, headers, scheme=scheme)
+                if guard.signing.is_signed(headers) and guard.admits_scheme(facts):
+                    # only a signed request that can be checked has its body read
                     facts.raw_path, facts.query = wsgi_target(environ)
-                    facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
-                    entry = self.guard.warm_signed(facts)
+                    facts.body = wsgi_body(environ, guard.signing.max_body_bytes)
+                    entry = guard.warm_signed(facts)
                 if entry is None:
-                    entry = self.guard.authenticate(facts)
+                    entry = guard.authenticate(facts)
         except RequestRejected as exc:
-            audit.denied(self.guard, facts or Facts(method, path, peer, headers), exc)
+            audit.denied(guard, facts or Facts(method, path, peer, headers, scheme=scheme), exc)
             return problem_response(exc, start_response)
         environ["keyguard.key"] = entry.info
-        environ["keyguard.guard"] = self.guard
+        environ["keyguard.guard"] = guard
         return self.app(environ, start_response)

@@ -230,9 +230,7 @@ class AdminAPI:
 
     def _client_ip(self, facts: Facts) -> str | None:
         h = facts.headers
-        ip = self.guard.clients.resolve(
-            facts.peer, h.get("x-forwarded-for", ()), h.get("forwarded", ())
-        )
+        ip = self.guard.clients.resolve(facts.peer, h)
         return None if ip is None else str(ip)
 
     async def _principal(self, request: Request, facts: Facts) -> Principal:
