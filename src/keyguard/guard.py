@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import base64
+import functools
 import hmac
 import ipaddress
 import logging
@@ -29,6 +30,9 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
 
 from .cache import ABSENT, LocalCache, SingleFlight, _Absent
 from .decision import Entry, bearer_proven, credential, decide, invalid_key, remembered
@@ -55,6 +59,7 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("keyguard")
 FLUSH_INTERVAL = 60.0
+SLOW_THREADS = 2  # worker threads that may run argon2 for requests at once
 WARM_ROUTES = 256  # (peer, method, path) a cached key remembers as passed (see Entry.passed)
 _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
 
@@ -92,12 +97,15 @@ class KeyGuard:
         self._tokens = TokenParser(s.token_prefix)
         self._local: LocalCache[Entry] = LocalCache(s.local_cache_size)
         self._cache_positive = s.cache is not None
-        self._shared = _shared_cache(s, self._dropped, self._dropped_all)
+        self._shared = _shared_cache(
+            s, self._dropped, self._dropped_all, functools.partial(self.store.get_meta, "changed")
+        )
         self._flight: SingleFlight[Entry | _Absent] = SingleFlight(self._load)
         self._epoch = 0  # bumped on every local change; a load that saw an older one isn't cached
         self._hasher: Hasher | None = None
         self._ready_lock = threading.Lock()
         self._used: dict[str, float] = {}
+        self._slow = anyio.CapacityLimiter(SLOW_THREADS)
         self._next_flush = clock() + FLUSH_INTERVAL
         self.header = s.header.lower()
         self.passphrase_header = "kg-passphrase"
@@ -161,23 +169,36 @@ class KeyGuard:
 
     def _load(self, key_id: str) -> Entry | _Absent:
         epoch = self._epoch
+        ttl = self.settings.local_cache_ttl
         try:
             self.hasher  # noqa: B018 - sets the store up on first use
             shared, fetch = self._shared, self.store.get
-            record = fetch(key_id) if shared is None else shared.load(key_id, fetch)
+            if shared is None:
+                record = fetch(key_id)
+            else:
+                record, keep_until = shared.load(key_id, fetch)
+                ttl = min(ttl, keep_until - time.monotonic())
         except StoreError as exc:
             raise ServiceUnavailable() from exc
         value: Entry | _Absent = ABSENT if record is None else self._prepare(record)
-        if epoch == self._epoch and (self._cache_positive or value is ABSENT):
-            ttl = self.settings.local_cache_ttl
+        if epoch == self._epoch and (self._cache_positive or value is ABSENT) and ttl > 0:
             self._local.set(key_id, value, ttl)
         return value
 
     def forget(self, key_id: str) -> None:
-        """Drop any cached copy of a key (called after every change), on every instance."""
+        """Drop any cached copy of a key (called after every change), on every instance:
+        published through Redis, or, where this guard cannot reach Redis, marked in the
+        store so every instance's shared cache stops serving its copy (see shared.py)."""
         self._dropped(key_id)
-        if self._shared is not None:
-            self._shared.publish(key_id)
+        if self._shared is None or not self._shared.publish(key_id):
+            try:
+                self.store.set_meta("changed", secrets.token_urlsafe(12))
+            except StoreError:
+                logger.warning(
+                    "keyguard: key %s changed, but the store did not take the change marker; "
+                    "other instances' Redis cache may serve the old record for up to cache_ttl",
+                    key_id,
+                )
 
     def _dropped(self, key_id: str) -> None:
         self._epoch += 1
@@ -234,7 +255,9 @@ class KeyGuard:
         try:
             key_id, secret, found = self._bearer(token)
             found = found or await self._afetch(key_id)
-            entry = self._decide(found, ip, _scopes(scopes), passphrase, token=token, secret=secret)
+            entry = await self._adecide(
+                found, ip, _scopes(scopes), passphrase, token=token, secret=secret
+            )
         except AuthenticationError as exc:
             if client_ip is not None and exc.code != "missing_credentials":
                 await self.abuse.afailed(ip)
@@ -374,7 +397,9 @@ class KeyGuard:
             if self.signing.is_signed(facts.headers):
                 signed = self.signing.begin(facts)
                 found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
-                entry = self._decide(found, ip, signed.needed, signed.passphrase, signed=signed)
+                entry = await self._adecide(
+                    found, ip, signed.needed, signed.passphrase, signed=signed
+                )
                 if self.signing.shared:  # Redis: the call runs in a worker thread
                     await self.signing.aremember(signed)
                 else:
@@ -383,7 +408,9 @@ class KeyGuard:
                 token, needed, passphrase = self._begin(facts)
                 key_id, secret, cached = self._bearer(token)
                 found = cached or await self._afetch(key_id)
-                entry = self._decide(found, ip, needed, passphrase, token=token, secret=secret)
+                entry = await self._adecide(
+                    found, ip, needed, passphrase, token=token, secret=secret
+                )
         except AuthenticationError as exc:
             if exc.code != "missing_credentials":
                 await self.abuse.afailed(ip)
@@ -461,6 +488,34 @@ class KeyGuard:
             self._flush_soon(now)
         return entry
 
+    async def _adecide(
+        self,
+        entry: Entry | _Absent,
+        ip: IPAddress | None,
+        needed: Sequence[str],
+        passphrase: str | None,
+        *,
+        token: str = "",
+        secret: str | None = None,
+        signed: Signed | None = None,
+    ) -> Entry:
+        """`_decide` for the event loop: a check that would run argon2 (a bearer secret
+        under `hashing: argon2id`, a passphrase) runs in a worker thread, at most
+        `SLOW_THREADS` at a time, so slow hashes never stall other requests."""
+        decide_now = functools.partial(
+            self._decide, entry, ip, needed, passphrase, token=token, secret=secret, signed=signed
+        )
+        if not isinstance(entry, Entry):
+            return decide_now()
+        record, hasher = entry.record, self._hasher or self.hasher
+        if (
+            hasher.costly(record.secret_hash, secret)
+            or hasher.costly(record.previous_secret_hash, secret)
+            or hasher.costly(record.passphrase_hash, passphrase)
+        ):
+            return await anyio.to_thread.run_sync(decide_now, limiter=self._slow)
+        return decide_now()
+
     def _flush_soon(self, now: float) -> None:
         """Once a minute, a thread writes the buffered `last_used_at` times out."""
         self._next_flush = now + FLUSH_INTERVAL
@@ -511,7 +566,10 @@ def _scopes(value: str | Sequence[str]) -> Sequence[str]:
 
 
 def _shared_cache(
-    s: Settings, on_change: Callable[[str], None], on_reset: Callable[[], None]
+    s: Settings,
+    on_change: Callable[[str], None],
+    on_reset: Callable[[], None],
+    changed: Callable[[], str | None],
 ) -> SharedCache | None:
     if s.cache is None or not s.cache.startswith(("redis://", "rediss://")):
         return None
@@ -521,7 +579,7 @@ def _shared_cache(
         raise ConfigurationError(
             f"cache: a redis:// cache needs its driver: pip install 'keyguard[redis]' ({exc.name})"
         ) from None
-    return SharedCache(s.cache, s.cache_ttl, on_change, on_reset)
+    return SharedCache(s.cache, s.cache_ttl, on_change, on_reset, changed, s.local_cache_ttl)
 
 
 def _ip(value: str | IPAddress | None) -> IPAddress | None:

@@ -4,8 +4,13 @@ for human-chosen passphrases (and for bearer secrets when `hashing: argon2id`).
 A stored hash names its scheme (`hmac-sha256$...` or `$argon2id$...`), so a
 change of the `hashing` setting never locks out existing keys. argon2 is slow
 by design; successful checks are remembered (as a keyed digest of what passed,
-never the secret itself) so a warm request never reruns it. A malformed stored
-hash means "not verified", never a crash. Comparisons use `hmac.compare_digest`.
+never the secret itself) so a warm request never reruns it, and so are recent
+failures, so one wrong secret sent again costs nothing. What is left is bounded:
+one stored hash may cost at most `SLOW_CHECKS` argon2 runs a second (beyond
+that, 429 `too_many_failures`: a flood of guesses at one key id cannot take the
+CPU), and `costly()` tells the async driver to run the check off the event
+loop. A malformed stored hash means "not verified", never a crash.
+Comparisons use `hmac.compare_digest`.
 """
 
 from __future__ import annotations
@@ -13,12 +18,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import threading
+import time
 from collections import OrderedDict
 
 from argon2 import PasswordHasher
 from argon2.exceptions import Argon2Error, InvalidHashError
 
+from .exceptions import TooManyRequests
+
 _HMAC_TAG = "hmac-sha256$"
+SLOW_CHECKS = 4  # argon2 runs one stored hash may cost per second (a correct secret runs once)
+_FAILED = 10_000  # remembered failures (keyed digests), oldest dropped first
 # OWASP minimum for argon2id: 19 MiB, t=2, p=1.
 _argon2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
@@ -56,6 +66,8 @@ class Hasher:
         self._mac = HmacSha256(pepper)
         self._scheme = scheme
         self._passed: OrderedDict[str, bytes] = OrderedDict()
+        self._failed: OrderedDict[bytes, None] = OrderedDict()
+        self._spent: dict[str, tuple[float, int]] = {}  # stored hash -> (second, argon2 runs)
         self._remember = remember
         self._lock = threading.Lock()
 
@@ -82,20 +94,57 @@ class Hasher:
             return self._check_argon2(stored, presented)
         return False
 
+    def costly(self, stored: str | None, presented: str | None) -> bool:
+        """Would `check(stored, presented)` run argon2 (nothing remembered answers it)?"""
+        if not stored or presented is None or not stored.startswith("$argon2"):
+            return False
+        digest = self.digest(presented)
+        remembered = self._passed.get(stored)
+        if remembered is not None and hmac.compare_digest(remembered, digest):
+            return False
+        return self._failure(stored, digest) not in self._failed
+
+    def _failure(self, stored: str, digest: bytes) -> bytes:
+        return self._mac.digest(stored.encode() + b"\0" + digest)
+
     def _check_argon2(self, stored: str, presented: str) -> bool:
         digest = self.digest(presented)
         remembered = self._passed.get(stored)
-        if remembered is not None:
-            return hmac.compare_digest(remembered, digest)
+        if remembered is not None and hmac.compare_digest(remembered, digest):
+            return True
+        failure = self._failure(stored, digest)
+        if failure in self._failed:
+            return False
+        self._spend(stored)
         try:
             _argon2.verify(stored, presented)
         except (Argon2Error, InvalidHashError, ValueError, TypeError):
+            with self._lock:
+                self._failed[failure] = None
+                if len(self._failed) > _FAILED:
+                    self._failed.popitem(last=False)
             return False
         with self._lock:
             self._passed[stored] = digest
             if len(self._passed) > self._remember:
                 self._passed.popitem(last=False)
         return True
+
+    def _spend(self, stored: str) -> None:
+        """Count one argon2 run against this stored hash; 429 past `SLOW_CHECKS` a second."""
+        second = time.monotonic() // 1
+        with self._lock:
+            at, runs = self._spent.get(stored, (second, 0))
+            runs = runs + 1 if at == second else 1
+            if runs > SLOW_CHECKS:
+                raise TooManyRequests(
+                    "too_many_failures",
+                    "Too many attempts for this API key; try again in a moment.",
+                    retry_after=1,
+                )
+            if len(self._spent) >= self._remember:
+                self._spent.clear()
+            self._spent[stored] = (second, runs)
 
     @staticmethod
     def needs_rehash(stored: str) -> bool:

@@ -113,10 +113,11 @@ class QuotaExhausted(TooManyRequests):
         return list(self._headers)
 
 
-def bucket(ip: IPAddress | None) -> str:
-    """Whose failures these are: the address, an IPv6 /64, or 'unknown'."""
-    if ip is None:
-        return "unknown"
+def bucket(ip: IPAddress) -> str:
+    """Whose failures these are: the address, or an IPv6 /64. A client with no
+    address (a unix-socket peer that is not a trusted proxy, an `unknown` hop) has
+    no bucket: such clients are never counted as one, or a few bad tokens from
+    anyone would lock out everyone behind that socket."""
     if ip.version == 6:
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
@@ -146,6 +147,7 @@ class Abuse:
         self._uses: dict[str, int] = {}  # key id -> uses known to this process
         self._seeded: set[str] = set()  # key ids whose Redis counter this process seeded
         self._dirty: set[str] = set()
+        self._warned_unknown = False
 
     # -- storage ----------------------------------------------------------
 
@@ -225,7 +227,7 @@ class Abuse:
     def check_client(self, ip: IPAddress | None) -> None:
         """Before any parsing or lookup: 429 when this client is throttled."""
         blocked = self.blocked
-        if not blocked:
+        if not blocked or ip is None:
             return
         key = bucket(ip)
         until = blocked.get(key)
@@ -241,11 +243,21 @@ class Abuse:
         """Is this socket peer, the client of a request with no forwarding header,
         among the throttled clients? (A lapsed block still counts until
         `check_client` clears it.) The warm path asks only while someone is."""
-        return bucket(parse_ip(peer) if peer else None) in self.blocked
+        ip = parse_ip(peer) if peer else None
+        return ip is not None and bucket(ip) in self.blocked
 
     def failed(self, ip: IPAddress | None) -> None:
         """Count one failed authentication for this client."""
         if not self._fail_items:
+            return
+        if ip is None:
+            if not self._warned_unknown:
+                self._warned_unknown = True
+                log.warning(
+                    "keyguard: failed authentications from a client with no address (a unix "
+                    "socket?) are not throttled; if a proxy forwards to this socket, add "
+                    "'unix' to trusted_proxies so its X-Forwarded-For names the client"
+                )
             return
         key = bucket(ip)
         # The failure that fills a window blocks at once: "30/minute" = 30 failures, then 429.

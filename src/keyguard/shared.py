@@ -17,6 +17,16 @@ channel. It resubscribes by itself after an outage and then drops every local
 copy, since messages sent meanwhile were lost. Changes made while Redis was
 unreachable are re-published once it answers again.
 
+Changes that never reach Redis (a guard without the Redis cache, such as the
+CLI, or one whose Redis was down) are caught through the store: such a guard
+writes a new random `changed` marker in the store's meta table after its
+change (`KeyGuard.forget`). Every record put in Redis carries the marker its
+writer last read, and a reader uses a Redis copy only when it carries the
+marker the reader knows. A reader reads the marker again at least every
+`local_cache_ttl / 2`, and what it takes from Redis lives in its in-process
+cache only until `local_cache_ttl` after that read: so a change made anywhere
+is seen everywhere within `local_cache_ttl`, as SPEC section 7 promises.
+
 Sync only: the guard runs misses in a worker thread, so async callers never
 block on this module.
 """
@@ -24,13 +34,16 @@ block on this module.
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 import redis
 
+from .exceptions import StoreError
 from .models import KeyRecord
 from .stores.redis import client_from_url
 
@@ -58,6 +71,8 @@ class SharedCache:
         ttl: float,
         on_change: Callable[[str], None],
         on_reset: Callable[[], None],
+        changed: Callable[[], str | None] = lambda: None,
+        local_ttl: float = 5.0,
     ) -> None:
         self._client, prefix = client_from_url(url, SOCKET_TIMEOUT)
         self._entry = prefix + "cache:"
@@ -74,6 +89,10 @@ class SharedCache:
         self._listener: threading.Thread | None = None
         self._pid = 0
         self._closed = threading.Event()
+        self._changed = changed  # the store's `changed` marker (see the module docstring)
+        self._local_ttl = local_ttl
+        self._marker = b""
+        self._marker_read = -float("inf")  # time.monotonic() of the last read
 
     # -- health -------------------------------------------------------------
 
@@ -87,49 +106,69 @@ class SharedCache:
 
     # -- lookups ------------------------------------------------------------
 
-    def load(self, key_id: str, fetch: Callable[[str], KeyRecord | None]) -> KeyRecord | None:
-        """The record from Redis, else from `fetch` (the store), then shared in Redis."""
+    def _marker_now(self) -> tuple[bytes, float]:
+        """(the store's `changed` marker as last read, until when a copy taken from
+        Redis under it may be kept in process), read again when half the local TTL
+        has passed. A store that cannot answer leaves the old reading in place."""
+        now = time.monotonic()
+        if now - self._marker_read >= self._local_ttl / 2:
+            try:
+                self._marker = (self._changed() or "").encode()
+                self._marker_read = now
+            except StoreError:
+                pass
+        return self._marker, self._marker_read + self._local_ttl
+
+    def load(
+        self, key_id: str, fetch: Callable[[str], KeyRecord | None]
+    ) -> tuple[KeyRecord | None, float]:
+        """The record from Redis, else from `fetch` (the store), then shared in Redis;
+        with the `time.monotonic()` until which it may be kept in process."""
         self._ensure_listener()
         if not self._up():
-            return fetch(key_id)
+            return fetch(key_id), math.inf
+        marker, keep_until = self._marker_now()
         entry, gen_key = self._entry + key_id, self._gen + key_id
         try:
             doc, gen = self._client.mget(entry, gen_key)
         except redis.RedisError as exc:
             self._trip(exc)
-            return fetch(key_id)
-        if doc is not None:
-            if doc == _NEGATIVE:
-                return None
+            return fetch(key_id), math.inf
+        tag, _, body = cast(bytes, doc or b"").partition(b"|")  # redis-py gives bytes
+        if doc is not None and tag == marker:  # written under the marker this reader knows
+            if body == _NEGATIVE:
+                return None, keep_until
             try:
-                return KeyRecord.from_json(doc)
+                return KeyRecord.from_json(body), keep_until
             except (ValueError, TypeError, KeyError):
                 pass  # not ours or corrupt: read the store and overwrite it
         record = fetch(key_id)
         value, ttl = (
-            (_NEGATIVE, self._negative_ms) if record is None else (record.to_json(), self._ttl_ms)
+            (_NEGATIVE, self._negative_ms)
+            if record is None
+            else (record.to_json().encode(), self._ttl_ms)
         )
         try:
-            self._set(keys=[entry, gen_key], args=[gen or b"", value, ttl])
+            self._set(keys=[entry, gen_key], args=[gen or b"", marker + b"|" + value, ttl])
         except redis.RedisError as exc:
             self._trip(exc)
-        return record
+        return record, math.inf
 
     # -- changes ------------------------------------------------------------
 
-    def publish(self, key_id: str) -> None:
-        """Drop the shared copy and tell every instance; queued if Redis is away."""
+    def publish(self, key_id: str) -> bool:
+        """Drop the shared copy and tell every instance; queued if Redis is away.
+        False when it could not be sent now."""
         self._ensure_listener()  # it re-publishes what could not be sent now
         with self._lock:
             self._pending.add(key_id)
-        if self._up():
-            self._flush_pending()
+        return self._up() and self._flush_pending()
 
-    def _flush_pending(self) -> None:
+    def _flush_pending(self) -> bool:
         with self._lock:
             ids, self._pending = self._pending, set()
         if not ids:
-            return
+            return True
         try:
             pipe = self._client.pipeline(transaction=False)
             for key_id in ids:
@@ -142,6 +181,8 @@ class SharedCache:
             self._trip(exc)
             with self._lock:
                 self._pending |= ids
+            return False
+        return True
 
     # -- the listener -------------------------------------------------------
 

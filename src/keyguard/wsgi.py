@@ -45,13 +45,14 @@ class KeyGuardMiddleware:
 
     @staticmethod
     def _path(environ: WSGIEnvironment) -> str:
-        """The path the app routes: PATH_INFO alone (below the mount point, SCRIPT_NAME),
-        decoded as Werkzeug decodes it (PEP 3333 latin-1 bytes, read as UTF-8 with
-        undecodable bytes replaced), so a rule sees the path the router sees."""
+        """The path the app routes, as Werkzeug's router takes it: PATH_INFO alone (below
+        the mount point, SCRIPT_NAME), decoded as Werkzeug decodes it (PEP 3333 latin-1
+        bytes, read as UTF-8 with undecodable bytes replaced), with its leading slashes
+        as one (Werkzeug routes "//admin" as "/admin"), so a rule sees what runs."""
         raw = environ.get("PATH_INFO", "")
-        if raw.isascii():  # the usual path: the round trip below would give it back as is
-            return str(raw) or "/"
-        return raw.encode("latin-1", "replace").decode("utf-8", "replace") or "/"
+        if not raw.isascii():  # the usual path is ASCII: the round trip would give it back
+            raw = raw.encode("latin-1", "replace").decode("utf-8", "replace")
+        return str(raw) if raw[:1] == "/" and raw[1:2] != "/" else "/" + raw.lstrip("/")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         path = self._path(environ)
