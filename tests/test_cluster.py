@@ -296,3 +296,49 @@ def test_scope_denial_is_authorization_error(pair: tuple[KeyGuard, KeyGuard]) ->
 def well_formed_unknown() -> str:
     """A token with a valid checksum for an id no store holds."""
     return tokens.make_token("kg", tokens.new_key_id())[0]
+
+
+@pytest.mark.parametrize("via", ["python", "cli"])
+def test_a_change_that_misses_redis_reaches_every_instance(
+    shared_store: str, cache_url: str, via: str
+) -> None:
+    """A guard without the Redis cache (the CLI, a script) cannot publish its change;
+    every instance's Redis copy must still stop serving within local_cache_ttl
+    (here 0.5 s, against a cache_ttl of 60 s: only the store's change marker explains
+    a refusal inside the poll)."""
+    fast = {"local_cache_ttl": 0.5, "cache_ttl": 60}
+    one = KeyGuard(settings(shared_store, cache_url, **fast))
+    two = KeyGuard(settings(shared_store, cache_url, **fast))
+    script = KeyGuard(settings(shared_store, None))
+    try:
+        issued = script.keys.create(owner="o", name="n", scopes=["read"])
+        token = issued.token or ""
+        for guard in (one, two, one, two):  # each has it cached, in process and in Redis
+            guard.verify(token, scopes=["read"])
+        if via == "cli":
+            import subprocess
+            import sys
+
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "keyguard",
+                    "--store",
+                    shared_store,
+                    "keys",
+                    "revoke",
+                    issued.id,
+                ],
+                check=True,
+                capture_output=True,
+                timeout=60,
+            )
+        else:
+            script.keys.revoke(issued.id)
+        for guard in (one, two):
+            exc = refusal(lambda g=guard: g.verify(token, scopes=["read"]))
+            assert exc is not None and exc.code == "revoked_key"
+    finally:
+        for guard in (one, two, script):
+            guard.close()

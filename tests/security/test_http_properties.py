@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from starlette.routing import Route
 
 from keyguard import KeyGuard
 from keyguard.asgi import KeyGuardMiddleware as ASGIMiddleware
+from keyguard.crypto import generate_master_key
 from keyguard.tokens import ALPHABET, CHECKSUM_LEN, ID_LEN, SECRET_LEN, checksum
 from keyguard.wsgi import KeyGuardMiddleware as WSGIMiddleware
 
@@ -39,6 +41,8 @@ CODES = {
     "quota_exhausted",
     "payload_too_large",
     "unavailable",
+    "suspended_key",
+    "tls_required",
 }
 SKIP_HEADERS = {
     "host",
@@ -51,6 +55,7 @@ SKIP_HEADERS = {
 }
 PATHS = ["/", "/admin", "/health", "/v1/x", "/%2e%2e/admin", "/admin/", "/ADMIN"]
 
+MASTER = generate_master_key()
 GUARD = KeyGuard(
     {
         "store": "memory://",
@@ -59,6 +64,7 @@ GUARD = KeyGuard(
         "public_paths": ["/health"],
         "rules": [{"path": "/admin*", "scopes": ["admin"]}],
         "abuse": {"max_failures": None},  # throttling would turn most examples into 429s
+        "signing": {"master_keys": [MASTER]},  # so signed-request headers are parsed too
     }
 )
 LIVE = GUARD.keys.create(owner="o", name="live", scopes=["read"]).token
@@ -154,6 +160,15 @@ def requests(draw: st.DrawFn) -> tuple[str, str, str, list[tuple[str, bytes]]]:
         headers.append(
             ("KG-Passphrase", draw(st.sampled_from(["right passphrase", "wrong", ""])).encode())
         )
+    if draw(st.booleans()):  # a signed request's headers, well-formed or not
+        for name in draw(
+            st.sets(st.sampled_from(["KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE"]))
+        ):
+            value = draw(
+                st.sampled_from([LIVE.split("_")[1], str(int(time.time() * 1000)), "x" * 44, ""])
+                | st.text(alphabet=ALPHABET + "+/=²٣ -", max_size=50)
+            )
+            headers.append((name, value.encode()))
     headers += draw(st.lists(st.tuples(header_name, header_value), max_size=4))
     peer = draw(
         st.sampled_from(["10.0.0.1", "127.0.0.1", "192.0.2.9", "203.0.113.9", "fd00::2"]) | ip_text
