@@ -60,6 +60,7 @@ from .settings import split_redis_url
 
 if TYPE_CHECKING:
     from .decision import Entry
+    from .models import KeyRecord
     from .settings import Settings
     from .stores import Store
 
@@ -282,8 +283,8 @@ class Abuse:
 
     # -- per-key rate limit and quota ---------------------------------------
 
-    def applies(self, entry: Entry) -> bool:
-        record = entry.record
+    def applies(self, record: KeyRecord) -> bool:
+        """Does step 8 have work for this key (a rate limit or a use quota)?"""
         return (record.rate_limit or self.default_limit) is not None or record.max_uses is not None
 
     def admit(self, entry: Entry) -> None:
@@ -309,7 +310,7 @@ class Abuse:
         return not self.shared and (entry.record.max_uses is None or entry.record.id in self._uses)
 
     async def aadmit(self, entry: Entry) -> None:
-        if self.applies(entry) and not self.admits_now(entry):  # Redis, or the store's count
+        if self.applies(entry.record) and not self.admits_now(entry):  # Redis, or the store's count
             await anyio.to_thread.run_sync(self.admit, entry)
         else:
             self.admit(entry)
