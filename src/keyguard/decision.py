@@ -4,7 +4,7 @@ The doors gather facts (`credential`), the guard fetches the `Entry`, and
 `decide` answers with the caller's `KeyInfo` or raises the rejection. Each
 rule lives here once, in the order the SPEC gives; the order matters, since
 `revoked_key`, `expired_key` and the later codes are only told to a caller
-that proved the secret.
+that proved the secret (as is `suspended_key`).
 """
 
 from __future__ import annotations
@@ -119,6 +119,8 @@ def decide(
         raise AuthenticationError("revoked_key", "The API key has been revoked.")
     if record.expires_at is not None and record.expires_at <= now:
         raise AuthenticationError("expired_key", "The API key has expired.")
+    if record.suspended_at is not None and record.suspended_at <= now:
+        raise AuthenticationError("suspended_key", "The API key is suspended.")
     if record.passphrase_hash is not None and (
         passphrase is None or not hasher.check(record.passphrase_hash, passphrase)
     ):

@@ -11,8 +11,8 @@ run it in a worker thread, so the event loop never blocks on a store.
 Sync and async share every line except that one call: `authenticate` and
 `aauthenticate` differ only in how a miss is fetched.
 
-`last_used_at` is buffered in memory and written in one batch a minute (and
-on `close()`), never once per request.
+`last_used_at` and `last_used_from` are buffered in memory and written in one
+batch a minute (and on `close()`), never once per request.
 """
 
 from __future__ import annotations
@@ -93,7 +93,9 @@ class KeyGuard:
         self._epoch = 0  # bumped on every local change; a load that saw an older one isn't cached
         self._hasher: Hasher | None = None
         self._ready_lock = threading.Lock()
-        self._used: dict[str, float] = {}
+        # key id -> (time, client) of its last use; the client as the request had it
+        # (an address, or the peer's text on the warm path), made text when read.
+        self._used: dict[str, tuple[float, IPAddress | str | None]] = {}
         self._next_flush = clock() + FLUSH_INTERVAL
         self.header = s.header.lower()
         self.passphrase_header = "kg-passphrase"
@@ -269,7 +271,7 @@ class KeyGuard:
         now = self.clock()
         if not self._warm_passes(entry, method, path, peer, now):
             return None
-        return self._warm_admit(entry, now)
+        return self._warm_admit(entry, now, peer)
 
     def warm_signed(self, facts: Facts) -> Entry | None:
         """`warm` for a signed request whose body the door has read: a cached
@@ -298,7 +300,7 @@ class KeyGuard:
             signing.remember(signed)  # last: a refused request must not use the signature up
         except RequestRejected:
             return None  # a replay: `authenticate` refuses it again, and counts it
-        return self._warm_admit(entry, now)
+        return self._warm_admit(entry, now, facts.peer)
 
     def _warm_passes(
         self, entry: Entry, method: str, path: str, peer: str | None, now: float
@@ -320,8 +322,8 @@ class KeyGuard:
                 entry.passed.add(seen)
         return True
 
-    def _warm_admit(self, entry: Entry, now: float) -> Entry:
-        self._used[entry.record.id] = now  # as in `_decide`
+    def _warm_admit(self, entry: Entry, now: float, peer: str | None) -> Entry:
+        self._used[entry.record.id] = (now, peer)  # as in `_decide`: no forwarding, the peer
         if now >= self._next_flush:
             self._flush_soon(now)
         if entry.limited:
@@ -441,7 +443,7 @@ class KeyGuard:
         else:
             proven = bearer_proven(entry, token, secret, hasher, now)
         decide(entry, proven, now, hasher, passphrase, ip, needed)
-        self._used[entry.record.id] = now  # `last_used_at`, buffered
+        self._used[entry.record.id] = (now, ip)  # `last_used_at` and `_from`, buffered
         if now >= self._next_flush:
             self._flush_soon(now)
         return entry
@@ -457,11 +459,13 @@ class KeyGuard:
 
     # -- last use -----------------------------------------------------------
 
-    def pending_use(self, key_id: str) -> float | None:
-        return self._used.get(key_id)
+    def pending_use(self, key_id: str) -> tuple[float, str | None] | None:
+        """The buffered last use of a key not yet flushed: (time, client IP)."""
+        use = self._used.get(key_id)
+        return None if use is None else (use[0], _client_text(use[1]))
 
     def flush(self) -> None:
-        """Write buffered `last_used_at` times to the store (best effort)."""
+        """Write buffered last uses (time and client IP) to the store (best effort)."""
         self.abuse.flush()
         used, self._used = self._used, {}
         if not used:
@@ -471,10 +475,10 @@ class KeyGuard:
         # that changes size under it.
         used = used.copy()
         try:
-            self.store.touch(used)
+            self.store.touch({k: (ts, _client_text(ip)) for k, (ts, ip) in used.items()})
         except StoreError:
-            for key_id, ts in used.items():  # keep them for the next try
-                self._used.setdefault(key_id, ts)
+            for key_id, use in used.items():  # keep them for the next try
+                self._used.setdefault(key_id, use)
 
     def close(self) -> None:
         self.flush()
@@ -507,6 +511,13 @@ def _shared_cache(
             f"cache: a redis:// cache needs its driver: pip install 'keyguard[redis]' ({exc.name})"
         ) from None
     return SharedCache(s.cache, s.cache_ttl, on_change, on_reset)
+
+
+def _client_text(client: IPAddress | str | None) -> str | None:
+    """A buffered client as stored: an address's text, None for none."""
+    if isinstance(client, str):
+        client = parse_ip(client)
+    return None if client is None else str(client)
 
 
 def _ip(value: str | IPAddress | None) -> IPAddress | None:
