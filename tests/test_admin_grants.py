@@ -122,7 +122,9 @@ async def test_a_tenant_cannot_widen_its_key(
 async def test_listing_powerful_scopes_in_grantable_does_not_make_them_grantable(
     http: httpx.AsyncClient, guard: KeyGuard, scopes: list[str]
 ) -> None:
-    r = await http.post("/api/keys", json={"name": "x", "scopes": scopes}, headers=as_user("greedy"))
+    r = await http.post(
+        "/api/keys", json={"name": "x", "scopes": scopes}, headers=as_user("greedy")
+    )
     refused(r, "scopes")
     assert guard.keys.list(owner="greedy") == []
     r = await http.get("/api/scopes", headers=as_user("greedy"))
@@ -187,9 +189,7 @@ async def test_a_tenant_lists_and_creates_only_for_itself(
         assert r.json()["operator"] is False and r.json()["owner"] == "alice"
     before = snapshot(guard)
     refused(await http.post("/api/keys", json={"name": "x", "owner": "bob"}, headers=h), "owner")
-    refused(
-        await http.patch(f"/api/keys/{mine['id']}", json={"owner": "bob"}, headers=h), "owner"
-    )
+    refused(await http.patch(f"/api/keys/{mine['id']}", json={"owner": "bob"}, headers=h), "owner")
     assert snapshot(guard) == before
 
 
@@ -220,9 +220,7 @@ async def test_an_operator_reaches_every_owner(
 
 async def test_an_operator_principal_may_be_narrowed(guard: KeyGuard) -> None:
     app = admin_app(guard, authorize=lambda r: Principal("support", grantable=["read"]))
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://t"
-    ) as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         c.headers["x-requested-with"] = "t"
         body = {"owner": "bob", "name": "k"}
         assert (await c.post("/api/keys", json={**body, "scopes": ["read"]})).status_code == 201
@@ -235,9 +233,7 @@ async def test_an_operator_principal_may_be_narrowed(guard: KeyGuard) -> None:
 async def test_an_admin_key_is_an_operator(guard: KeyGuard) -> None:
     token = guard.keys.create(owner="ops", name="root", scopes=["keyguard:admin"]).token
     app = admin_app(guard)
-    async with httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://t"
-    ) as c:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
         c.headers["authorization"] = f"Bearer {token}"
         r = await c.post("/api/keys", json={"owner": "x", "name": "n", "scopes": ["*"]})
         assert r.status_code == 201

@@ -449,6 +449,7 @@ def test_update_allowed_ips_none_removes_the_allowlist() -> None:
 
 # -- allowlists that admit nearly everyone count as none (SPEC section 3) ------
 
+
 def _every_public_v4() -> list[str]:
     """Every public IPv4 CIDR: the whole space less the private and special ranges."""
     from keyguard.network import PRIVATE_RANGES

@@ -161,14 +161,10 @@ A, B = "198.51.100.7", "2001:db8::9"
     ("batches", "expected"),
     [
         pytest.param([{"k1": (1500.0, A)}], (1500.0, A), id="first"),
-        pytest.param(
-            [{"k1": (1500.0, A)}, {"k1": (1200.0, B)}], (1500.0, A), id="never-backwards"
-        ),
+        pytest.param([{"k1": (1500.0, A)}, {"k1": (1200.0, B)}], (1500.0, A), id="never-backwards"),
         pytest.param([{"k1": (1500.0, A)}, {"k1": (1600.25, B)}], (1600.25, B), id="forwards"),
         pytest.param([{"k1": (1500.0, A)}, {"k1": (1600.0, None)}], (1600.0, None), id="no-ip"),
-        pytest.param(
-            [{}, {"ghost": (9.0, A), "k1": (1.5, B)}], (1.5, B), id="unknown-ids-ignored"
-        ),
+        pytest.param([{}, {"ghost": (9.0, A), "k1": (1.5, B)}], (1.5, B), id="unknown-ids-ignored"),
     ],
 )
 def test_touch_is_monotonic_and_keeps_the_client_ip(

@@ -373,9 +373,11 @@ class AdminAPI:
                 return _settings_problem(exc)
             except InvalidKeySettings as exc:
                 return _settings_problem(exc)
-            except (KeyNotFound, NotFound):
+            except NotFound:  # refused here (`_own`), before guard.keys saw it
                 if action not in _READS:
                     audit.emit(action, result="not_found", key_id=key_id)
+                return _problem(NotFound())
+            except KeyNotFound:  # guard.keys logged it
                 return _problem(NotFound())
             except StepUpRequired as exc:
                 audit.emit(action, result=exc.code, key_id=key_id)
@@ -421,7 +423,10 @@ class AdminAPI:
         """The key, if this principal may see it; else 404 (never reveal others' ids)."""
         if len(key_id) > 64:
             raise NotFound()
-        info: KeyInfo = await self.guard.keys.aget(key_id)
+        try:
+            info: KeyInfo = await self.guard.keys.aget(key_id)
+        except KeyNotFound:
+            raise NotFound() from None
         if principal.owner is not None and info.owner != principal.owner:
             raise NotFound()
         return info
