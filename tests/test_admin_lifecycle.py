@@ -47,13 +47,6 @@ def any_guard(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyGua
         g.close()
 
 
-@pytest.fixture
-def guard() -> Iterator[KeyGuard]:
-    g = KeyGuard({"store": "memory://", "policy": {"allow_private_ips": True}})
-    yield g
-    g.close()
-
-
 async def _client(app: Any, **headers: str) -> AsyncIterator[httpx.AsyncClient]:
     transport = httpx.ASGITransport(app=app, client=CLIENT)
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:

@@ -70,13 +70,6 @@ BAD_TEXT = [
 ]
 
 
-@pytest.fixture
-def guard() -> Iterator[KeyGuard]:
-    g = KeyGuard({"store": "memory://", "policy": {"allow_private_ips": True}})
-    yield g
-    g.close()
-
-
 # -- refused before storing ------
 
 

@@ -334,7 +334,11 @@ class KeyManager:
         return self._info(record)
 
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyInfo]:
-        """Keys sorted by creation time. Nothing in a listing can authenticate."""
+        """Keys sorted by creation time (suspended ones too; revoked ones only with
+        `include_revoked`). Nothing in a listing can authenticate. A stored row that
+        does not decode is logged and left out (see `stores.base`)."""
+        if owner is not None and not (isinstance(owner, str) and text_ok(owner)):
+            raise InvalidKeySettings("owner", "must be a string of valid Unicode")
         return [self._info(r) for r in self._store().list(owner, include_revoked)]
 
     def _modify(
