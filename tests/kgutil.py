@@ -48,8 +48,8 @@ class CountingStore(MemoryStore):
             self.hold.wait(5)
         return super().get(key_id)
 
-    def touch(self, last_used: Mapping[str, float]) -> None:
-        self.touches.append(dict(last_used))
+    def touch(self, last_used: Mapping[str, tuple[float, str | None]]) -> None:
+        self.touches.append({key_id: ts for key_id, (ts, _ip) in last_used.items()})
         super().touch(last_used)
 
 

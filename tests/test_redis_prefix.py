@@ -13,8 +13,8 @@ import redis
 from keyguard import KeyGuard
 from keyguard.client import SignedAuth
 from keyguard.crypto import generate_master_key
-from keyguard.exceptions import RequestRejected
 from keyguard.decision import Facts
+from keyguard.exceptions import RequestRejected
 
 
 @pytest.fixture

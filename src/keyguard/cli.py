@@ -2,7 +2,7 @@
 
     keyguard [--store URL] [--settings FILE] keys create --owner O --name N [--scope S]...
     keyguard keys list [--owner O] [--all] [--json]
-    keyguard keys show|revoke|delete ID
+    keyguard keys show|revoke|suspend|resume|delete ID
     keyguard keys rotate ID [--grace 24h]
     keyguard keys reencrypt          (signing secrets -> newest master key)
 
@@ -28,7 +28,13 @@ import click
 from rich.console import Console
 from rich.table import Table
 
-from .exceptions import ConfigurationError, InvalidKeySettings, KeyGuardError, KeyNotFound
+from .exceptions import (
+    ConfigurationError,
+    InvalidKeySettings,
+    KeyGuardError,
+    KeyNotFound,
+    shown_id,
+)
 from .guard import KeyGuard
 from .keys import duration
 from .models import IssuedKey, KeyInfo
@@ -301,6 +307,24 @@ def revoke(ctx: click.Context, key_id: str) -> None:
 
 @keys.command()
 @click.argument("key_id")
+@click.pass_context
+def suspend(ctx: click.Context, key_id: str) -> None:
+    """Refuse the key until it is resumed (nothing else about it changes)."""
+    key = _guard(ctx).keys.suspend(key_id)
+    click.echo(f"Suspended key {key.id} ({key.name}).")
+
+
+@keys.command()
+@click.argument("key_id")
+@click.pass_context
+def resume(ctx: click.Context, key_id: str) -> None:
+    """Accept a suspended key again (counts against the owner's key limit)."""
+    key = _guard(ctx).keys.resume(key_id)
+    click.echo(f"Resumed key {key.id} ({key.name}).")
+
+
+@keys.command()
+@click.argument("key_id")
 @click.option(
     "--grace",
     type=Duration(),
@@ -322,7 +346,7 @@ def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> 
 def delete(ctx: click.Context, key_id: str, yes: bool) -> None:
     """Delete a key for good (revoke keeps it listed)."""
     if not yes and sys.stdin.isatty():
-        click.confirm(f"Delete key {key_id}?", abort=True, err=True)
+        click.confirm(f"Delete key {shown_id(key_id)}?", abort=True, err=True)
     _guard(ctx).keys.delete(key_id)
     click.echo(f"Deleted key {key_id}.")
 
