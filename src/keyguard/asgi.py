@@ -22,6 +22,7 @@ from .body import asgi_body, asgi_target
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
+from .wiring import install
 
 
 class KeyUser(BaseUser):
@@ -77,6 +78,7 @@ class KeyGuardMiddleware:
         guard: KeyGuard | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
+        install(self, app)  # a second KeyGuard door in this chain: ConfigurationError
         self.app = app
         self.guard = guard_from(guard, settings)
         # raw header name -> the name the guard reads, decoded once here

@@ -46,6 +46,7 @@ from .ratelimit import Abuse
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import Signed, SignedRequests
+from .startup import log_start
 from .stores import Store, open_store
 from .tokens import TokenParser
 
@@ -117,6 +118,7 @@ class KeyGuard:
         self.keys = KeyManager(self)
         self.abuse = Abuse(s, self.store)
         atexit.register(_flush_at_exit, weakref.ref(self))
+        log_start(s)  # INFO: which store and cache (passwords masked); WARNING: many workers
 
     # -- start-up -----------------------------------------------------------
 

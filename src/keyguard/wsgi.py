@@ -16,6 +16,7 @@ from .asgi import guard_from
 from .body import wsgi_body, wsgi_target
 from .exceptions import RequestRejected, problem
 from .guard import Facts, KeyGuard
+from .wiring import install
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -36,6 +37,7 @@ class KeyGuardMiddleware:
         guard: KeyGuard | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
+        install(self, app)  # a second KeyGuard door in this chain: ConfigurationError
         self.app = app
         self.guard = guard_from(guard, settings)
         self._environ_names = [
