@@ -255,7 +255,7 @@ def test_list_table_shows_the_columns(cli: Callable[..., Run], guard: KeyGuard) 
 
     run = cli("keys", "list")
     assert run.code == 0 and run.err == "", run
-    header = next(line for line in run.out.splitlines() if " id " in line)
+    header = next(line for line in run.out.splitlines() if line.startswith("id "))
     for column in ("name", "hint", "scopes", "created", "last used", "expires", "status"):
         assert column in header
     rows = {k["name"]: line for k in (used_key, fresh) for line in run.out.splitlines()
@@ -452,9 +452,10 @@ def test_env_store_and_precedence(
     other = f"sqlite:///{tmp_path / 'other.db'}"
     path = tmp_path / "s.toml"
     path.write_text(f'store = "{other}"\n')
-    # the environment beats the file, --store beats both
-    assert len(kg("--settings", str(path), "keys", "list", "--json").json()) == 1
-    assert kg("--settings", str(path), "--store", other, "keys", "list", "--json").json() == []
+    # as for KeyGuard(dict): the file (the settings dict) beats the environment,
+    # and --store beats both
+    assert kg("--settings", str(path), "keys", "list", "--json").json() == []
+    assert len(kg("--settings", str(path), "--store", db, "keys", "list", "--json").json()) == 1
 
 
 def test_env_policy_limit(cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch) -> None:
