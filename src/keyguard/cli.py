@@ -25,6 +25,7 @@ import logging
 import re
 import shutil
 import sys
+import textwrap
 import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -438,7 +439,7 @@ def list_(
     if found:
         Console(width=10_000 if wide else width, soft_wrap=wide).print(table)
     if hidden:
-        click.echo(f"(hidden: {', '.join(hidden)}; --wide shows all)")
+        click.echo(textwrap.fill(f"(hidden: {', '.join(hidden)}; --wide shows all)", width))
 
 
 @keys.command()
