@@ -31,6 +31,8 @@ import redis
 import keyguard
 from keyguard import KeyGuard
 
+from .kgutil import stop_process
+
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 SRC = str(Path(keyguard.__file__).resolve().parents[1])
@@ -316,12 +318,7 @@ def test_demo_runs_and_its_printed_key_works(tmp_path: Path, script: str, last_l
             r = client.get("/v1/admin/stats", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 403 and r.json()["code"] == "insufficient_scope"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         lines.thread.join(timeout=10)  # EOF once the child is gone
         if proc.stdout:
             proc.stdout.close()

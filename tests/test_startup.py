@@ -18,6 +18,8 @@ import keyguard
 from keyguard import KeyGuard
 from keyguard.startup import server_workers
 
+from .kgutil import stop_process
+
 SRC = str(Path(keyguard.__file__).resolve().parents[1])
 BIN = Path(sys.executable).parent
 
@@ -125,12 +127,7 @@ def _serve(argv: list[str], cwd: Path, needle: str) -> str:
     try:
         return _until_line(proc, needle, timeout=30)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+        stop_process(proc, timeout=15)
         assert proc.stderr is not None
         proc.stderr.close()
 
