@@ -364,8 +364,8 @@ def _read_passphrase() -> str:
     return line
 
 
-# A listing's columns, and the order they are hidden in when the terminal is narrow.
-_ALWAYS = ("id", "name", "status")
+# A listing's columns, and the order they are hidden in when the terminal is narrow
+# (id, name and status always show).
 _DROP_ORDER = ("created", "hint", "owner", "last used", "expires", "scopes")
 _WRAPS = {"name": 16, "scopes": 16}  # these wrap onto more lines rather than be hidden
 
