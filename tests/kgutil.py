@@ -155,3 +155,13 @@ def stop_process(proc: Any, timeout: float = 10.0) -> None:
     except Exception:  # subprocess.TimeoutExpired
         proc.kill()
         proc.wait(timeout=timeout)
+
+
+def facts(method: str, path: str | None, peer: str | None, headers: Any, **attrs: Any) -> Any:
+    """A `Facts` with extra attributes set (a signed body, say), as the body need sets them."""
+    from keyguard.decision import Facts
+
+    made = Facts(method, path, peer, headers)
+    for name, value in attrs.items():
+        setattr(made, name, value)
+    return made

@@ -13,6 +13,7 @@ import pytest
 from keyguard import KeyGuard
 from keyguard.decision import ADMIT, BODY, FAILED, FETCH, REMEMBER, SLOW, Facts, Need, step
 
+from .kgutil import facts as make_facts
 from .kgutil import other_secret
 from .signing_util import MASTER, signed
 
@@ -36,7 +37,7 @@ def bearer(token: str, path: str = "/x", peer: str = "203.0.113.5", **extra: str
 def signed_facts(key: Any, peer: str = "203.0.113.5", **extra: str) -> Facts:
     headers = {k.lower(): [v] for k, v in signed(key.info.id, key.secret, "GET", "/x").items()}
     headers.update({k: [v] for k, v in extra.items()})
-    return Facts("GET", "/x", peer, headers, body=b"", raw_path="/x")
+    return make_facts("GET", "/x", peer, headers, body=b"", raw_path="/x")
 
 
 CASES: list[Any] = [
@@ -75,7 +76,7 @@ async def test_both_drivers_give_the_same_verdict(
 ) -> None:
     one, two = twin_guards()
     facts = make(one)
-    again = Facts(
+    again = make_facts(
         facts.method,
         facts.path,
         facts.peer,
@@ -169,7 +170,7 @@ async def test_a_refusal_from_the_io_becomes_the_verdict() -> None:
 
 
 def signed_facts_again(facts: Facts) -> Facts:
-    return Facts(facts.method, facts.path, facts.peer, facts.headers, body=b"", raw_path="/x")
+    return make_facts(facts.method, facts.path, facts.peer, facts.headers, body=b"", raw_path="/x")
 
 
 def test_the_async_driver_runs_on_any_event_loop() -> None:

@@ -13,8 +13,9 @@ import redis
 from keyguard import KeyGuard
 from keyguard.client import SignedAuth
 from keyguard.crypto import generate_master_key
-from keyguard.decision import Facts
 from keyguard.exceptions import RequestRejected
+
+from .kgutil import facts as make_facts
 
 
 @pytest.fixture
@@ -54,7 +55,7 @@ def test_replay_refused_by_the_other_instance(pair: tuple[KeyGuard, KeyGuard]) -
     headers = {k.lower(): [v] for k, v in signed.items()}
 
     def send(guard: KeyGuard) -> str:
-        facts = Facts("GET", "/x", "203.0.113.5", dict(headers), body=b"", raw_path="/x")
+        facts = make_facts("GET", "/x", "203.0.113.5", dict(headers), body=b"", raw_path="/x")
         error = guard.check(facts).error
         return "ok" if error is None else error.code
 

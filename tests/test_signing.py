@@ -388,9 +388,11 @@ def test_one_signature_from_many_threads_passes_once(
 
     from keyguard.decision import Facts
 
+    from .kgutil import facts as make_facts
+
     def facts_of(headers: dict[str, str]) -> Facts:
         lowered = {k.lower(): [v] for k, v in headers.items()}
-        return Facts("GET", "/x", "203.0.113.1", lowered, body=b"", raw_path="/x")
+        return make_facts("GET", "/x", "203.0.113.1", lowered, body=b"", raw_path="/x")
 
     if warm:  # the key cached before the race
         assert guard.check(facts_of(signed(key.info.id, key.secret, "GET", "/x", now=clock.now)))

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .decision import Facts
+from .decision import Facts, Verdict
 from .exceptions import ConfigurationError, RequestRejected
 from .guard import KeyGuard
 from .models import KeyInfo
@@ -69,7 +69,7 @@ class KeyGuardMiddleware:
         # raw header name -> the name the guard reads, decoded once here
         names = {*self.guard.header_names, "content-length"}  # the length for signed bodies
         self._wanted = {n.encode(): n for n in names}
-        self._check = self.guard.drivers.arun
+        self._start, self._finish = self.guard.drivers.start, self.guard.drivers.finish
         fastapi_helpers = sys.modules.get("keyguard.fastapi")
         if fastapi_helpers is not None:  # so the docs page's Authorize button sends our header
             fastapi_helpers.document_header(self.guard.settings.header)
@@ -86,16 +86,18 @@ class KeyGuardMiddleware:
             if text is not None:
                 headers.setdefault(text, []).append(value.decode("latin-1"))
         client = scope.get("client")
-        facts = Facts(
-            scope.get("method", "GET").upper(),  # what the app routes (SPEC section 4 step 0):
-            route_path(scope["path"], scope.get("root_path", "")),  # below the mount point
+        facts = Facts(  # what the app routes (SPEC section 4 step 0): the method upper-cased,
+            scope.get("method", "GET").upper(),  # the path below the mount point
+            route_path(scope["path"], root) if (root := scope.get("root_path")) else scope["path"],
             client[0] if client else None,
             headers,
             scope.get("scheme") or ("ws" if kind == "websocket" else "http"),
-            source=scope,
-            receive=receive,
+            scope,  # source and receive: where a signed body is read from
+            receive,
         )
-        verdict = await self._check(facts)
+        verdict = self._start(facts)  # the warm path answers here, without an await
+        if verdict.__class__ is not Verdict:
+            verdict = await self._finish(facts, verdict)
         if verdict.error is not None:
             await verdict.error.asgi(scope, send)
             return

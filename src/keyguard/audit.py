@@ -152,7 +152,7 @@ def audited(
 
 
 def observe(facts: Facts, verdict: Verdict, known: Known | None) -> None:
-    """The drivers' observer: one `request.denied` event for every refusal, from
+    """The drivers' observer of refusals: one `request.denied` event for each, from
     what the verdict says (the key named, whether its secret was proven, the
     client as step 6 found it). Cheap when INFO is off."""
     exc = verdict.error
@@ -241,5 +241,5 @@ def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
         if verdict.key_id is not None:
             (miss if known is not None and known.fetched else hit)()
 
-    drivers.observers.append(count)
+    drivers.observers.append(count)  # every verdict
     return metrics

@@ -184,12 +184,11 @@ class KeyCache:
         self._epoch_lock = threading.Lock()
         self.shared = shared(self.dropped, self.dropped_all)
         self._flight: SingleFlight[Any] = SingleFlight(self._load)
+        # The live slot for a key id, without I/O (the step's look-up): the local
+        # cache's own `get`, with no call of ours around it.
+        self.peek: Callable[[str], Slot | None] = self._local.get
 
     # -- reads ---------------------------------------------------------------
-
-    def peek(self, key_id: str) -> Slot | None:
-        """The live slot for `key_id`, without I/O (the step's look-up)."""
-        return self._local.get(key_id)
 
     def load(self, key_id: str) -> Any:
         """The entry (or ABSENT), from the shared cache or the store: I/O, single-flight."""

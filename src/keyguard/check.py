@@ -8,12 +8,14 @@ worker thread for anything that may block (a store or Redis call; argon2, at
 most `SLOW_THREADS` at a time) or by awaiting the ASGI body. Then `settle`
 (one function for both) applies what the verdict says besides the answer: the
 memo the warm path may keep, the buffered last use, and the observers (audit,
-metrics). A refusal raised by the I/O itself (a store down, a rate limit spent,
+metrics). The async driver's first step call is plain (`start`): a request
+the step answers at once (the warm path) never creates a coroutine. A refusal raised by the I/O itself (a store down, a rate limit spent,
 a replayed signature) goes back to the step, which turns it into the verdict.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +23,7 @@ import anyio
 import anyio.to_thread
 
 from . import body
-from .decision import ADMIT, BODY, FAILED, FETCH, REMEMBER, SLOW, Facts, Known, Need, Verdict, step
+from .decision import ADMIT, BODY, FETCH, REMEMBER, SLOW, Facts, Known, Need, Verdict, step
 from .exceptions import RequestRejected
 
 if TYPE_CHECKING:
@@ -30,13 +32,15 @@ if TYPE_CHECKING:
     from .signing import SignedRequests
 
 SLOW_THREADS = 2  # worker threads that may run argon2 for requests at once
+FLUSH_INTERVAL = 60.0  # seconds between writes of the buffered last uses
 
 Observer = Callable[[Facts, Verdict, "Known | None"], None]
 
 
 class Drivers:
     """What the drivers need besides the step's parts: where each Need is done,
-    what is buffered after a pass, and who observes verdicts."""
+    the buffer of last uses, and who observes verdicts (`observers` see every
+    verdict, `refusals` only the refused ones)."""
 
     def __init__(
         self,
@@ -44,14 +48,21 @@ class Drivers:
         cache: Any,
         abuse: Abuse,
         replay: SignedRequests,
-        used: Callable[[str, Verdict, Facts], None],
+        clock: Callable[[], float],
+        flush: Callable[[], None],
     ) -> None:
         self.parts = parts
         self.cache = cache
         self.abuse = abuse
         self.replay = replay
-        self.used = used
+        self.clock = clock
+        self.flush = flush  # writes `used` out; run in a thread once a minute
+        # key id -> (time, client): an address, or the peer's text (a verdict whose
+        # client is the peer does not parse it), made text when written.
+        self.used: dict[str, tuple[float, Any]] = {}
+        self.next_flush = clock() + FLUSH_INTERVAL
         self.observers: list[Observer] = []
+        self.refusals: list[Observer] = []
         self.slow = anyio.CapacityLimiter(SLOW_THREADS)
 
     def run(self, facts: Facts) -> Verdict:
@@ -74,8 +85,7 @@ class Drivers:
                 elif kind is REMEMBER:
                     self.replay.remember(arg)
                     known.remembered = True
-                else:
-                    assert kind is FAILED
+                else:  # FAILED
                     known.counted = True
                     self.abuse.failed(arg)
             except RequestRejected as exc:
@@ -84,10 +94,25 @@ class Drivers:
         self.settle(facts, out, known)
         return out
 
+    def start(self, facts: Facts) -> Verdict | Need:
+        """The async driver's first call, which needs no await: the step's first
+        answer, settled when it is a verdict (the warm path ends here)."""
+        out = step(self.parts, facts)
+        if out.__class__ is Verdict:
+            self.settle(facts, out, None)
+        return out
+
     async def arun(self, facts: Facts) -> Verdict:
-        """The async driver: the same loop; blocking I/O in worker threads."""
+        """The async driver: `start`, then the same loop as `run` with blocking I/O
+        in worker threads."""
+        out = self.start(facts)
+        if out.__class__ is Verdict:
+            return out
+        return await self.finish(facts, out)
+
+    async def finish(self, facts: Facts, out: Verdict | Need) -> Verdict:
+        """The async driver after `start` answered a Need."""
         parts = self.parts
-        out = step(parts, facts)
         known = None
         while isinstance(out, Need):
             kind, arg, known = out
@@ -107,8 +132,7 @@ class Drivers:
                 elif kind is REMEMBER:
                     await self.replay.aremember(arg)
                     known.remembered = True
-                else:
-                    assert kind is FAILED
+                else:  # FAILED
                     known.counted = True
                     await self.abuse.afailed(arg)
             except RequestRejected as exc:
@@ -124,7 +148,17 @@ class Drivers:
             memo = verdict.memo
             if memo is not None:
                 self.cache.remember(*memo)
-            self.used(entry.record.id, verdict, facts)
+            now = self.clock()  # `last_used_at` and `_from`, buffered
+            self.used[entry.record.id] = (
+                now,
+                facts.peer if verdict.peer_is_client else verdict.client,
+            )
+            if now >= self.next_flush:
+                self.next_flush = now + FLUSH_INTERVAL
+                threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
+        elif verdict.error is not None:
+            for observe in self.refusals:
+                observe(facts, verdict, known)
         for observe in self.observers:
             observe(facts, verdict, known)
 
@@ -134,7 +168,7 @@ class Drivers:
         checks), shown to the observers as the step's verdicts are."""
         client = self.parts.clients.resolve(facts.peer, facts.headers)
         verdict = Verdict(None, exc, key_id, key_id is not None, client, False)
-        for observe in self.observers:
+        for observe in (*self.refusals, *self.observers):
             observe(facts, verdict, None)
 
 

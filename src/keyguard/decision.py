@@ -28,6 +28,7 @@ import hmac
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cache import Slot, _Absent
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     from .signing import Signed, SignedRequests
 
 WARM_ROUTES = 256  # routes one cached key remembers as passed (see cache.Slot)
+_NO_HEADERS: Mapping[str, Sequence[str]] = MappingProxyType({})
 
 
 @dataclass(slots=True, eq=False)
@@ -87,31 +89,48 @@ class Verdict(NamedTuple):
 PUBLIC = Verdict(None, None)  # a public path: nothing checked, nothing to say
 
 
-@dataclass(slots=True)
 class Facts:
     """One request as a door gathered it, or as `verify` describes a bare token.
 
     `method` upper-cased and `path` below the mount point: what the app routes
     (SPEC section 4 step 0); `path` None means no route (`verify`, the admin
     app): no rules or public paths apply, only `scopes`. `scheme` None means no
-    transport to judge (`verify`). Header names are lower-case. Headers, token,
-    passphrase and body hold credentials, so `repr` leaves them out."""
+    transport to judge (`verify`). Header names are lower-case. `source` (and
+    `receive`, ASGI) is where the body need reads a signed body from. Headers,
+    token, passphrase and body hold credentials, so `repr` leaves them out.
 
-    method: str
-    path: str | None
-    peer: str | None
-    headers: Mapping[str, Sequence[str]] = field(default_factory=dict, repr=False)
-    scheme: str | None = "http"
+    A plain class, not a dataclass: a door makes one per request, and setting
+    only what it has (the rest are class-level defaults) costs the least."""
+
     scopes: tuple[str, ...] = ()  # needed beyond the rules (verify's, the admin app's)
-    token: str | None = field(default=None, repr=False)  # verify(): the credential itself
-    passphrase: str | None = field(default=None, repr=False)  # verify()'s
+    token: str | None = None  # verify(): the credential itself
+    passphrase: str | None = None  # verify()'s
     target: str | None = None  # the path the audit trail names when `path` is None
-    source: Any = field(default=None, repr=False)  # where a signed body is read from (body.py)
-    receive: Any = field(default=None, repr=False)  # ASGI: replaced by one replaying the body
     # Filled in by the body need for a signed request:
-    body: bytes | None = field(default=None, repr=False)
+    body: bytes | None = None
     raw_path: str | None = None
-    query: str = field(default="", repr=False)
+    query: str = ""
+
+    def __init__(
+        self,
+        method: str,
+        path: str | None,
+        peer: str | None,
+        headers: Mapping[str, Sequence[str]] = _NO_HEADERS,
+        scheme: str | None = "http",
+        source: Any = None,
+        receive: Any = None,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.peer = peer
+        self.headers = headers
+        self.scheme = scheme
+        self.source = source
+        self.receive = receive
+
+    def __repr__(self) -> str:
+        return f"Facts(method={self.method!r}, path={self.path!r}, peer={self.peer!r})"
 
 
 class Need(NamedTuple):
@@ -153,7 +172,7 @@ class Parts:
     router: Router
     clients: ClientResolver
     tokens: TokenParser
-    cache: Any  # cache.KeyCache: `peek(key_id) -> Slot | None`
+    peek: Any  # the key cache's look-up without I/O: key id -> live Slot | None
     abuse: Abuse
     signing: SignedRequests
     clock: Any
@@ -165,6 +184,7 @@ class Parts:
     # Headers that take a request off the remembered-route shortcut: forwarding
     # headers (the client is then not the peer) and the passphrase.
     cold: frozenset[str] = frozenset()
+    signed: frozenset[str] = frozenset()  # the headers that make a request a signed one
 
 
 def invalid_key() -> AuthenticationError:
@@ -204,17 +224,6 @@ def credential(authorization: Sequence[str], api_key: Sequence[str], signed: boo
     return tokens.pop()
 
 
-def remembered(slot: Slot | None, token: str) -> bool:
-    """Steps 2-3 from memory: this exact token already proved the cached entry's
-    current secret. Compared in constant time (`compare_digest` takes ASCII only)."""
-    return (
-        slot is not None
-        and slot.proof is not None
-        and token.isascii()
-        and hmac.compare_digest(slot.proof, token)
-    )
-
-
 def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa: C901
     """SPEC section 4, in order. Called again by the driver with `k` after each Need."""
     key_id: str | None = None
@@ -247,7 +256,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             token = f.token
         else:
             token = credential(
-                h.get("authorization", ()), h.get(p.header, ()), p.signing.is_signed(h)
+                h.get("authorization", ()), h.get(p.header, ()), not p.signed.isdisjoint(h)
             )
         now = p.clock()
         signed: Signed | None = None
@@ -256,10 +265,15 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             claimed = p.tokens.quick_id(token)  # named in the verdict only once believed
             if claimed is None:
                 raise invalid_key()
-            slot = p.cache.peek(claimed)
+            slot = p.peek(claimed)
             fresh_proof = False  # did this request prove the current secret (not remembered)?
-            if slot is not None and remembered(slot, token):
-                entry = slot.entry  # this very token proved this entry before (steps 2-3)
+            if (  # steps 2-3 from memory: this very token proved this entry before
+                slot is not None
+                and slot.proof is not None
+                and token.isascii()  # (compare_digest takes ASCII text only)
+                and hmac.compare_digest(slot.proof, token)
+            ):
+                entry = slot.entry
                 key_id, proven = claimed, True
                 if (
                     (f.peer, f.method, f.path) in slot.routes
@@ -291,7 +305,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             signed = p.signing.begin(f)  # pure: run again on each call, as cheap as keeping it
             key_id = signed.key_id
             # 3. The key is found (a signing key), and the signature matches.
-            slot = p.cache.peek(key_id)
+            slot = p.peek(key_id)
             found = _found(p, k, slot, key_id)
             if isinstance(found, Need):
                 return found

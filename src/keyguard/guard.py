@@ -5,8 +5,9 @@
              -> the step's parts (decision.py) and its two drivers (check.py)
 
 `verify`/`averify` describe a bare token as `Facts` and run the same drivers
-as the doors. `last_used_at` and `last_used_from` are buffered in memory and
-written in one batch a minute (and on `close()`), never once per request.
+as the doors. `last_used_at` and `last_used_from` are buffered by the drivers
+and written here in one batch a minute (and on `close()`), never once per
+request.
 """
 
 from __future__ import annotations
@@ -43,7 +44,6 @@ if TYPE_CHECKING:
     from .shared import SharedCache
 
 logger = logging.getLogger("keyguard")
-FLUSH_INTERVAL = 60.0
 _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
 
 
@@ -92,7 +92,7 @@ class KeyGuard:
             router=self.router,
             clients=self.clients,
             tokens=TokenParser(s.token_prefix),
-            cache=self.cache,
+            peek=self.cache.peek,
             abuse=self.abuse,
             signing=self.signing,
             clock=clock,
@@ -101,13 +101,12 @@ class KeyGuard:
             require_tls=s.require_tls,
             setup=lambda: self.hasher,
             cold=self.clients.header_names | {self.passphrase_header},
+            signed=self.signing.names,  # empty unless signed requests can be checked
         )
-        # key id -> (time, client): an address, or the peer's text (a verdict whose
-        # client is the peer does not parse it), made text when read.
-        self._used: dict[str, tuple[float, IPAddress | str | None]] = {}
-        self._next_flush = clock() + FLUSH_INTERVAL
-        self.drivers = Drivers(self.parts, self.cache, self.abuse, self.signing, self._use)
-        self.drivers.observers.append(audit.observe)
+        self.drivers = Drivers(
+            self.parts, self.cache, self.abuse, self.signing, clock, lambda: self.flush()
+        )
+        self.drivers.refusals.append(audit.observe)
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
@@ -204,24 +203,16 @@ class KeyGuard:
 
     # -- last use -----------------------------------------------------------
 
-    def _use(self, key_id: str, verdict: Verdict, facts: Facts) -> None:
-        """A pass: `last_used_at` and `_from`, buffered; once a minute a thread writes
-        the batch."""
-        now = self.clock()
-        self._used[key_id] = (now, facts.peer if verdict.peer_is_client else verdict.client)
-        if now >= self._next_flush:
-            self._next_flush = now + FLUSH_INTERVAL
-            threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
-
     def pending_use(self, key_id: str) -> tuple[float, str | None] | None:
         """The buffered last use of a key not yet flushed: (time, client IP)."""
-        use = self._used.get(key_id)
+        use = self.drivers.used.get(key_id)
         return None if use is None else (use[0], _client_text(use[1]))
 
     def flush(self) -> None:
         """Write buffered last uses (time and client IP) to the store (best effort)."""
         self.abuse.flush()
-        used, self._used = self._used, {}
+        drivers = self.drivers
+        used, drivers.used = drivers.used, {}
         if not used:
             return
         # A request thread that read `self._used` just before the swap may still add
@@ -232,7 +223,7 @@ class KeyGuard:
             self.store.touch({k: (ts, _client_text(ip)) for k, (ts, ip) in used.items()})
         except StoreError:
             for key_id, use in used.items():  # keep them for the next try
-                self._used.setdefault(key_id, use)
+                drivers.used.setdefault(key_id, use)
 
     def close(self) -> None:
         self.flush()
@@ -249,15 +240,11 @@ def _bare(
     passphrase: str | None,
 ) -> Facts:
     """`verify`'s facts: no route, no transport, the client (if named) as the peer."""
-    return Facts(
-        "",
-        None,
-        None if client_ip is None else str(client_ip),
-        scheme=None,
-        scopes=(scopes,) if isinstance(scopes, str) else tuple(scopes),
-        token=token if isinstance(token, str) else "",
-        passphrase=passphrase,
-    )
+    facts = Facts("", None, None if client_ip is None else str(client_ip), scheme=None)
+    facts.scopes = (scopes,) if isinstance(scopes, str) else tuple(scopes)
+    facts.token = token if isinstance(token, str) else ""
+    facts.passphrase = passphrase
+    return facts
 
 
 def _client_text(client: IPAddress | str | None) -> str | None:

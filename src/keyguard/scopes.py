@@ -115,13 +115,11 @@ class Router:
     def __init__(self, public_paths: Sequence[str], rules: Sequence[Rule]) -> None:
         self._public = [glob(p) for p in public_paths]
         self._rules = [(glob(r.path), _methods(r.methods), r.scopes) for r in rules]
-        self._public_memo = lru_cache(maxsize=4096)(self._is_public)
+        # Memoised per path: the memory is bounded by maxsize times the longest path a
+        # server accepts (h11: 16 KiB), and the call is the memo itself, with nothing
+        # around it (every request asks).
+        self.is_public = lru_cache(maxsize=1024)(self._is_public)
         self._required_memo = lru_cache(maxsize=4096)(self._required)
-
-    def is_public(self, path: str) -> bool:
-        if len(path) > MEMO_PATH_LEN:
-            return self._is_public(path)
-        return self._public_memo(path)
 
     def required(self, method: str, path: str) -> tuple[str, ...]:
         """The scopes a request needs: the union of every matching rule's."""

@@ -59,7 +59,7 @@ class KeyGuardMiddleware:
             environ.get("REMOTE_ADDR"),
             headers,
             environ.get("wsgi.url_scheme", "http"),
-            source=environ,
+            environ,  # source: where a signed body is read from
         )
         verdict = self._check(facts)
         if verdict.error is not None:

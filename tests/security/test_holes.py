@@ -29,6 +29,7 @@ from keyguard.scopes import Router, glob
 from keyguard.settings import Rule
 from keyguard.wsgi import KeyGuardMiddleware as WSGIGuard
 
+from ..kgutil import facts as make_facts
 from ..kgutil import other_secret
 from ..signing_util import MASTER, signed
 
@@ -444,13 +445,15 @@ def test_request_objects_never_show_credentials_in_repr() -> None:
     guard = make(signing={"master_keys": [MASTER]})
     token = guard.keys.create(owner="o", name="n", passphrase="a long passphrase").token or ""
     key = guard.keys.create(owner="o", name="s", kind="signing", passphrase="sign passphrase")
-    facts = Facts(
+    facts = make_facts(
         "POST",
         "/x",
         "127.0.0.1",
         {"authorization": [f"Bearer {token}"], "kg-passphrase": ["a long passphrase"]},
         query="token=" + token,
         body=b"secret body " + token.encode(),
+        token=token,
+        passphrase="a long passphrase",
     )
     sfacts = Facts(
         "POST", "/x", "127.0.0.1", {k.lower(): [v] for k, v in _signed_headers(key).items()}

@@ -285,15 +285,10 @@ class AdminAPI:
             if name in wanted:
                 headers.setdefault(name, []).append(value)
         peer = request.client.host if request.client else None
-        return Facts(
-            request.method,
-            None,  # no rules or public paths: the admin scope is what every request needs
-            peer,
-            headers,
-            request.url.scheme,
-            scopes=(ADMIN_SCOPE,),
-            target=request.url.path,
-        )
+        # No rules or public paths (path None): the admin scope is what every request needs.
+        facts = Facts(request.method, None, peer, headers, request.url.scheme)
+        facts.scopes, facts.target = (ADMIN_SCOPE,), request.url.path
+        return facts
 
     def _client_ip(self, facts: Facts) -> str | None:
         ip = self.guard.clients.resolve(facts.peer, facts.headers)
