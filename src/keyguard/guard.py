@@ -30,6 +30,7 @@ from .check import Drivers
 from .decision import Entry, Facts, Parts, Verdict
 from .exceptions import ConfigurationError, StoreError
 from .hashing import Hasher
+from .keys import KeyManager
 from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
@@ -107,9 +108,15 @@ class KeyGuard:
             self.parts, self.cache, self.abuse, self.signing, clock, lambda: self.flush()
         )
         self.drivers.refusals.append(audit.observe)
-        from .keys import KeyManager
-
-        self.keys = KeyManager(self)
+        self.keys = KeyManager(
+            self.store,
+            s,
+            self.cache,
+            self.signing.ring,
+            clock,
+            lambda: self.hasher,
+            self.pending_use,
+        )
         atexit.register(_flush_at_exit, weakref.ref(self))
         log_start(s)  # INFO: which store and cache (passwords masked); WARNING: many workers
 

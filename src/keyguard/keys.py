@@ -29,7 +29,11 @@ from .network import PRIVATE_RANGES, parse_allowlist
 from .settings import _check_rate
 
 if TYPE_CHECKING:
-    from .guard import KeyGuard
+    from .cache import KeyCache
+    from .crypto import MasterKeyRing
+    from .hashing import Hasher
+    from .settings import Settings
+    from .stores import Store
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -203,19 +207,40 @@ def _lost_master_key(key_id: str) -> ConfigurationError:
 
 
 class KeyManager:
-    def __init__(self, guard: KeyGuard) -> None:
-        self._guard = guard
+    """`guard.keys`. Built by `KeyGuard` from its parts: the store, the settings
+    (policy, token prefix), the key cache (every change is forgotten there, on
+    every instance), the master-key ring of signing secrets, the clock, `setup`
+    (the hasher; the store set up on first use) and `pending_use` (the drivers'
+    buffered last uses, so a listing shows them before they are flushed)."""
+
+    def __init__(
+        self,
+        store: Store,
+        settings: Settings,
+        cache: KeyCache,
+        ring: MasterKeyRing,
+        clock: Callable[[], float],
+        setup: Callable[[], Hasher],
+        pending_use: Callable[[str], tuple[float, str | None] | None],
+    ) -> None:
+        self._store_ = store
+        self._settings = settings
+        self._cache = cache
+        self._ring = ring
+        self._clock = clock
+        self._setup = setup
+        self._pending_use = pending_use
 
     # -- policy -------------------------------------------------------------
 
     def _allowlist(self, value: Iterable[str]) -> tuple[str, ...]:
-        nets = parse_allowlist(value, self._guard.settings.policy.allow_private_ips)
+        nets = parse_allowlist(value, self._settings.policy.allow_private_ips)
         return tuple(dict.fromkeys(str(n) for n in nets))
 
     def _cap(self, record: KeyRecord) -> KeyRecord:
         """A key without an allowlist (or with one that admits nearly everyone)
         lives at most `unrestricted_max_days`."""
-        days = self._guard.settings.policy.unrestricted_max_days
+        days = self._settings.policy.unrestricted_max_days
         if days is None or _restricted(record):
             return record.replace(unrestricted_since=None)
         since = record.unrestricted_since or record.created_at
@@ -224,14 +249,14 @@ class KeyManager:
         return record.replace(unrestricted_since=since, expires_at=expires)
 
     def _info(self, record: KeyRecord) -> KeyInfo:
-        pending = self._guard.pending_use(record.id)
+        pending = self._pending_use(record.id)
         if pending is not None and (record.last_used_at or 0) < pending[0]:
             record = record.replace(last_used_at=pending[0], last_used_from=pending[1])
         return record.info()
 
     def _store(self) -> Any:
-        self._guard.hasher  # noqa: B018 - sets the store up on first use
-        return self._guard.store
+        self._setup()  # sets the store up on first use
+        return self._store_
 
     # -- operations ---------------------------------------------------------
 
@@ -252,8 +277,7 @@ class KeyManager:
         metadata: Mapping[str, Any] | None = None,
     ) -> IssuedKey:
         """Issue a key. The token (or signing secret) is in the result, and only there."""
-        guard = self._guard
-        now = guard.clock()
+        now = self._clock()
         if expires_at is not None and expires_in is not None:
             raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
         field = "expires_at"
@@ -290,20 +314,19 @@ class KeyManager:
             metadata=metadata_value(metadata),
         )
         store = self._store()
-        hasher = guard.hasher
+        hasher = self._setup()
         record, token, secret = self._new_secret(record)
         if passphrase is not None:
             record = record.replace(passphrase_hash=hasher.hash_passphrase(passphrase))
         record = self._cap(record)
-        store.insert(record, guard.settings.policy.max_keys_per_owner, now)
-        guard.forget(record.id)
+        store.insert(record, self._settings.policy.max_keys_per_owner, now)
+        self._cache.forget(record.id)
         return IssuedKey(self._info(record), token=token, secret=secret)
 
     def _new_secret(self, record: KeyRecord) -> tuple[KeyRecord, str | None, str | None]:
         """A fresh secret for `record`: (record with its hash or ciphertext, token, secret)."""
-        guard = self._guard
         if record.kind == "signing":
-            ring = guard.signing.ring
+            ring = self._ring
             if not ring.enabled:
                 raise InvalidKeySettings(
                     "kind",
@@ -320,9 +343,9 @@ class KeyManager:
                 None,
                 secret,
             )
-        token, _secret = tokens.make_token(guard.settings.token_prefix, record.id)
+        token, _secret = tokens.make_token(self._settings.token_prefix, record.id)
         return (
-            record.replace(secret_hash=guard.hasher.hash_secret(_secret), hint=tokens.hint(token)),
+            record.replace(secret_hash=self._setup().hash_secret(_secret), hint=tokens.hint(token)),
             token,
             None,
         )
@@ -346,9 +369,9 @@ class KeyManager:
     ) -> KeyRecord:
         """Apply `change` atomically. A change that makes the key count toward its
         owner's limit again (revived, resumed) is refused at the limit, as a create."""
-        limit = self._guard.settings.policy.max_keys_per_owner
+        limit = self._settings.policy.max_keys_per_owner
         record: KeyRecord = self._store().modify(_key_id(key_id), change, limit, now)
-        self._guard.forget(key_id)
+        self._cache.forget(key_id)
         return record
 
     @audited("key.update")
@@ -366,7 +389,7 @@ class KeyManager:
         """Change the given fields; others stay. `expires_at=None` removes the expiry
         (for a key without an allowlist the cap still applies). A later expiry that
         makes an expired key live again counts against `max_keys_per_owner`."""
-        now = self._guard.clock()
+        now = self._clock()
         changes: dict[str, Any] = {}
         if not isinstance(name, _Unset):
             changes["name"] = _text("name", name)
@@ -392,7 +415,7 @@ class KeyManager:
     @audited("key.revoke")
     def revoke(self, key_id: str) -> KeyInfo:
         """Refuse the key from now on (it stays listed with `include_revoked`)."""
-        now = self._guard.clock()
+        now = self._clock()
         return self._info(
             self._modify(
                 key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now), now
@@ -403,7 +426,7 @@ class KeyManager:
     def suspend(self, key_id: str) -> KeyInfo:
         """Refuse the key (401 `suspended_key`) until `resume`; nothing else changes.
         Suspending a suspended key changes nothing; a revoked one: KeyStateConflict."""
-        now = self._guard.clock()
+        now = self._clock()
 
         def change(record: KeyRecord) -> KeyRecord:
             if record.revoked_at is not None:
@@ -416,7 +439,7 @@ class KeyManager:
     def resume(self, key_id: str) -> KeyInfo:
         """Accept a suspended key again. Counts against `max_keys_per_owner` as a
         create does (a suspended key does not count). A revoked key: KeyStateConflict."""
-        now = self._guard.clock()
+        now = self._clock()
 
         def change(record: KeyRecord) -> KeyRecord:
             if record.revoked_at is not None:
@@ -429,12 +452,12 @@ class KeyManager:
     def delete(self, key_id: str) -> None:
         if not self._store().delete(_key_id(key_id)):
             raise KeyNotFound(key_id)
-        self._guard.forget(key_id)
+        self._cache.forget(key_id)
 
     @audited("key.rotate")
     def rotate(self, key_id: str, grace: timedelta | float = timedelta(0)) -> IssuedKey:
         """A new secret now; the old one keeps working for `grace`, then stops."""
-        now = self._guard.clock()
+        now = self._clock()
         until = now + duration("grace", grace)
         issued: list[tuple[str | None, str | None]] = []
 
@@ -460,7 +483,7 @@ class KeyManager:
 
         Refuses (ConfigurationError, nothing changed) when a secret is under a
         master key that is no longer in the ring."""
-        ring = self._guard.signing.ring
+        ring = self._ring
         if not ring.enabled:
             raise ConfigurationError("signing.master_keys: no master key is configured")
         records = [r for r in self._store().list(None, True) if r.kind == "signing"]
@@ -488,7 +511,7 @@ class KeyManager:
             current = ring.is_current(r.encrypted_secret)
             if not (current and ring.is_current(r.previous_encrypted_secret)):
                 try:
-                    self._modify(r.id, change, self._guard.clock())
+                    self._modify(r.id, change, self._clock())
                 except KeyNotFound:  # deleted meanwhile: nothing to re-encrypt
                     continue
                 count += 1
