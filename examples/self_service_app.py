@@ -101,7 +101,7 @@ STYLE = (
 
 
 def _page(body: str, status: int = 200) -> HTMLResponse:
-    doc = f"<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
+    doc = "<!doctype html><meta charset=utf-8><meta name=viewport content='width=device-width'>"
     doc += f"<title>keyguard self-service demo</title><style>{STYLE}</style>{body}"
     return HTMLResponse(doc, status, headers={"cache-control": "no-store"})
 

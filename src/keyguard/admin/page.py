@@ -707,6 +707,13 @@ _JS = r"""
     for (const c of d.querySelectorAll('button.cancel')) c.addEventListener('click', () => closeDialog(d));
   }
 
+  // One request per form at a time: its submit button waits for the answer.
+  async function busy(form, send) {
+    const button = form.querySelector('button[type=submit]');
+    button.disabled = true;
+    try { return await send(); } finally { button.disabled = false; }
+  }
+
   function clearErrors(form) {
     for (const e of form.querySelectorAll('.error')) { e.textContent = ''; e.hidden = true; }
     for (const e of form.querySelectorAll('[aria-invalid]')) e.setAttribute('aria-invalid', 'false');
@@ -961,7 +968,7 @@ _JS = r"""
       if (p1 !== p2) { fieldError('c', 'passphrase2', 'The two passphrases differ: type the same one twice.'); return; }
       body.passphrase = p1;
     }
-    const res = await change('POST', '/keys', body, 'create');
+    const res = await busy(form, () => change('POST', '/keys', body, 'create'));
     if (res.status === 201) {
       clearPassphrases();
       closeDialog($('create-dialog'));
@@ -1005,7 +1012,7 @@ _JS = r"""
     const rate = readRate('e');
     if (rate !== (key.rate_limit || null)) body.rate_limit = rate;
     if (!Object.keys(body).length) { closeDialog($('edit-dialog')); say('Nothing to save: key "' + key.name + '" is unchanged.'); return; }
-    const res = await change('PATCH', '/keys/' + encodeURIComponent(key.id), body, 'update');
+    const res = await busy($('edit-form'), () => change('PATCH', '/keys/' + encodeURIComponent(key.id), body, 'update'));
     if (res.ok) {
       closeDialog($('edit-dialog'));
       await load();
@@ -1022,7 +1029,6 @@ _JS = r"""
     $('confirm-text').textContent = text;
     $('confirm-ok').textContent = okText;
     $('confirm-ok').className = withGrace ? 'primary' : 'danger';
-    $('confirm-ok').disabled = false;
     $('grace-wrap').hidden = !withGrace;
     const own = key.id === ownId();
     $('confirm-own').textContent = own ? ownText : '';
@@ -1034,9 +1040,7 @@ _JS = r"""
   $('confirm-form').addEventListener('submit', async (ev) => {
     ev.preventDefault();
     clearErrors($('confirm-form'));
-    $('confirm-ok').disabled = true;
-    const res = await confirmAction();
-    $('confirm-ok').disabled = false;
+    const res = await busy($('confirm-form'), confirmAction);
     if (res.ok) { closeDialog($('confirm-dialog')); return; }
     if (refused(res)) return;
     const err = $('confirm-error'); err.textContent = problemText(res); err.hidden = false;
