@@ -118,6 +118,18 @@ def _key_fields(p: str) -> str:
     </div>"""
 
 
+def _copy_row(name: str, label: str, what: str) -> str:
+    """One value of the secret dialog (`secret-<name>`), with its copy button."""
+    return f"""  <div class="field" id="secret-{name}-row">
+    <label for="secret-{name}">{label}</label>
+    <div class="copyrow">
+      <input id="secret-{name}" class="secret" readonly spellcheck="false" autocomplete="off">
+      <button type="button" class="primary copy" data-copy="secret-{name}" data-what="{what}" aria-label="Copy {what}">Copy</button>
+    </div>
+  </div>
+"""
+
+
 _TEMPLATE = (
     """<!doctype html>
 <html lang="en">
@@ -252,28 +264,11 @@ _TEMPLATE = (
   <h2 id="secret-title">Copy your new key</h2>
   <p class="warning" id="secret-warning"><strong>This is the only time it is shown.</strong>
     Store it in a secret manager now. If you lose it, rotate the key to get a new one.</p>
-  <div class="field" id="secret-token-row">
-    <label for="secret-token">API key</label>
-    <div class="copyrow">
-      <input id="secret-token" class="secret" readonly spellcheck="false" autocomplete="off">
-      <button type="button" class="primary copy" data-copy="secret-token" data-what="API key" aria-label="Copy API key">Copy</button>
-    </div>
-  </div>
-  <div class="field" id="secret-access-row">
-    <label for="secret-access">Access key</label>
-    <div class="copyrow">
-      <input id="secret-access" class="secret" readonly spellcheck="false" autocomplete="off">
-      <button type="button" class="primary copy" data-copy="secret-access" data-what="access key" aria-label="Copy access key">Copy</button>
-    </div>
-  </div>
-  <div class="field" id="secret-secret-row">
-    <label for="secret-secret">Secret</label>
-    <div class="copyrow">
-      <input id="secret-secret" class="secret" readonly spellcheck="false" autocomplete="off">
-      <button type="button" class="primary copy" data-copy="secret-secret" data-what="secret" aria-label="Copy secret">Copy</button>
-    </div>
-  </div>
-  <p class="note" id="secret-usage"></p>
+"""
+    + _copy_row("token", "API key", "API key")
+    + _copy_row("access", "Access key", "access key")
+    + _copy_row("secret", "Secret", "secret")
+    + """  <p class="note" id="secret-usage"></p>
   <p id="copy-status" role="status" aria-live="polite"></p>
   <div class="actions"><button type="button" id="secret-done">I have stored it</button></div>
 </dialog>
@@ -649,10 +644,10 @@ _JS = r"""
         actions.append(button('Edit', 'Edit key ' + key.name, '', () => openEdit(key.id)));
         actions.append(button('Rotate', 'Rotate key ' + key.name, '', () => confirmRotate(key.id)));
         if (key.suspended_at) actions.append(button('Resume', 'Resume key ' + key.name, '', () => resume(key.id)));
-        else actions.append(button('Suspend', 'Suspend key ' + key.name, '', () => confirmSuspend(key.id)));
-        actions.append(button('Revoke', 'Revoke key ' + key.name, '', () => confirmRevoke(key.id)));
+        else actions.append(button('Suspend', 'Suspend key ' + key.name, '', () => confirmEnd('suspend', key.id)));
+        actions.append(button('Revoke', 'Revoke key ' + key.name, '', () => confirmEnd('revoke', key.id)));
       }
-      actions.append(button('Delete', 'Delete key ' + key.name, 'danger', () => confirmDelete(key.id)));
+      actions.append(button('Delete', 'Delete key ' + key.name, 'danger', () => confirmEnd('delete', key.id)));
       tr.append(cell('Actions', actions));
       rows.append(tr);
     }
@@ -1068,44 +1063,31 @@ _JS = r"""
         return res;
       });
   }
-  function confirmSuspend(id) {
-    const key = keysById.get(id);
-    confirmDialog(key, 'Suspend key ' + key.name + '?', 'Requests with this key are refused (401 suspended_key) until you resume it. Nothing else about the key changes.',
-      'Suspend key', false, 'This is the key you are signed in with: suspending it signs you out of this page.', async () => {
-        const res = await change('POST', keyPath(id, '/suspend'), undefined, 'suspend');
-        if (res.ok) {
-          if (id === ownId()) { afterOwn(key, 'suspended'); return res; }
-          await load(); say('Key "' + key.name + '" suspended.');
-        }
-        return res;
-      });
-  }
   async function resume(id) {
     const key = keysById.get(id);
     const res = await change('POST', keyPath(id, '/resume'), undefined, 'resume');
     if (res.ok) { await load(); say('Key "' + key.name + '" resumed.'); }
     else if (!refused(res)) say('Key "' + key.name + '" was not resumed: ' + problemText(res), true);
   }
-  function confirmRevoke(id) {
+
+  // Suspend, revoke, delete: asked first; done to the key this page signs in
+  // with, they sign the page out, and it says why.
+  const ENDS = {
+    suspend: ['POST', '/suspend', 'suspended', 'suspending', () => 'Requests with this key are refused (401 suspended_key) until you resume it. Nothing else about the key changes.'],
+    revoke: ['POST', '/revoke', 'revoked', 'revoking', () => 'Requests with this key are refused from now on, for good. The key stays listed as revoked.'],
+    delete: ['DELETE', '', 'deleted', 'deleting', (key) => 'Key ' + key.id + ' is removed and requests with it are refused at once. This cannot be undone.'],
+  };
+  function confirmEnd(action, id) {
     const key = keysById.get(id);
-    confirmDialog(key, 'Revoke key ' + key.name + '?', 'Requests with this key are refused from now on, for good. The key stays listed as revoked.',
-      'Revoke key', false, 'This is the key you are signed in with: revoking it signs you out of this page.', async () => {
-        const res = await change('POST', keyPath(id, '/revoke'), undefined, 'revoke');
+    const [method, tail, done, doing, text] = ENDS[action];
+    const verb = action[0].toUpperCase() + action.slice(1) + ' key';
+    confirmDialog(key, verb + ' ' + key.name + '?', text(key), verb, false,
+      'This is the key you are signed in with: ' + doing + ' it signs you out of this page.', async () => {
+        const res = await change(method, keyPath(id, tail), undefined, action);
         if (res.ok) {
-          if (id === ownId()) { afterOwn(key, 'revoked'); return res; }
-          await load(); say('Key "' + key.name + '" revoked.');
-        }
-        return res;
-      });
-  }
-  function confirmDelete(id) {
-    const key = keysById.get(id);
-    confirmDialog(key, 'Delete key ' + key.name + '?', 'Key ' + key.id + ' is removed and requests with it are refused at once. This cannot be undone.',
-      'Delete key', false, 'This is the key you are signed in with: deleting it signs you out of this page.', async () => {
-        const res = await change('DELETE', keyPath(id), undefined, 'delete');
-        if (res.ok) {
-          if (id === ownId()) { afterOwn(key, 'deleted'); return res; }
-          lastTrigger = $('new-key'); await load(); say('Key "' + key.name + '" deleted.');
+          if (id === ownId()) { afterOwn(key, done); return res; }
+          if (action === 'delete') lastTrigger = $('new-key');
+          await load(); say('Key "' + key.name + '" ' + done + '.');
         }
         return res;
       });
