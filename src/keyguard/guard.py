@@ -35,6 +35,7 @@ from .ratelimit import Abuse
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import SignedRequests
+from .startup import log_start
 from .stores import Store, open_store
 from .tokens import TokenParser
 
@@ -111,6 +112,7 @@ class KeyGuard:
 
         self.keys = KeyManager(self)
         atexit.register(_flush_at_exit, weakref.ref(self))
+        log_start(s)  # INFO: which store and cache (passwords masked); WARNING: many workers
 
     # -- start-up -----------------------------------------------------------
 
