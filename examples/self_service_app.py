@@ -13,7 +13,7 @@ the page calls the /v1 API, which the KeyGuard middleware guards:
 
     curl -H 'Authorization: Bearer kg_...' http://127.0.0.1:8000/v1/projects
 
-Keys live in ./self_service.db (SQLite). Set KEYGUARD_MASTER_KEYS to offer
+Keys live in ./keyguard.db (SQLite; KEYGUARD_STORE elsewhere). Set KEYGUARD_MASTER_KEYS to offer
 signing keys too. The TOTP secrets and the session key are made afresh at each
 start (a demo: a real app stores a secret per user when they enrol).
 """
@@ -44,9 +44,10 @@ SCOPES = {
     "inference": "Inference: run the models (POST /v1/inference)",
 }
 
+# No "store" here: KeyGuard reads KEYGUARD_STORE (and every KEYGUARD_* variable) itself,
+# and uses ./keyguard.db when it is unset.
 guard = KeyGuard(
     {
-        "store": os.environ.get("KEYGUARD_STORE", "sqlite:///self_service.db"),
         # The key pages check their callers themselves (the session); the rest of
         # the site is the app's own, outside the key rules.
         "public_paths": ["/", "/health", "/login", "/logout", "/account/keys*", "/ops/keys*"],

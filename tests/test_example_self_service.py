@@ -8,7 +8,6 @@ itself, in a browser: tests/test_admin_browser.py.)
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_examples import EXAMPLES, SRC, START_TIMEOUT, Lines, free_port, wait_healthy
+from .kgutil import stop_process
+from .test_examples import EXAMPLES, START_TIMEOUT, Lines, _clean_env, free_port, wait_healthy
 
 pyotp = pytest.importorskip("pyotp")
 pytest.importorskip("uvicorn")
@@ -42,8 +42,7 @@ def _log_in(client: httpx.Client, user: str, password: str) -> str:
 )
 def test_the_self_service_example_starts_and_serves(tmp_path: Path, how: str) -> None:
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGUARD_")}
-    env.update(PORT=str(port), PYTHONPATH=os.pathsep.join([SRC, env.get("PYTHONPATH", "")]))
+    env = {**_clean_env(tmp_path), "PORT": str(port)}
     command = (
         SCRIPT if how == "script" else [*UVICORN, "--port", str(port), "--log-level", "warning"]
     )
@@ -117,14 +116,9 @@ def test_the_self_service_example_starts_and_serves(tmp_path: Path, how: str) ->
 
             alice.post("/logout")
             assert alice.get("/account/keys/api/keys").status_code == 401
-        assert (tmp_path / "self_service.db").is_file()  # its store, in the working dir
+        assert (tmp_path / "keyguard.db").is_file()  # the embedded default, in cwd
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-        lines.thread.join(timeout=10)
+        stop_process(proc)
+        lines.thread.join(timeout=10)  # EOF once the child is gone
         if proc.stdout:
             proc.stdout.close()
