@@ -9,8 +9,9 @@ most `SLOW_THREADS` at a time) or by awaiting the ASGI body. Then `settle`
 (one function for both) applies what the verdict says besides the answer: the
 memo the warm path may keep, the buffered last use, and the observers (audit,
 metrics). The async driver's first step call is plain (`start`): a request
-the step answers at once (the warm path) never creates a coroutine. A refusal raised by the I/O itself (a store down, a rate limit spent,
-a replayed signature) goes back to the step, which turns it into the verdict.
+the step answers at once (the warm path) never creates a coroutine. A refusal
+raised by the I/O itself (a store down, a rate limit spent, a replayed
+signature) goes back to the step, which turns it into the verdict.
 """
 
 from __future__ import annotations

@@ -443,12 +443,22 @@ class AdminAPI:
     # -- routes ---------------------------------------------------------------
 
     async def page(self, request: Request) -> Response:
+        guard = self.guard
+        profile = guard.signing.profile
         html, nonce = render_page(
             title=self.title,
             base=request.scope.get("root_path", ""),
-            scope_choices=self.scope_choices,
             host_auth=self.authorize is not None,
-            max_days=self.guard.settings.policy.unrestricted_max_days,
+            max_days=guard.settings.policy.unrestricted_max_days,
+            allow_private_ips=guard.settings.policy.allow_private_ips,
+            signing=guard.signing.enabled,
+            step_up=self.confirm is not None,
+            headers={
+                "key": guard.settings.header,
+                "passphrase": guard.passphrase_header,
+                "signing_key": profile.key,
+                "signing_passphrase": profile.passphrase,
+            },
         )
         csp = (
             "default-src 'none'; "
