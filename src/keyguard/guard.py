@@ -39,7 +39,6 @@ from .decision import Entry, bearer_proven, credential, decide, invalid_key, rem
 from .exceptions import (
     AuthenticationError,
     AuthorizationError,
-    ConfigurationError,
     RequestRejected,
     ServiceUnavailable,
     StoreError,
@@ -48,6 +47,7 @@ from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import TLS_SCHEMES, Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
+from .redis import RedisTier, open_tier
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import Signed, SignedRequests
@@ -97,8 +97,13 @@ class KeyGuard:
         self._tokens = TokenParser(s.token_prefix)
         self._local: LocalCache[Entry] = LocalCache(s.local_cache_size)
         self._cache_positive = s.cache is not None
+        self._redis = open_tier(s.cache)  # the one Redis tier: the shared cache and the limits
         self._shared = _shared_cache(
-            s, self._dropped, self._dropped_all, functools.partial(self.store.get_meta, "changed")
+            s,
+            self._redis,
+            self._dropped,
+            self._dropped_all,
+            functools.partial(self.store.get_meta, "changed"),
         )
         self._flight: SingleFlight[Entry | _Absent] = SingleFlight(self._load)
         self._epoch = 0  # bumped on every local change; a load that saw an older one isn't cached
@@ -121,7 +126,7 @@ class KeyGuard:
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
-        self.abuse = Abuse(s, self.store)
+        self.abuse = Abuse(s, self.store, self._redis)
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     # -- start-up -----------------------------------------------------------
@@ -552,6 +557,8 @@ class KeyGuard:
         if self._shared is not None:
             self._shared.close()
         self.abuse.close()
+        if self._redis is not None:
+            self._redis.close()
         self.store.close()
 
 
@@ -567,19 +574,16 @@ def _scopes(value: str | Sequence[str]) -> Sequence[str]:
 
 def _shared_cache(
     s: Settings,
+    tier: RedisTier | None,
     on_change: Callable[[str], None],
     on_reset: Callable[[], None],
     changed: Callable[[], str | None],
 ) -> SharedCache | None:
-    if s.cache is None or not s.cache.startswith(("redis://", "rediss://")):
+    if tier is None:
         return None
-    try:
-        from .shared import SharedCache
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"cache: a redis:// cache needs its driver: pip install 'keyguard[redis]' ({exc.name})"
-        ) from None
-    return SharedCache(s.cache, s.cache_ttl, on_change, on_reset, changed, s.local_cache_ttl)
+    from .shared import SharedCache
+
+    return SharedCache(tier, s.cache_ttl, on_change, on_reset, changed, s.local_cache_ttl)
 
 
 def _ip(value: str | IPAddress | None) -> IPAddress | None:

@@ -20,15 +20,13 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..exceptions import KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from ..settings import split_redis_url
+from ..redis import connect, parse_url
 from .base import SCHEMA_VERSION, Store
 
 DEFAULT_PREFIX = "keyguard:"
@@ -84,17 +82,12 @@ return 0
 
 
 def client_from_url(url: str, timeout: float) -> tuple[redis.Redis, str]:
-    """A redis-py client for `url` and the `prefix` query parameter (taken out)."""
-    url, prefix = split_redis_url(url)
-    prefix = prefix or DEFAULT_PREFIX
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("socket_timeout", str(timeout))
-    query.setdefault("socket_connect_timeout", str(timeout))
-    clean = urlunsplit(parts._replace(query=urlencode(query)))
-    # One quick retry survives a connection the server closed (restart); no backoff sleeps.
-    client = redis.Redis.from_url(clean, retry=Retry(NoBackoff(), 1), health_check_interval=10)
-    return client, prefix
+    """A redis-py client for `url` (redis://, rediss://, or redis+sentinel://, which
+    follows a failover by itself) and its `prefix` query parameter, parsed as the
+    cache's tier parses it (keyguard.redis)."""
+    parsed = parse_url(url)
+    client: redis.Redis = connect(parsed, timeout)
+    return client, parsed.prefix
 
 
 class RedisStore(Store):
