@@ -389,10 +389,9 @@ class SentinelServers:
         """Every sentinel names `port` as the master, and it says it is one."""
         for sentinel in self.sentinel_ports:
             _until(
-                lambda s=sentinel: int(
-                    _answers(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]
-                )
-                == port,
+                lambda s=sentinel: (
+                    int(_answers(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]) == port
+                ),
                 f"sentinel {sentinel} never switched to master {port}",
             )
         _until(

@@ -20,7 +20,6 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import redis
 
@@ -94,8 +93,7 @@ class RedisStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._client, self.prefix = client_from_url(url, 2.0)
-        parts = urlsplit(url)
-        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
+        self._where = parse_url(url).where  # hosts (several, under Sentinel), no password
         c = self._client
         self._insert = c.register_script(_INSERT)
         self._delete = c.register_script(_DELETE)
