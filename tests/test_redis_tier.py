@@ -150,6 +150,9 @@ def test_urls_as_limits_writes_them(url: str, where: str, prefix: str) -> None:
         pytest.param("cache", "redis+cluster://,h:1", "host:port", id="cluster-empty-host"),
         pytest.param("cache", "redis://h:1?prefix={kg}", "'{'", id="hash-tag-prefix"),
         pytest.param("cache", "redis://h:1?socket_timeout=-1", "socket_timeout", id="timeout"),
+        pytest.param(
+            "cache", "redis://:s3cret@h:1?max_connections=x", "redis-py refused", id="redis-option"
+        ),
         pytest.param("store", "redis+cluster://:s3cret@h:1", "one master", id="store-cluster"),
         pytest.param("store", "redis+sentinel://:s3cret@h:1", "service", id="store-sentinel"),
     ],

@@ -253,6 +253,9 @@ class RedisTier:
         self._lock = threading.Lock()
         self._outage = False
         self._retry_at = 0.0  # time.monotonic() of the next probe while in an outage
+        self._closed = False  # after close(), no use reconnects
+        if self.url.scheme != "redis+cluster":  # no I/O yet; bad redis-py options show now
+            self._client = connect(self.url, timeout)
 
     def key(self, use: str, tag: str, *rest: str) -> str:
         """`<prefix><use>:{<tag>}[:rest]`: keys used together share `tag`, so one slot."""
@@ -260,10 +263,10 @@ class RedisTier:
 
     def _usable(self) -> bool:
         if not self._outage:
-            return True
+            return not self._closed
         now = time.monotonic()
         with self._lock:
-            if now < self._retry_at:
+            if self._closed or now < self._retry_at:
                 return False
             self._retry_at = now + BREAKER_SECONDS  # this caller probes; the rest wait
         return True
@@ -290,8 +293,8 @@ class RedisTier:
                 log.info("keyguard: Redis at %s answers again", self.where)
 
     def client(self) -> Any:
-        """The one client, built on first use (no I/O for redis:// and Sentinel until a
-        command; a Cluster client reads the slot map here)."""
+        """The one client (a Cluster client is built on first use: it reads the slot
+        map then, and a guard must start while Redis is down)."""
         client = self._client
         if client is None:
             with self._lock:
@@ -324,6 +327,7 @@ class RedisTier:
         return self.call(run)
 
     def close(self) -> None:
+        self._closed = True  # `call` answers Unavailable from now on
         client, self._client = self._client, None
         if client is not None:
             client.close()
@@ -339,4 +343,8 @@ def open_tier(url: str | None) -> RedisTier | None:
     except ImportError as exc:
         raise ConfigurationError(
             f"cache: a Redis cache needs its driver: pip install 'keyguard[redis]' ({exc.name})"
+        ) from None
+    except (ValueError, TypeError) as exc:  # redis-py refused an option (its text may echo it)
+        raise ConfigurationError(
+            f"cache: redis-py refused an option of the URL ({type(exc).__name__})"
         ) from None
