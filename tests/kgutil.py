@@ -62,10 +62,8 @@ def counting_guard(
         "abuse": {"max_failures": None},  # many failures per test; throttling has its own tests
         **(settings or {}),
     }
-    guard = KeyGuard(merged, **kwargs)
     store = CountingStore()
-    guard.store = store  # before first use: the guard sets this store up
-    return guard, store
+    return KeyGuard(merged, store=store, **kwargs), store
 
 
 def wait_for(predicate: Any, timeout: float = 5.0) -> bool:

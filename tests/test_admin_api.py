@@ -508,7 +508,7 @@ def test_admin_wsgi_under_flask(guard: KeyGuard, admin_token: str) -> None:
 async def test_audit_events_for_management(
     client: httpx.AsyncClient, guard: KeyGuard, admin_token: str, audit_log: list[dict[str, Any]]
 ) -> None:
-    admin_id = guard._tokens.parse(admin_token)[0]  # type: ignore[index]
+    admin_id = guard.parts.tokens.parse(admin_token)[0]  # type: ignore[index]
     created = await _create(client, passphrase="correct horse battery")
     key_id = created["key"]["id"]
     await client.patch(f"/api/keys/{key_id}", json={"allowed_ips": ["10.0.0.0/33"]})

@@ -80,10 +80,8 @@ def settings(cache: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def pair(cache_url: str) -> Iterator[tuple[KeyGuard, KeyGuard, CountingStore]]:
     """Two instances sharing one (counting) store and the cache under test."""
-    store = CountingStore()
-    guards = [KeyGuard(settings(cache_url)) for _ in range(2)]
-    for guard in guards:
-        guard.store = store  # before first use: as two instances on one database
+    store = CountingStore()  # one database, two instances
+    guards = [KeyGuard(settings(cache_url), store=store) for _ in range(2)]
     yield guards[0], guards[1], store
     for guard in guards:
         guard.close()
@@ -260,9 +258,9 @@ def test_replay_refused_across_instances(cache_url: str) -> None:
 
 
 def test_rate_limit_shared_across_instances(cache_url: str) -> None:
-    one, two = (KeyGuard(settings(cache_url, rate_limit="4/minute;100/hour")) for _ in range(2))
+    one = KeyGuard(settings(cache_url, rate_limit="4/minute;100/hour"))
+    two = KeyGuard(settings(cache_url, rate_limit="4/minute;100/hour"), store=one.store)
     try:
-        two.store = one.store
         token = one.keys.create(owner="o", name="n").token or ""
         answers = [code(lambda g=g: g.verify(token)) for g in (one, two) * 3]
         assert answers == ["ok"] * 4 + ["rate_limited"] * 2
@@ -277,9 +275,9 @@ def test_rate_limit_shared_across_instances(cache_url: str) -> None:
 
 
 def test_quota_exact_across_instances(cache_url: str) -> None:
-    one, two = (KeyGuard(settings(cache_url)) for _ in range(2))
+    one = KeyGuard(settings(cache_url))
+    two = KeyGuard(settings(cache_url), store=one.store)
     try:
-        two.store = one.store
         token = one.keys.create(owner="o", name="trial", max_uses=12).token or ""
 
         def use(i: int) -> str:
@@ -295,9 +293,10 @@ def test_quota_exact_across_instances(cache_url: str) -> None:
 
 
 def test_failures_counted_across_instances(cache_url: str) -> None:
-    one, two = (KeyGuard(settings(cache_url, abuse={"max_failures": "3/minute"})) for _ in range(2))
+    throttled = settings(cache_url, abuse={"max_failures": "3/minute"})
+    one = KeyGuard(throttled)
+    two = KeyGuard(throttled, store=one.store)
     try:
-        two.store = one.store
         token = one.keys.create(owner="o", name="n").token or ""
         ip = f"2001:db8:{secrets.randbelow(65536):x}::7"
         bad = tokens.make_token("kg", tokens.new_key_id())[0]

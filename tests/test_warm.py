@@ -1,5 +1,6 @@
-"""The warm path (`KeyGuard.warm`): the usual request answered in one call that
-never awaits, with exactly the answers of the whole check.
+"""The warm path: the usual request, whose key is cached and whose token already
+proved it, is the step answering at once (no store or Redis look-up), with
+exactly the answers of a cold check.
 
 Every row of the request table is played three times in a row on both doors (the
 later times with the key warm and its token remembered); then the cases where
@@ -21,6 +22,7 @@ from starlette.routing import Route
 
 from keyguard import KeyGuard
 from keyguard.asgi import KeyGuardMiddleware
+from keyguard.decision import Facts, Verdict, step
 from keyguard.wsgi import KeyGuardMiddleware as WSGIMiddleware
 
 from .doors import OK, PARAMS, World, check_response, make_world, render
@@ -70,17 +72,20 @@ def test_table_rows_answer_the_same_when_warm_wsgi(
 
 
 class Spy:
-    """Counts the whole checks (`aauthenticate`) a door falls back to."""
+    """Counts the requests whose key had to be fetched (from Redis or the store):
+    the cold ones. The drivers' observers see every verdict with the `Known` the
+    I/O filled (None when the step answered at once)."""
 
     def __init__(self, guard: KeyGuard) -> None:
         self.calls = 0
-        real = guard.aauthenticate
+        self.paths: list[str | None] = []
 
-        async def counted(facts: Any) -> Any:
-            self.calls += 1
-            return await real(facts)
+        def observe(facts: Any, verdict: Any, known: Any) -> None:
+            if known is not None and known.fetched:
+                self.calls += 1
+                self.paths.append(facts.path)
 
-        guard.aauthenticate = counted  # type: ignore[method-assign]
+        guard.drivers.observers.append(observe)
 
 
 def guarded(**settings: Any) -> tuple[KeyGuard, Clock, Any]:
@@ -167,9 +172,8 @@ async def test_throttled_client_is_refused_even_with_a_warm_key() -> None:
     calls = spy.calls
     resp = await get(app, issued.token)
     assert resp.status_code == 429 and resp.json()["code"] == "too_many_failures"
-    assert spy.calls == calls + 1  # the throttled client: the whole check, which refuses
     assert (await get(app, issued.token, "198.51.100.9")).status_code == 200  # per client
-    assert spy.calls == calls + 1  # and another client keeps the warm path meanwhile
+    assert spy.calls == calls  # the key stays cached: neither answer needed a look-up
 
 
 async def test_warm_key_behind_a_forwarding_header_is_checked_whole() -> None:
@@ -212,14 +216,7 @@ def test_wsgi_door_takes_the_warm_path_too() -> None:
     guard = KeyGuard({"store": "memory://"})
     issued = guard.keys.create(owner="o", name="k")
     assert issued.token is not None
-    calls = []
-    real = guard.authenticate
-
-    def counted(facts: Any) -> Any:
-        calls.append(facts.path)
-        return real(facts)
-
-    guard.authenticate = counted  # type: ignore[method-assign]
+    spy = Spy(guard)
 
     def inner(environ: dict[str, Any], start_response: Any) -> list[bytes]:
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -229,7 +226,7 @@ def test_wsgi_door_takes_the_warm_path_too() -> None:
     with httpx.Client(transport=httpx.WSGITransport(app=app), base_url="http://t") as client:
         for _ in range(3):
             assert client.get("/", headers={"X-API-Key": issued.token}).text == "k"
-    assert calls == ["/"]
+    assert spy.paths == ["/"]
 
 
 async def test_what_passed_on_one_route_is_not_assumed_on_another() -> None:
@@ -263,35 +260,28 @@ _PROVEN.verify(_PROVEN_TOKEN)  # cached and proven: the warm path now knows this
 @settings(max_examples=400, deadline=None)
 def test_warm_passes_only_the_proven_token(value: str, name: str) -> None:
     _PROVEN.verify(_PROVEN_TOKEN)  # (still) cached and proven
-    entry = _PROVEN.warm("GET", "/", "203.0.113.7", {name: [value]})
+
+    def at_once(headers: dict[str, list[str]], peer: str | None = "203.0.113.7") -> bool:
+        """Does the step pass this request without any I/O (and so without a check)?"""
+        out = step(_PROVEN.parts, Facts("GET", "/", peer, headers))
+        return isinstance(out, Verdict) and out.entry is not None
+
     stripped = value.strip()
     if name == "authorization":
         scheme, _, stripped = stripped.partition(" ")
         stripped = stripped.strip() if scheme.lower() == "bearer" else ""
-    assert entry is None or stripped == _PROVEN_TOKEN
+    assert not at_once({name: [value]}) or stripped == _PROVEN_TOKEN
     for token in (_PROVEN_TOKEN, f"  {_PROVEN_TOKEN} "):
-        assert _PROVEN.warm("GET", "/", None, {"x-api-key": [token]}) is not None
-        assert _PROVEN.warm("GET", "/", None, {"authorization": ["bearer " + token]}) is not None
+        assert at_once({"x-api-key": [token]}, None)
+        assert at_once({"authorization": ["bearer " + token]}, None)
 
 
 # -- signed requests (`KeyGuard.warm_signed`) ----------------------------------
 
 
-def _count_whole_checks(guard: KeyGuard) -> list[str]:
-    """The paths of the requests either door sent to the whole check."""
-    calls: list[str] = []
-    sync, coro = guard.authenticate, guard.aauthenticate
-
-    def counted(facts: Any) -> Any:
-        calls.append(facts.path)
-        return sync(facts)
-
-    async def acounted(facts: Any) -> Any:
-        calls.append(facts.path)
-        return await coro(facts)
-
-    guard.authenticate, guard.aauthenticate = counted, acounted  # type: ignore[method-assign]
-    return calls
+def _count_whole_checks(guard: KeyGuard) -> list[str | None]:
+    """The paths of the requests either door had to fetch a key for."""
+    return Spy(guard).paths
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
@@ -315,9 +305,9 @@ async def test_signed_requests_take_the_warm_path_with_the_same_answers(kind: st
     for i in range(3):
         ok = await send(f'{{"n":{i}}}'.encode())
         assert ok.status_code == 200 and ok.json()["body"] == f'{{"n":{i}}}'  # body replayed
-    assert calls == ["/v1/x"]  # then the warm path alone
+    assert calls == ["/v1/x"]  # then the cached key alone
 
-    # A replay, a tampered signature, a stale timestamp: refused, by the whole check.
+    # A replay, a tampered signature, a stale timestamp: refused, without a look-up.
     clock.advance(0.001)
     headers = signed(key.info.id, key.secret, "POST", "/v1/x", "", b"{}", now=clock.now)
     assert (await door.request("POST", "/v1/x", headers=headers, content=b"{}")).status_code == 200
@@ -328,22 +318,22 @@ async def test_signed_requests_take_the_warm_path_with_the_same_answers(kind: st
     clock.advance(60)
     stale = await door.request("POST", "/v1/x", headers=headers, content=b"{}")
     assert stale.status_code == 401 and stale.json()["code"] == "stale_request"
-    assert calls == ["/v1/x"] * 4
+    assert calls == ["/v1/x"]
 
-    # A bearer header beside the signature, a passphrase the key lacks: the whole check.
+    # A bearer header beside the signature, a passphrase the key lacks.
     mixed = await send(**{"Authorization": "Bearer x"})
     assert mixed.status_code == 400 and mixed.json()["code"] == "invalid_request"
     assert (await send(**{"KG-Passphrase": "unneeded"})).status_code == 200
-    assert len(calls) == 6
+    assert len(calls) == 1
 
     bearer = guard.keys.create(owner="o", name="b")
     assert bearer.token is not None
-    guard.verify(bearer.token)  # cached: a signed request naming it meets it on the warm path
+    guard.verify(bearer.token)  # cached (one look-up): a signed request naming it meets it
     clock.advance(0.001)
     as_signer = signed(bearer.info.id, "a" * 43, "POST", "/v1/x", "", b"{}", now=clock.now)
     wrong_kind = await door.request("POST", "/v1/x", headers=as_signer, content=b"{}")
     assert wrong_kind.status_code == 401 and wrong_kind.json()["code"] == "invalid_key"
-    assert len(calls) == 7
+    assert len(calls) == 2
 
     guard.keys.revoke(key.info.id)  # a changed key: a new cache entry, checked whole
     revoked = await send()
@@ -400,7 +390,7 @@ async def test_signed_requests_with_the_replay_cache_in_redis_are_checked_whole(
     for i in range(3):  # three timestamps, so three signatures
         headers = signed(key.info.id, key.secret, "GET", "/v1/x", now=start - i / 1000)
         assert (await door.request("GET", "/v1/x", headers=headers)).status_code == 200
-    assert len(calls) == 3  # remembering a signature in Redis is I/O: never the warm path
+    assert len(calls) == 1  # the key is looked up once; each signature is remembered in Redis
     await door.aclose()
     guard.close()
     _cleanup(redis_url, guard.signing.replay_prefix)
@@ -422,7 +412,7 @@ async def test_throttling_an_ipv6_client_covers_its_64_on_the_warm_path_too() ->
     resp = await get(app, issued.token, "2001:db8::2")  # the same /64 as the failures
     assert resp.status_code == 429 and resp.json()["code"] == "too_many_failures"
     assert (await get(app, issued.token, "2001:db8:1::1")).status_code == 200  # another /64
-    assert spy.calls == calls + 1
+    assert spy.calls == calls
 
 
 @pytest.mark.parametrize("kind", ["asgi", "wsgi"])
@@ -447,24 +437,24 @@ async def test_signed_warm_path_keeps_rotate_grace_passphrases_and_failure_count
     old = key.secret
     rotated = guard.keys.rotate(key.info.id, grace=300)
     assert (await send(key.info.id, rotated.secret)).status_code == 200  # loads the key
-    assert (await send(key.info.id, old)).status_code == 200  # in grace, on the warm path
+    assert (await send(key.info.id, old)).status_code == 200  # in grace, the key cached
     assert len(calls) == 1
     clock.advance(301)
     late = await send(key.info.id, old)  # failure 1
     assert late.status_code == 401 and late.json()["code"] == "invalid_signature"
     assert (await send(key.info.id, rotated.secret)).status_code == 200
-    assert len(calls) == 2
+    assert len(calls) == 1
 
     ok = await send(locked.info.id, locked.secret, **{"KG-Passphrase": "a long passphrase"})
     assert ok.status_code == 200
     bare = await send(locked.info.id, locked.secret)  # failure 2
     assert bare.status_code == 401 and bare.json()["code"] == "invalid_passphrase"
-    assert len(calls) == 4
+    assert len(calls) == 2
 
     tampered = await send(key.info.id, rotated.secret[::-1])  # failure 3: now throttled
     assert tampered.status_code == 401 and tampered.json()["code"] == "invalid_signature"
     throttled = await send(key.info.id, rotated.secret)  # a good request, refused all the same
     assert throttled.status_code == 429 and throttled.json()["code"] == "too_many_failures"
-    assert len(calls) == 6
+    assert len(calls) == 2
     await door.aclose()
     guard.close()

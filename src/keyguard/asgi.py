@@ -17,10 +17,9 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import audit
-from .body import asgi_body, asgi_target
-from .exceptions import ConfigurationError, RequestRejected, problem
-from .guard import Facts, KeyGuard
+from .decision import Facts
+from .exceptions import ConfigurationError, RequestRejected
+from .guard import KeyGuard
 from .models import KeyInfo
 from .scopes import route_path
 
@@ -54,21 +53,6 @@ def guard_from(guard: KeyGuard | None, settings: Mapping[str, Any] | None) -> Ke
     return guard if guard is not None else KeyGuard(settings)
 
 
-async def send_problem(scope: Scope, send: Send, exc: RequestRejected) -> None:
-    status, headers, body = problem(exc)
-    raw = [(k.encode(), v.encode()) for k, v in headers]
-    if scope["type"] == "websocket":
-        if "websocket.http.response" not in scope.get("extensions", {}):
-            # The server cannot send an HTTP answer: close before accepting (policy violation).
-            await send({"type": "websocket.close", "code": 1008, "reason": exc.code})
-            return
-        await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
-        await send({"type": "websocket.http.response.body", "body": body})
-        return
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
 class KeyGuardMiddleware:
     """`app.add_middleware(KeyGuardMiddleware, guard=guard)` (or `settings={...}`)."""
 
@@ -83,7 +67,7 @@ class KeyGuardMiddleware:
         # raw header name -> the name the guard reads, decoded once here
         names = {*self.guard.header_names, "content-length"}  # the length for signed bodies
         self._wanted = {n.encode(): n for n in names}
-        self._is_public = self.guard.router.is_public
+        self._check = self.guard.drivers.arun
         fastapi_helpers = sys.modules.get("keyguard.fastapi")
         if fastapi_helpers is not None:  # so the docs page's Authorize button sends our header
             fastapi_helpers.document_header(self.guard.settings.header)
@@ -93,45 +77,36 @@ class KeyGuardMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        # What the app routes (SPEC section 4 step 0): the path below the mount point,
-        # the method upper-cased.
-        path = route_path(scope["path"], scope.get("root_path", ""))
-        guarded = not self._is_public(path)
-        facts = None  # made only when needed: the warm path does without
-        if guarded:
-            guard, wanted = self.guard, self._wanted
-            headers: dict[str, list[str]] = {}
-            for name, value in scope["headers"]:
-                text = wanted.get(name)
-                if text is not None:
-                    headers.setdefault(text, []).append(value.decode("latin-1"))
-            client = scope.get("client")
-            method, peer = scope.get("method", "GET").upper(), client[0] if client else None
-            scheme = scope.get("scheme") or ("ws" if kind == "websocket" else "http")
-            try:
-                entry = guard.warm(method, path, peer, headers, scheme)
-                if entry is None:  # not the usual warm request: the whole check, which may await
-                    facts = Facts(method, path, peer, headers, scheme=scheme)
-                    if guard.signing.is_signed(headers) and guard.admits_scheme(facts):
-                        # only a signed request that can be checked has its body read
-                        facts.raw_path, facts.query = asgi_target(scope)
-                        limit = guard.signing.max_body_bytes
-                        lengths = headers.get("content-length", ())
-                        facts.body, receive = await asgi_body(scope, receive, limit, lengths)
-                        entry = guard.warm_signed(facts)
-                    if entry is None:
-                        entry = await guard.aauthenticate(facts)
-            except RequestRejected as exc:
-                audit.denied(guard, facts or Facts(method, path, peer, headers, scheme=scheme), exc)
-                await send_problem(scope, send, exc)
-                return
+        headers: dict[str, list[str]] = {}
+        wanted = self._wanted
+        for name, value in scope["headers"]:
+            text = wanted.get(name)
+            if text is not None:
+                headers.setdefault(text, []).append(value.decode("latin-1"))
+        client = scope.get("client")
+        facts = Facts(
+            scope.get("method", "GET").upper(),  # what the app routes (SPEC section 4 step 0):
+            route_path(scope["path"], scope.get("root_path", "")),  # below the mount point
+            client[0] if client else None,
+            headers,
+            scope.get("scheme") or ("ws" if kind == "websocket" else "http"),
+            source=scope,
+            receive=receive,
+        )
+        verdict = await self._check(facts)
+        if verdict.error is not None:
+            await verdict.error.asgi(scope, send)
+            return
+        entry = verdict.entry
+        if entry is not None:
             scope["keyguard.key"] = entry.info
-            scope["keyguard.guard"] = guard
+            scope["keyguard.guard"] = self.guard
             # Starlette's view of the key, new for every request: what the app does to
             # `request.auth.scopes` stays in this request.
             scope["auth"] = AuthCredentials(entry.granted)
             scope["user"] = KeyUser(entry.info)
-        else:  # so `request.user` and `@requires` answer (403), never assert (500)
+            receive = facts.receive  # a signed request's body, replayed to the app
+        else:  # a public path: `request.user` and `@requires` answer (403), never assert
             if "auth" not in scope:
                 scope["auth"] = AuthCredentials()
             if "user" not in scope:
@@ -153,6 +128,5 @@ class KeyGuardMiddleware:
         except RequestRejected as exc:
             if started:
                 raise
-            if guarded:
-                audit.denied(self.guard, facts or Facts(method, path, peer, headers), exc)
-            await send_problem(scope, send, exc)
+            self.guard.drivers.refused_later(facts, exc, None if entry is None else entry.record.id)
+            await exc.asgi(scope, send)

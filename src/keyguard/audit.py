@@ -12,10 +12,10 @@ Owns two things:
   Who acted comes from `acting_as(...)` (the admin app sets it); calls from
   plain Python code or the CLI have `who: null`.
 - `enable_metrics(guard)`: Prometheus counters (requests allowed/denied by
-  code, in-process cache hits/misses) when `prometheus-client` is installed.
-  Opt-in: it wraps the guard's methods on that one instance, so a guard
-  without metrics runs exactly the code it ran before; with metrics, a warm
-  request costs two counter increments.
+  code, cache hits/misses) when `prometheus-client` is installed. Opt-in: an
+  observer of the drivers' verdicts (check.py), like `observe`, which logs the
+  denials; neither changes anything it observes. With metrics, a warm request
+  costs two counter increments.
 
 Must not do I/O beyond logging, and must not raise into the code it observes.
 """
@@ -26,7 +26,8 @@ import contextlib
 import functools
 import json
 import logging
-from collections.abc import Callable, Iterator, Mapping
+import weakref
+from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,13 +37,13 @@ from .exceptions import (
     ConfigurationError,
     InvalidKeySettings,
     KeyNotFound,
-    RequestRejected,
     StoreError,
 )
 from .models import IssuedKey, KeyInfo
 
 if TYPE_CHECKING:
-    from .guard import Facts, KeyGuard
+    from .decision import Facts, Known, Verdict
+    from .guard import KeyGuard
 
 logger = logging.getLogger("keyguard.audit")
 
@@ -148,69 +149,24 @@ def audited(
     return decorate
 
 
-def key_id_of(guard: KeyGuard, facts: Facts) -> str | None:
-    """The (public) key id a request claimed, when its token is well-formed."""
-    h = facts.headers
-    for value in (*h.get("authorization", ()), *h.get(guard.header, ())):
-        scheme, _, rest = value.strip().partition(" ")
-        token = rest.strip() if scheme.lower() == "bearer" else value.strip()
-        parsed = guard._tokens.parse(token)
-        if parsed is not None:
-            return parsed[0]
-    return None
-
-
-# Refusals told only to a caller that proved the key's secret (SPEC section 4).
-PROVEN_CODES = frozenset(
-    {
-        "revoked_key",
-        "expired_key",
-        "invalid_passphrase",
-        "ip_not_allowed",
-        "insufficient_scope",
-        "rate_limited",
-        "quota_exhausted",
-    }
-)
-
-
-def denied(guard: KeyGuard, facts: Facts, exc: RequestRejected) -> None:
-    """Log a request a door (or the admin app) refused. Cheap when INFO is off."""
-    if not logger.isEnabledFor(logging.INFO):
+def observe(facts: Facts, verdict: Verdict, known: Known | None) -> None:
+    """The drivers' observer: one `request.denied` event for every refusal, from
+    what the verdict says (the key named, whether its secret was proven, the
+    client as step 6 found it). Cheap when INFO is off."""
+    exc = verdict.error
+    if exc is None or not logger.isEnabledFor(logging.INFO):
         return
-    try:
-        h = facts.headers
-        ip = guard.clients.resolve(facts.peer, h)
-        key_id = key_id_of(guard, facts)
-    except Exception:  # noqa: BLE001 - a malformed request must still be logged
-        ip, key_id = None, None
+    key_id, client = verdict.key_id, verdict.client
     emit(
         "request.denied",
         result=exc.code,
         key_id=key_id,  # the key the request named; `who` only once its secret was proven
-        who=f"key:{key_id}" if key_id and exc.code in PROVEN_CODES else None,
-        client_ip=str(ip) if ip is not None else None,
+        who=f"key:{key_id}" if key_id and verdict.proven else None,
+        client_ip=str(client) if client is not None else None,
         status=exc.status_code,
         method=facts.method,
         path=facts.path,
     )
-
-
-def denied_in_wsgi_view(environ: Mapping[str, Any], exc: RequestRejected) -> None:
-    """`denied` for a rejection raised after the WSGI door passed (Flask decorators)."""
-    guard = environ.get("keyguard.guard")
-    if guard is None or not logger.isEnabledFor(logging.INFO):
-        return
-    from .guard import Facts
-
-    headers = {
-        name: [environ[key]]
-        for name in guard.header_names
-        if (key := "HTTP_" + name.upper().replace("-", "_")) in environ
-    }
-    path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
-    facts = Facts(environ.get("REQUEST_METHOD", "GET"), path, environ.get("REMOTE_ADDR"), headers)
-    denied(guard, facts, exc)
 
 
 # -- Prometheus ---------------------------------------------------------------
@@ -252,71 +208,36 @@ def _metrics(registry: Any) -> Metrics:
     return found
 
 
+_enabled: weakref.WeakKeyDictionary[Any, Metrics] = weakref.WeakKeyDictionary()
+
+
 def enable_metrics(guard: KeyGuard, registry: Any = None) -> Metrics:
     """Count this guard's requests and cache lookups in Prometheus (idempotent).
 
     `registry` defaults to prometheus_client's global REGISTRY. Counters:
     `keyguard_requests_total{outcome="allowed"|"denied", code=...}` and
-    `keyguard_cache_lookups_total{result="hit"|"miss"}`.
+    `keyguard_cache_lookups_total{result="hit"|"miss"}` (one look-up per request
+    that named a key: a miss when its key came from Redis or the store). An
+    observer of the drivers' verdicts: it changes nothing it observes.
     """
-    existing: Metrics | None = getattr(guard, "_keyguard_metrics", None)
+    drivers = guard.drivers
+    existing = _enabled.get(drivers)
     if existing is not None:
         return existing
-    metrics = _metrics(registry)
+    metrics = _enabled[drivers] = _metrics(registry)
     allowed = metrics.requests.labels("allowed", "").inc
     hit = metrics.cache.labels("hit").inc
     miss = metrics.cache.labels("miss").inc
     denied_by = metrics.requests.labels
 
-    sync, asyn, get = guard.authenticate, guard.aauthenticate, guard._local.get
-
-    def counted_warm(warm: Callable[..., Any]) -> Callable[..., Any]:
-        """`warm` or `warm_signed`, counted (their cache look-ups are not `get`)."""
-
-        @functools.wraps(warm)
-        def counted(*args: Any) -> Any:
-            try:
-                entry = warm(*args)  # None: authenticate answers (and is counted) instead
-            except RequestRejected as exc:  # a spent rate limit, of a key found in the cache
-                denied_by("denied", exc.code).inc()
-                hit()
-                raise
-            if entry is not None:
-                allowed()
-                hit()
-            return entry
-
-        return counted
-
-    @functools.wraps(sync)
-    def authenticate(facts: Facts) -> Any:
-        try:
-            entry = sync(facts)
-        except RequestRejected as exc:
+    def count(facts: Facts, verdict: Verdict, known: Known | None) -> None:
+        exc = verdict.error
+        if exc is not None:
             denied_by("denied", exc.code).inc()
-            raise
-        allowed()
-        return entry
+        elif verdict.entry is not None:
+            allowed()
+        if verdict.key_id is not None:
+            (miss if known is not None and known.fetched else hit)()
 
-    @functools.wraps(asyn)
-    async def aauthenticate(facts: Facts) -> Any:
-        try:
-            entry = await asyn(facts)
-        except RequestRejected as exc:
-            denied_by("denied", exc.code).inc()
-            raise
-        allowed()
-        return entry
-
-    def lookup(key: str) -> Any:
-        value = get(key)
-        (miss if value is None else hit)()
-        return value
-
-    guard.authenticate = authenticate  # type: ignore[method-assign]
-    guard.aauthenticate = aauthenticate  # type: ignore[method-assign]
-    guard.warm = counted_warm(guard.warm)  # type: ignore[method-assign]
-    guard.warm_signed = counted_warm(guard.warm_signed)  # type: ignore[method-assign]
-    guard._local.get = lookup  # type: ignore[method-assign]
-    guard._keyguard_metrics = metrics  # type: ignore[attr-defined]
+    drivers.observers.append(count)
     return metrics

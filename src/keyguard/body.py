@@ -10,6 +10,10 @@ stopped sending) is a 400, not a hang.
 
 The target is the raw path and query as sent (a client signs the bytes it
 puts on the wire, not their percent-decoded form).
+
+`read` and `aread` do the step's body need for a door's facts: `facts.source`
+is the WSGI environ or the ASGI scope; for ASGI, `facts.receive` is replaced by
+one that replays the body to the app.
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from .exceptions import BadRequest, PayloadTooLarge
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
+
+    from .decision import Facts
 
 _CHUNK = 65_536
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": left as is by clients
@@ -157,3 +163,22 @@ def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
     environ["CONTENT_LENGTH"] = str(len(body))
     environ.pop("HTTP_TRANSFER_ENCODING", None)
     return body
+
+
+# -- the step's body need -------------------------------------------------------
+
+
+def read(facts: Facts, limit: int) -> None:
+    """The WSGI door's signed body and target, into `facts`."""
+    environ = facts.source
+    facts.raw_path, facts.query = wsgi_target(environ)
+    facts.body = wsgi_body(environ, limit)
+
+
+async def aread(facts: Facts, limit: int) -> None:
+    """The ASGI door's signed body and target, into `facts` (and a `receive` that
+    replays the body into `facts.receive`)."""
+    scope = facts.source
+    facts.raw_path, facts.query = asgi_target(scope)
+    lengths = facts.headers.get("content-length", ())
+    facts.body, facts.receive = await asgi_body(scope, facts.receive, limit, lengths)

@@ -1,24 +1,55 @@
-"""The in-process cache tier: TTL, a size bound, negative entries, single-flight.
+"""The key cache: in-process slots, the shared (Redis) tier, single-flight loads
+and invalidation, in one place. No rule of SPEC section 4 lives here.
 
-`LocalCache` maps key ids to prepared entries, or to `ABSENT` for ids the store
-does not know (negative caching, so a flood of well-formed fake tokens does
-not reach the store). `SingleFlight` makes concurrent misses for one id cost
-one load: threads wait on the leader's `Future`; coroutines wait on an
-`anyio.Event`, so the event loop never blocks. No I/O happens here.
+Look-up chain: in-process slot -> shared cache (Redis, when `cache` is a Redis
+URL) -> store. A miss runs once per id however many requests wait for it
+(`SingleFlight`: threads wait on the leader's Future, coroutines on an
+`anyio.Event`, and the load itself runs in a worker thread, so the event loop
+never blocks on a store). Unknown ids are cached too (`ABSENT`, for a short
+time), so a flood of well-formed fake tokens does not reach the store.
+
+Every change made through this guard drops the local slot and is published
+(shared.py), or, where Redis cannot be reached, marked in the store so every
+instance's shared cache stops serving its copy within `local_cache_ttl`. A load
+that began before a change (its epoch is older) is answered but not cached.
+
+The slot invariant (what the warm path may remember, `Slot`): a slot holds one
+prepared `Entry` (never changed after it is made) and what requests learned
+about that very entry: `proof`, a token whose checksum was valid and whose
+secret matched the entry's *current* hash (not a rotate grace's previous one),
+and `routes`, the (peer, method, route path) triples for which SPEC steps 4-7
+passed for that entry with no forwarding header (so the client was the peer)
+and no passphrase. Each is a pure function of the entry and the request, so it
+holds until the entry's `until` (revocation or expiry; the step checks it) or
+until the entry is replaced: a change of the record makes a new Entry in a new,
+empty slot, and the memory goes with the old one. A slot is replaced whole
+(`remember` swaps it only if it is still the one the request saw), never
+changed in place, so no request can see another's half-written memory.
 """
 
 from __future__ import annotations
 
+import logging
+import secrets
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any, Final, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar
 
 import anyio
 import anyio.to_thread
 
+from .exceptions import ServiceUnavailable, StoreError
+from .models import KeyRecord
+
+if TYPE_CHECKING:
+    from .shared import SharedCache
+    from .stores import Store
+
+log = logging.getLogger("keyguard")
 T = TypeVar("T")
+MAX_ROUTES = 256  # routes one slot remembers
 
 
 class _Absent:
@@ -30,35 +61,43 @@ ABSENT: Final = _Absent()
 _RETRY: Final = object()
 
 
-class LocalCache(Generic[T]):
-    """A bounded dict of (deadline, value); the oldest insertion goes first."""
+class Slot(NamedTuple):
+    """One cached key id (see the module docstring for what it may hold)."""
+
+    until: float  # time.monotonic() after which the slot is gone
+    entry: Any  # decision.Entry, or ABSENT for an id the store does not know
+    proof: str | None = None
+    routes: frozenset[tuple[str | None, str, str]] = frozenset()
+
+
+class LocalCache:
+    """A bounded dict of slots; the oldest insertion goes first."""
 
     def __init__(self, maxsize: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self._data: dict[str, tuple[float, T | _Absent]] = {}
+        self._data: dict[str, Slot] = {}
         self._maxsize = maxsize
         self._clock = clock
 
-    def get(self, key: str) -> T | _Absent | None:
-        """The cached value, ABSENT for a cached miss, None when not cached."""
-        item = self._data.get(key)
-        if item is None:
+    def get(self, key: str) -> Slot | None:
+        slot = self._data.get(key)
+        if slot is None or slot.until < self._clock():
             return None
-        if item[0] < self._clock():
-            self._data.pop(key, None)
-            return None
-        return item[1]
+        return slot
 
-    peek = get  # the same, left alone by metrics: `KeyGuard.warm` counts its hits itself
-
-    def set(self, key: str, value: T | _Absent, ttl: float) -> None:
+    def set(self, key: str, value: Any, ttl: float) -> None:
         data = self._data
         data.pop(key, None)
-        data[key] = (self._clock() + ttl, value)
+        data[key] = Slot(self._clock() + ttl, value)
         while len(data) > self._maxsize:
             try:
                 del data[next(iter(data))]
             except (StopIteration, KeyError, RuntimeError):  # raced with another thread
                 break
+
+    def swap(self, key: str, old: Slot, new: Slot) -> None:
+        """Put `new` in place of `old`, only if `old` is still there."""
+        if self._data.get(key) is old:
+            self._data[key] = new
 
     def drop(self, key: str) -> None:
         self._data.pop(key, None)
@@ -116,3 +155,109 @@ class SingleFlight(Generic[T]):
             del self._tasks[key]
             event.set()
         return box[0]  # type: ignore[no-any-return]
+
+
+SharedFactory = Callable[[Callable[[str], None], Callable[[], None]], "SharedCache | None"]
+
+
+class KeyCache:
+    """The key cache of one guard (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        prepare: Callable[[KeyRecord], Any],
+        setup: Callable[[], object],
+        *,
+        size: int,
+        ttl: float,
+        cache_positive: bool,
+        shared: SharedFactory,
+    ) -> None:
+        self._store = store
+        self._prepare = prepare
+        self._setup = setup
+        self._ttl = ttl
+        self._cache_positive = cache_positive  # `cache: None` keeps only unknown ids
+        self._local = LocalCache(size)
+        self._epoch = 0  # bumped on every change seen; a load that saw an older one isn't cached
+        self._epoch_lock = threading.Lock()
+        self.shared = shared(self.dropped, self.dropped_all)
+        self._flight: SingleFlight[Any] = SingleFlight(self._load)
+
+    # -- reads ---------------------------------------------------------------
+
+    def peek(self, key_id: str) -> Slot | None:
+        """The live slot for `key_id`, without I/O (the step's look-up)."""
+        return self._local.get(key_id)
+
+    def load(self, key_id: str) -> Any:
+        """The entry (or ABSENT), from the shared cache or the store: I/O, single-flight."""
+        return self._flight(key_id)
+
+    async def aload(self, key_id: str) -> Any:
+        return await self._flight.acall(key_id)
+
+    def _load(self, key_id: str) -> Any:
+        epoch = self._epoch
+        ttl = self._ttl
+        try:
+            self._setup()  # the store's schema and the pepper, once
+            shared, fetch = self.shared, self._store.get
+            if shared is None:
+                record = fetch(key_id)
+            else:
+                record, keep_until = shared.load(key_id, fetch)
+                ttl = min(ttl, keep_until - time.monotonic())
+        except StoreError as exc:
+            raise ServiceUnavailable() from exc
+        value = ABSENT if record is None else self._prepare(record)
+        if (self._cache_positive or value is ABSENT) and ttl > 0:
+            with self._epoch_lock:  # no change may land between the check and the set
+                if epoch == self._epoch:
+                    self._local.set(key_id, value, ttl)
+        return value
+
+    def remember(
+        self, slot: Slot, proof: str | None, route: tuple[str | None, str, str] | None
+    ) -> None:
+        """Learn `proof` and/or `route` about the entry in `slot` (if still cached)."""
+        new = slot
+        if proof is not None:
+            new = new._replace(proof=proof)
+        if route is not None and len(new.routes) < MAX_ROUTES:
+            new = new._replace(routes=new.routes | {route})
+        self._local.swap(slot.entry.record.id, slot, new)
+
+    # -- changes -------------------------------------------------------------
+
+    def forget(self, key_id: str) -> None:
+        """Drop every cached copy of `key_id`, on every instance (after a change)."""
+        self.dropped(key_id)
+        if self.shared is None or not self.shared.publish(key_id):
+            # No Redis to tell: mark the store, which every shared cache reads (shared.py).
+            try:
+                self._store.set_meta("changed", secrets.token_urlsafe(12))
+            except StoreError:
+                log.warning(
+                    "keyguard: key %s changed, but the store did not take the change marker; "
+                    "other instances' Redis cache may serve the old record for up to cache_ttl",
+                    key_id,
+                )
+
+    def dropped(self, key_id: str) -> None:
+        with self._epoch_lock:
+            self._epoch += 1
+            self._local.drop(key_id)
+
+    def dropped_all(self) -> None:
+        with self._epoch_lock:
+            self._epoch += 1
+            self._local.clear()
+
+    def __len__(self) -> int:
+        return len(self._local)
+
+    def close(self) -> None:
+        if self.shared is not None:
+            self.shared.close()

@@ -1,82 +1,189 @@
-"""The decision of SPEC section 4, steps 2-7, as pure code: no I/O, no clock.
+"""The check of SPEC section 4, as one sans-I/O step: every rule, once, in order.
 
-The doors gather facts (`credential`), the guard fetches the `Entry`, and
-`decide` answers with the caller's `KeyInfo` or raises the rejection. Each
-rule lives here once, in the order the SPEC gives; the order matters, since
-`revoked_key`, `expired_key` and the later codes are only told to a caller
-that proved the secret.
+    request --door--> Facts --driver--> step(parts, facts, known) --> Verdict | Need
+                                   ^                                        |
+                                   +------ the I/O the Need names ----------+
+
+`step` reads the facts a door gathered (or `verify` made) and what the key
+cache holds, and answers either a `Verdict` or the one piece of I/O it needs
+next: a `Need` (fetch this key id, read this signed body, run this slow hash,
+count this key, remember this signature, count this failure). A driver
+(check.py: sync for `verify` and the WSGI door, async for `averify`, the ASGI
+door and the admin app) performs it, records the answer in the need's `Known`
+and calls `step` again, until it answers. A request whose key is cached and
+whose token already proved it (the warm path) is simply one call that needs
+nothing. The step does no I/O, reads the clock once per call, and changes
+nothing outside the `Known` it was handed: what the warm path may remember
+(the proving token, the routes passed) is returned in the verdict and stored
+by the driver in the key cache (`cache.Slot`, whose invariant is written there).
+
+Order matters: `revoked_key`, `expired_key` and every later code are only told
+to a caller that proved the key's secret, and the rate limit is spent only by
+a request that passed everything else.
 """
 
 from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TypeGuard
+from typing import TYPE_CHECKING, Any, NamedTuple
 
-from .exceptions import AuthenticationError, AuthorizationError, BadRequest
+from .cache import Slot, _Absent
+from .exceptions import AuthenticationError, AuthorizationError, BadRequest, RequestRejected
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import Allowlist, IPAddress
-from .scopes import Scopes
+from .network import Allowlist, ClientResolver, IPAddress, parse_ip
+from .scopes import Router, Scopes
+from .tokens import TokenParser
+
+if TYPE_CHECKING:
+    from .ratelimit import Abuse
+    from .signing import Signed, SignedRequests
+
+WARM_ROUTES = 256  # routes one cached key remembers as passed (see cache.Slot)
 
 
 @dataclass(slots=True, eq=False)
 class Entry:
-    """A record prepared for the hot path: expanded scopes, the allowlist as ranges.
-
-    `proof` is the last token that proved this record's current secret, kept in
-    this process only (as a signing key's secret is), so the next request with
-    it skips the checksum and the hash. A record change makes a new Entry, so a
-    proof never outlives the secret it was checked against.
-    """
+    """A record prepared once for the hot path, never changed after: expanded
+    scopes, the allowlist as integer ranges, and the verdict of a pass."""
 
     record: KeyRecord
     info: KeyInfo
     scopes: frozenset[str]
     allowlist: Allowlist | None  # None: the key may be used from anywhere
-    proof: str | None = field(default=None, repr=False)
-    limited: bool = False  # a rate limit or use quota applies (set by the guard)
-    # The warm path's memory of (peer, method, path) that `decide` passed with no
-    # passphrase and no forwarding header: each is a pure function of the record,
-    # the peer and the route, so until `until` (revocation or expiry) it passes
-    # again. A record change makes a new Entry, and this memory goes with it.
-    passed: set[tuple[str | None, str, str]] = field(default_factory=set, repr=False)
-    until: float = field(init=False)
+    limited: bool  # a rate limit or use quota applies (step 8 has work to do)
+    until: float = field(init=False)  # revocation or expiry: no remembered pass outlives it
     granted: tuple[str, ...] = field(init=False, repr=False)  # `scopes` sorted, for the doors
+    passed: Verdict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         ends = [t for t in (self.record.revoked_at, self.record.expires_at) if t is not None]
         self.until = min(ends, default=math.inf)
         self.granted = tuple(sorted(self.scopes))
+        self.passed = Verdict(self, None, self.record.id, True)
 
 
-def remembered(entry: object, token: str) -> TypeGuard[Entry]:
-    """Steps 2-3 from memory: this exact token already passed them against this entry
-    (a well-formed token with a valid checksum whose secret matched the current hash).
-    Compared in constant time; `compare_digest` takes ASCII text only."""
-    return (
-        isinstance(entry, Entry)
-        and entry.proof is not None
-        and token.isascii()
-        and hmac.compare_digest(entry.proof, token)
-    )
+class Verdict(NamedTuple):
+    """What the step decided. `entry` is set when the request passed; `error` when
+    it was refused (it renders itself); `key_id` names the key the request claimed
+    once its credential parsed, and `proven` says whether it proved that key's
+    secret (audit names the caller only then). `client`: the client IP as step 6
+    found it; None with `peer_is_client` means the socket peer is the client (no
+    forwarding header: the usual request, whose verdict is made once per key).
+    `memo`: what the driver may remember about the cached key (see cache.Slot)."""
+
+    entry: Entry | None
+    error: RequestRejected | None
+    key_id: str | None = None
+    proven: bool = False
+    client: IPAddress | None = None
+    peer_is_client: bool = True
+    memo: tuple[Slot, str | None, tuple[str | None, str, str] | None] | None = None
+
+
+PUBLIC = Verdict(None, None)  # a public path: nothing checked, nothing to say
+
+
+@dataclass(slots=True)
+class Facts:
+    """One request as a door gathered it, or as `verify` describes a bare token.
+
+    `method` upper-cased and `path` below the mount point: what the app routes
+    (SPEC section 4 step 0); `path` None means no route (`verify`, the admin
+    app): no rules or public paths apply, only `scopes`. `scheme` None means no
+    transport to judge (`verify`). Header names are lower-case. Headers, token,
+    passphrase and body hold credentials, so `repr` leaves them out."""
+
+    method: str
+    path: str | None
+    peer: str | None
+    headers: Mapping[str, Sequence[str]] = field(default_factory=dict, repr=False)
+    scheme: str | None = "http"
+    scopes: tuple[str, ...] = ()  # needed beyond the rules (verify's, the admin app's)
+    token: str | None = field(default=None, repr=False)  # verify(): the credential itself
+    passphrase: str | None = field(default=None, repr=False)  # verify()'s
+    source: Any = field(default=None, repr=False)  # where a signed body is read from (body.py)
+    receive: Any = field(default=None, repr=False)  # ASGI: replaced by one replaying the body
+    # Filled in by the body need for a signed request:
+    body: bytes | None = field(default=None, repr=False)
+    raw_path: str | None = None
+    query: str = field(default="", repr=False)
+
+
+class Need(NamedTuple):
+    """The one piece of I/O the step needs: `kind` (one of the names below), its
+    argument, and the `Known` to record the answer in before calling again."""
+
+    kind: str
+    arg: Any
+    known: Known
+
+
+FETCH = "fetch"  # arg: key id -> known.entry = Entry | ABSENT
+BODY = "body"  # arg: byte limit -> facts.body, .raw_path, .query
+SLOW = "slow"  # arg: (stored hash, presented) -> known.slow[stored] = matched?
+ADMIT = "admit"  # arg: Entry -> known.admitted (step 8: spend the rate limit and quota)
+REMEMBER = "remember"  # arg: Signed -> known.remembered (the replay cache)
+FAILED = "failed"  # arg: client IP -> known.counted (a failed authentication)
+
+
+@dataclass(slots=True)
+class Known:
+    """What the I/O brought, for the step's next call (one request's scratchpad)."""
+
+    entry: Entry | _Absent | None = None
+    slow: dict[str, bool] = field(default_factory=dict)
+    admitted: bool = False
+    remembered: bool = False
+    counted: bool = False
+    fetched: bool = False  # the key came from the store or Redis, not the in-process cache
+    error: RequestRejected | None = None  # what the last I/O refused with
+    key_id: str | None = None
+    proven: bool = False
+
+
+@dataclass(slots=True)
+class Parts:
+    """What the step reads, built once by `KeyGuard` (and never by a request)."""
+
+    router: Router
+    clients: ClientResolver
+    tokens: TokenParser
+    cache: Any  # cache.KeyCache: `peek(key_id) -> Slot | None`
+    abuse: Abuse
+    signing: SignedRequests
+    clock: Any
+    header: str  # the `header` setting, lower-case
+    passphrase_header: str
+    require_tls: bool
+    setup: Any  # () -> Hasher: sets the store up (I/O, once; the first fetch has done it)
+    hasher: Hasher | None = None  # set by `setup`
+    # Headers that take a request off the remembered-route shortcut: forwarding
+    # headers (the client is then not the peer) and the passphrase.
+    cold: frozenset[str] = frozenset()
 
 
 def invalid_key() -> AuthenticationError:
     return AuthenticationError()  # the class defaults: invalid_key, "The API key is not valid."
 
 
-def credential(authorization: Sequence[str], api_key: Sequence[str]) -> str:
-    """Step 1: the one bearer token of a request (raises 401/400 otherwise)."""
-    # Fast paths for the usual request (one credential); the same answers as below.
-    if not api_key and len(authorization) == 1:
-        scheme, _, token = authorization[0].strip().partition(" ")
-        if scheme.lower() == "bearer":
-            return token.strip()
-    elif not authorization and len(api_key) == 1:
-        return api_key[0].strip()
+SIGNED = "signed"  # what `credential` answers for a signed request
+
+
+def credential(authorization: Sequence[str], api_key: Sequence[str], signed: bool) -> str:
+    """Step 1: the one credential of a request: the bearer token, or SIGNED
+    (raises 401 missing_credentials for none, 400 for two different ones)."""
+    # Fast paths for the usual request (one bearer credential); the same answers as below.
+    if not signed:
+        if not api_key and len(authorization) == 1:
+            scheme, _, token = authorization[0].strip().partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip()
+        elif not authorization and len(api_key) == 1:
+            return api_key[0].strip()
     tokens = set()
     for value in authorization:
         scheme, _, token = value.strip().partition(" ")
@@ -85,6 +192,10 @@ def credential(authorization: Sequence[str], api_key: Sequence[str]) -> str:
     if len(authorization) > 1:
         raise BadRequest("invalid_request", "Send one Authorization header.")
     tokens.update(v.strip() for v in api_key)
+    if signed:
+        if tokens:
+            raise BadRequest("invalid_request", "Send either a signed request or an API key.")
+        return SIGNED
     if not tokens:
         raise AuthenticationError("missing_credentials", "An API key is required.")
     if len(tokens) > 1:
@@ -92,46 +203,254 @@ def credential(authorization: Sequence[str], api_key: Sequence[str]) -> str:
     return tokens.pop()
 
 
-def bearer_proven(entry: Entry, token: str, secret: str, hasher: Hasher, now: float) -> bool:
-    """Step 3: the secret matches the current hash, or the previous one in grace.
-    A match of the current hash is remembered on the entry (see `remembered`)."""
-    record = entry.record
-    if hasher.check(record.secret_hash, secret):
-        entry.proof = token
-        return True
-    until = record.previous_valid_until
-    return until is not None and now < until and hasher.check(record.previous_secret_hash, secret)
+def remembered(slot: Slot | None, token: str) -> bool:
+    """Steps 2-3 from memory: this exact token already proved the cached entry's
+    current secret. Compared in constant time (`compare_digest` takes ASCII only)."""
+    return (
+        slot is not None
+        and slot.proof is not None
+        and token.isascii()
+        and hmac.compare_digest(slot.proof, token)
+    )
 
 
-def decide(
-    entry: Entry,
-    proven: bool,
-    now: float,
-    hasher: Hasher,
-    passphrase: str | None,
-    client_ip: IPAddress | None,
-    needed: Sequence[str],
-) -> KeyInfo:
-    """Steps 3-7 for a found key whose proof (secret or signature) was checked."""
-    if not proven:
-        raise invalid_key()
-    record = entry.record
-    if record.revoked_at is not None and record.revoked_at <= now:
-        raise AuthenticationError("revoked_key", "The API key has been revoked.")
-    if record.expires_at is not None and record.expires_at <= now:
-        raise AuthenticationError("expired_key", "The API key has expired.")
-    if record.passphrase_hash is not None and (
-        passphrase is None or not hasher.check(record.passphrase_hash, passphrase)
-    ):
-        raise AuthenticationError("invalid_passphrase", "The passphrase is missing or wrong.")
-    if entry.allowlist is not None and client_ip not in entry.allowlist:
-        raise AuthorizationError(
-            "ip_not_allowed", "This API key may not be used from this address."
-        )
-    if needed and not entry.scopes.issuperset(needed):  # held outright: nothing to walk
-        missing = Scopes.missing(entry.scopes, needed)
-        if missing:
-            raise AuthorizationError(
-                "insufficient_scope", "The API key lacks a scope this route needs.", scopes=missing
+def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa: C901
+    """SPEC section 4, in order. Called again by the driver with `k` after each Need."""
+    key_id: str | None = None
+    proven = False
+    try:
+        if k is not None:
+            key_id, proven = k.key_id, k.proven
+            if k.error is not None:
+                raise k.error  # what the last I/O refused with
+
+        # 1. A public path needs nothing.
+        if f.path is not None and p.router.is_public(f.path):
+            return PUBLIC
+        # HTTPS only (`require_tls`): refused before any credential is read.
+        if (
+            p.require_tls
+            and f.scheme is not None
+            and not p.clients.is_tls(f.peer, f.headers, f.scheme)
+        ):
+            raise AuthorizationError("tls_required", "This API must be called over HTTPS.")
+        # A client over `abuse.max_failures` is refused before anything is parsed.
+        abuse = p.abuse
+        if abuse.blocked:
+            abuse.check_client(p.clients.resolve(f.peer, f.headers))
+
+        # 1. Exactly one credential: a bearer token (Authorization or `header`) or a
+        #    signed request (only where signed requests can be checked).
+        h = f.headers
+        if f.token is not None:
+            token = f.token
+        else:
+            token = credential(
+                h.get("authorization", ()), h.get(p.header, ()), p.signing.is_signed(h)
             )
-    return entry.info
+        now = p.clock()
+        signed: Signed | None = None
+        if token is not SIGNED:
+            # 2. Well-formed, with a valid checksum (no I/O for a mistyped or made-up token).
+            key_id = p.tokens.quick_id(token)
+            if key_id is None:
+                raise invalid_key()
+            slot = p.cache.peek(key_id)
+            fresh_proof = False  # did this request prove the current secret (not remembered)?
+            if slot is not None and remembered(slot, token):
+                entry = slot.entry  # this very token proved this entry before (steps 2-3)
+                proven = True
+                if (
+                    (f.peer, f.method, f.path) in slot.routes
+                    and now < entry.until
+                    and f.token is None
+                    and p.cold.isdisjoint(h)
+                ):  # steps 4-7 passed for this peer and route before (see cache.Slot)
+                    if entry.limited and not (k is not None and k.admitted):
+                        return _admit(entry, k, key_id)
+                    return entry.passed  # type: ignore[no-any-return]
+            else:
+                if not p.tokens.checksum_ok(token) or p.tokens.split(token) is None:
+                    raise invalid_key()
+                # 3. The key is found, and the secret matches.
+                found = _found(p, k, slot, key_id)
+                if isinstance(found, Need):
+                    return found
+                entry = found
+                matched = _bearer_proven(p, k, entry, token, now)
+                if isinstance(matched, Need):
+                    return matched
+                proven, fresh_proof = matched is not False, matched is CURRENT
+            passphrase = f.passphrase if f.token is not None else _first(h, p.passphrase_header)
+        else:
+            # 2. A signed request: headers well-formed, timestamp fresh, body read once.
+            if f.body is None:
+                return Need(BODY, p.signing.max_body_bytes, k or Known())
+            signed = p.signing.begin(f)  # pure: run again on each call, as cheap as keeping it
+            key_id = signed.key_id
+            # 3. The key is found (a signing key), and the signature matches.
+            slot = p.cache.peek(key_id)
+            found = _found(p, k, slot, key_id)
+            if isinstance(found, Need):
+                return found
+            entry = found
+            proven = p.signing.prove(entry, signed, now)
+            passphrase = signed.passphrase
+        if not proven:
+            raise invalid_key()
+
+        # 4-7. Live, passphrase, client IP, scopes: only for a caller who proved the key.
+        record = entry.record
+        if record.revoked_at is not None and record.revoked_at <= now:
+            raise AuthenticationError("revoked_key", "The API key has been revoked.")
+        if record.expires_at is not None and record.expires_at <= now:
+            raise AuthenticationError("expired_key", "The API key has expired.")
+        # 5. Passphrase, where the key has one (argon2: run by the driver, off the loop).
+        if record.passphrase_hash is not None:
+            matched = _checked(p, k, record.passphrase_hash, passphrase, key_id, proven)
+            if isinstance(matched, Need):
+                return matched
+            if not matched:
+                raise AuthenticationError(
+                    "invalid_passphrase", "The passphrase is missing or wrong."
+                )
+        # 6. The client IP, inside the allowlist when there is one.
+        if entry.allowlist is not None:
+            client = p.clients.resolve(f.peer, h) if h else _peer_ip(f.peer)
+            if client not in entry.allowlist:
+                raise AuthorizationError(
+                    "ip_not_allowed", "This API key may not be used from this address."
+                )
+        # 7. The scopes the matching rules (and the caller) ask for.
+        needed = p.router.required(f.method, f.path) if f.path is not None else ()
+        if f.scopes:
+            needed = (*needed, *f.scopes)
+        if needed and not entry.scopes.issuperset(needed):  # held outright: nothing to walk
+            missing = Scopes.missing(entry.scopes, needed)
+            if missing:
+                raise AuthorizationError(
+                    "insufficient_scope",
+                    "The API key lacks a scope this route needs.",
+                    scopes=missing,
+                )
+
+        # A signed request's signature is used up only now, by a request that passed.
+        if signed is not None and not (k is not None and k.remembered):
+            known = k or Known()
+            known.entry, known.key_id, known.proven = entry, key_id, True
+            return Need(REMEMBER, signed, known)
+        # 8. The per-key rate limit and use quota.
+        if entry.limited and not (k is not None and k.admitted):
+            return _admit(entry, k, key_id)
+        # 9. The app runs. What the warm path may remember about this cached key:
+        memo = None if signed is not None else _memo(p, f, slot, entry, token, fresh_proof)
+        if memo is None and p.cold.isdisjoint(h):
+            return entry.passed  # type: ignore[no-any-return]
+        client = p.clients.resolve(f.peer, h)
+        return Verdict(entry, None, key_id, True, client, False, memo)
+    except RequestRejected as exc:
+        # A failed authentication (every 401 but "no credentials", which is no guess)
+        # counts against the client before the refusal is answered.
+        client = p.clients.resolve(f.peer, f.headers)
+        if (
+            isinstance(exc, AuthenticationError)
+            and exc.code != "missing_credentials"
+            and p.abuse.throttling
+            and client is not None  # a client with no address is never counted as one
+            and not (k is not None and k.counted)
+        ):
+            known = k or Known()
+            known.error, known.key_id, known.proven = exc, key_id, proven
+            return Need(FAILED, client, known)
+        return Verdict(None, exc, key_id, proven, client, False)
+
+
+def _memo(
+    p: Parts, f: Facts, slot: Slot | None, entry: Entry, token: str, fresh_proof: bool
+) -> tuple[Slot, str | None, tuple[str | None, str, str] | None] | None:
+    """What a pass teaches the warm path about the cached `slot` (see cache.Slot):
+    the token, when this request proved the current secret with it (`fresh_proof`);
+    the route, for a door's request whose client is the peer (no forwarding header)
+    and that sent no passphrase."""
+    if slot is None or slot.entry is not entry:
+        return None
+    route = None
+    if (
+        f.token is None
+        and f.path is not None
+        and p.cold.isdisjoint(f.headers)
+        and len(slot.routes) < WARM_ROUTES
+    ):
+        seen = (f.peer, f.method, f.path)
+        route = None if seen in slot.routes else seen
+    proof = token if fresh_proof else None
+    return None if route is None and proof is None else (slot, proof, route)
+
+
+def _first(headers: Mapping[str, Sequence[str]], name: str) -> str | None:
+    values = headers.get(name)
+    return values[0] if values else None
+
+
+def _peer_ip(peer: str | None) -> IPAddress | None:
+    return parse_ip(peer) if peer else None
+
+
+def _found(p: Parts, k: Known | None, slot: Slot | None, key_id: str) -> Entry | Need:
+    """Step 3's look-up: the cached entry, or a Need to fetch it; unknown: 401."""
+    entry = k.entry if k is not None and k.entry is not None else slot.entry if slot else None
+    if entry is None:
+        known = k or Known()
+        known.key_id = key_id
+        return Need(FETCH, key_id, known)
+    if not isinstance(entry, Entry):  # ABSENT: no such key
+        raise invalid_key()
+    return entry
+
+
+def _checked(
+    p: Parts,
+    k: Known | None,
+    stored: str | None,
+    presented: str | None,
+    key_id: str | None,
+    proven: bool,
+) -> bool | Need:
+    """Does `presented` match `stored`? A check only argon2 can answer is a Need
+    (the driver runs it, off the event loop); its answer comes back in `k.slow`."""
+    if stored is None or presented is None:
+        return False
+    if k is not None and stored in k.slow:
+        return k.slow[stored]
+    matched = (p.hasher or p.setup()).quick(stored, presented)
+    if matched is None:
+        known = k or Known()
+        known.key_id, known.proven = key_id, proven
+        return Need(SLOW, (stored, presented), known)
+    return matched
+
+
+CURRENT, PREVIOUS = "current", "previous"  # which hash a bearer secret matched
+
+
+def _bearer_proven(
+    p: Parts, k: Known | None, entry: Entry, token: str, now: float
+) -> str | bool | Need:
+    """Step 3's proof: CURRENT when the secret matches the current hash, PREVIOUS
+    when it matches the previous one during a rotate grace, else False."""
+    secret = token[p.tokens.secret_start : p.tokens.secret_end]
+    record = entry.record
+    current = _checked(p, k, record.secret_hash, secret, record.id, False)
+    if current is not False:
+        return CURRENT if current is True else current
+    until = record.previous_valid_until
+    if until is None or now >= until:
+        return False
+    previous = _checked(p, k, record.previous_secret_hash, secret, record.id, False)
+    return PREVIOUS if previous is True else previous
+
+
+def _admit(entry: Entry, k: Known | None, key_id: str) -> Need:
+    known = k or Known()
+    known.entry, known.key_id, known.proven = entry, key_id, True
+    return Need(ADMIT, entry, known)

@@ -17,14 +17,17 @@
         └── ServiceUnavailable     503 unavailable
 
 A `RequestRejected` carries `.code`, `.status_code`, `.title`, `.detail` and the
-extra headers it needs; `problem()` renders it the same way for both doors.
-Messages never carry a token, secret or passphrase: callers pass fixed text.
+extra headers it needs, and renders itself (werkzeug's pattern): `problem()` is
+the one renderer (RFC 9457 problem+json), `wsgi(start_response)` and
+`await asgi(scope, send)` send it through either door. Messages never carry a
+token, secret or passphrase: callers pass fixed text.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 
 class KeyGuardError(Exception):
@@ -89,6 +92,27 @@ class RequestRejected(KeyGuardError):
 
     def headers(self) -> list[tuple[str, str]]:
         return []
+
+    def wsgi(self, start_response: Callable[..., Any]) -> list[bytes]:
+        """Answer a WSGI request with this rejection."""
+        status, headers, body = problem(self)
+        start_response(f"{status} {self.title}", headers)
+        return [body]
+
+    async def asgi(self, scope: Any, send: Callable[[Any], Awaitable[None]]) -> None:
+        """Answer an ASGI request (http, or a websocket handshake) with this rejection."""
+        status, headers, body = problem(self)
+        raw = [(k.encode(), v.encode()) for k, v in headers]
+        if scope["type"] == "websocket":
+            if "websocket.http.response" not in scope.get("extensions", {}):
+                # The server cannot send an HTTP answer: close before accepting.
+                await send({"type": "websocket.close", "code": 1008, "reason": self.code})
+                return
+            await send({"type": "websocket.http.response.start", "status": status, "headers": raw})
+            await send({"type": "websocket.http.response.body", "body": body})
+            return
+        await send({"type": "http.response.start", "status": status, "headers": raw})
+        await send({"type": "http.response.body", "body": body})
 
 
 class BadRequest(RequestRejected):

@@ -18,7 +18,6 @@ from typing import Any, TypeVar, cast
 from flask import Flask, Response, request
 from werkzeug.local import LocalProxy
 
-from . import audit
 from .exceptions import (
     AuthenticationError,
     AuthorizationError,
@@ -68,7 +67,11 @@ def require_scopes(*scopes: str) -> Callable[[F], F]:
                         scopes=missing,
                     )
             except RequestRejected as exc:
-                audit.denied_in_wsgi_view(request.environ, exc)
+                environ = request.environ
+                guard, facts = environ.get("keyguard.guard"), environ.get("keyguard.facts")
+                if isinstance(guard, KeyGuard) and facts is not None:
+                    named = environ.get("keyguard.key")
+                    guard.drivers.refused_later(facts, exc, getattr(named, "id", None))
                 return problem_response(exc)
             return view(*args, **kwargs)
 

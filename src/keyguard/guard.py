@@ -1,25 +1,18 @@
-"""`KeyGuard`: settings, the lookup chain, and verification for both doors.
+"""`KeyGuard`: the façade that builds the parts and wires them. No rule lives here.
 
-Lookup chain: in-process `LocalCache` -> shared cache (Redis, when set) ->
-store. The warm path (key cached) does no I/O and never awaits; the doors
-first try `warm`, which answers the usual repeat request in one call (the
-token that proved the key last time, a decision already taken for this peer
-and route), or for a signed request `warm_signed` once its body is read, and
-fall back to `authenticate` for everything else. A miss runs
-once per id however many requests wait for it (`SingleFlight`); async callers
-run it in a worker thread, so the event loop never blocks on a store.
-Sync and async share every line except that one call: `authenticate` and
-`aauthenticate` differ only in how a miss is fetched.
+    settings -> store, key cache (cache.py), signed-request checker (signing.py),
+                abuse counters (ratelimit.py), key manager (keys.py)
+             -> the step's parts (decision.py) and its two drivers (check.py)
 
-`last_used_at` is buffered in memory and written in one batch a minute (and
-on `close()`), never once per request.
+`verify`/`averify` describe a bare token as `Facts` and run the same drivers
+as the doors. `last_used_at` is buffered in memory and written in one batch a
+minute (and on `close()`), never once per request.
 """
 
 from __future__ import annotations
 
 import atexit
 import base64
-import functools
 import hmac
 import ipaddress
 import logging
@@ -28,29 +21,21 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import anyio
-import anyio.to_thread
-
-from .cache import ABSENT, LocalCache, SingleFlight, _Absent
-from .decision import Entry, bearer_proven, credential, decide, invalid_key, remembered
-from .exceptions import (
-    AuthenticationError,
-    AuthorizationError,
-    RequestRejected,
-    ServiceUnavailable,
-    StoreError,
-)
+from . import audit
+from .cache import KeyCache
+from .check import Drivers
+from .decision import Entry, Facts, Parts, Verdict
+from .exceptions import StoreError
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import TLS_SCHEMES, Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
+from .network import Allowlist, ClientResolver, IPAddress, IPNetwork
 from .ratelimit import Abuse
 from .redis import RedisTier, open_tier
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
-from .signing import Signed, SignedRequests
+from .signing import SignedRequests
 from .stores import Store, open_store
 from .tokens import TokenParser
 
@@ -59,74 +44,72 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("keyguard")
 FLUSH_INTERVAL = 60.0
-SLOW_THREADS = 2  # worker threads that may run argon2 for requests at once
-WARM_ROUTES = 256  # (peer, method, path) a cached key remembers as passed (see Entry.passed)
 _NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
-
-
-@dataclass(slots=True)
-class Facts:
-    """What a door gathered from one request (header names lower-case): the method
-    upper-cased and the path below the mount point, as the app routes them.
-    Headers and body may hold credentials, so `repr` leaves them out."""
-
-    method: str
-    path: str
-    peer: str | None
-    headers: dict[str, list[str]] = field(default_factory=dict, repr=False)
-    query: str = field(default="", repr=False)
-    # Signed requests only (the door reads them when `guard.signing.is_signed`):
-    body: bytes | None = field(default=None, repr=False)
-    raw_path: str | None = None
-    scheme: str = "http"  # the socket's: "http", "https", "ws", "wss"
 
 
 class KeyGuard:
     """The one core object: `guard.keys` manages keys, `guard.verify` checks one."""
 
     def __init__(
-        self, settings: Mapping[str, Any] | None = None, *, clock: Callable[[], float] = time.time
+        self,
+        settings: Mapping[str, Any] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        store: Store | None = None,
     ) -> None:
+        """`clock` and `store` replace the wall clock and the store the `store`
+        setting names (tests, a custom backend)."""
         self.settings: Settings = load_settings(settings)
         s = self.settings
         self.clock = clock
-        self.store: Store = open_store(s.store)
+        self.store: Store = open_store(s.store) if store is None else store
         self.router = Router(s.public_paths, s.rules)
         self.scopes = Scopes(s.scope_implies)
         self.clients = ClientResolver(s.trusted_proxies, s.proxy_header)
-        self._tokens = TokenParser(s.token_prefix)
-        self._local: LocalCache[Entry] = LocalCache(s.local_cache_size)
-        self._cache_positive = s.cache is not None
-        self._redis = open_tier(s.cache)  # the one Redis tier: the shared cache and the limits
-        self._shared = _shared_cache(
-            s,
-            self._redis,
-            self._dropped,
-            self._dropped_all,
-            functools.partial(self.store.get_meta, "changed"),
-        )
-        self._flight: SingleFlight[Entry | _Absent] = SingleFlight(self._load)
-        self._epoch = 0  # bumped on every local change; a load that saw an older one isn't cached
-        self._hasher: Hasher | None = None
-        self._ready_lock = threading.Lock()
-        self._used: dict[str, float] = {}
-        self._slow = anyio.CapacityLimiter(SLOW_THREADS)
-        self._next_flush = clock() + FLUSH_INTERVAL
         self.header = s.header.lower()
         self.passphrase_header = "kg-passphrase"
+        self._hasher: Hasher | None = None
+        self._ready_lock = threading.Lock()
         self.signing = SignedRequests(self)  # checks signing.master_keys now, not on first use
-        self.require_tls = s.require_tls
+        self._redis = open_tier(s.cache)  # the one Redis tier: the shared cache and the limits
+        self.abuse = Abuse(s, self.store, self._redis)
+        self.cache = KeyCache(
+            self.store,
+            self._prepare,
+            lambda: self.hasher,
+            size=s.local_cache_size,
+            ttl=s.local_cache_ttl,
+            cache_positive=s.cache is not None,
+            shared=lambda on_change, on_reset: _shared_cache(
+                s, self._redis, on_change, on_reset, lambda: self.store.get_meta("changed")
+            ),
+        )
         self.header_names = (
             frozenset({"authorization", self.header, self.passphrase_header})
             | self.clients.header_names  # the one forwarding family the proxies write
             | self.signing.header_names  # empty unless signed requests can be checked
         )
-        self._cold_headers = self.header_names - {"authorization", self.header}  # see `warm`
-        self._cold_signed = self.header_names - self.signing.names  # see `warm_signed`
+        self.parts = Parts(
+            router=self.router,
+            clients=self.clients,
+            tokens=TokenParser(s.token_prefix),
+            cache=self.cache,
+            abuse=self.abuse,
+            signing=self.signing,
+            clock=clock,
+            header=self.header,
+            passphrase_header=self.passphrase_header,
+            require_tls=s.require_tls,
+            setup=lambda: self.hasher,
+            cold=self.clients.header_names | {self.passphrase_header},
+        )
+        self._used: dict[str, float] = {}
+        self._next_flush = clock() + FLUSH_INTERVAL
+        self.drivers = Drivers(self.parts, self.cache, self.abuse, self.signing, self._use)
+        self.drivers.observers.append(audit.observe)
         from .keys import KeyManager
 
         self.keys = KeyManager(self)
-        self.abuse = Abuse(s, self.store, self._redis)
         atexit.register(_flush_at_exit, weakref.ref(self))
 
     # -- start-up -----------------------------------------------------------
@@ -151,10 +134,8 @@ class KeyGuard:
                             "under, so they will not verify (was the pepper set, changed or "
                             "dropped after keys were created?)"
                         )
-                    self._hasher = hasher
+                    self._hasher = self.parts.hasher = hasher
         return self._hasher
-
-    # -- the lookup chain ---------------------------------------------------
 
     def _prepare(self, record: KeyRecord) -> Entry:
         networks: list[IPNetwork] = []
@@ -163,374 +144,71 @@ class KeyGuard:
                 networks.append(ipaddress.ip_network(text, strict=False))
             except ValueError:
                 networks.append(_NEVER)  # fail closed on a corrupt stored entry
-        entry = Entry(
+        return Entry(
             record,
             record.info(),
             self.scopes.expand(record.scopes),
             Allowlist(networks) if networks else None,
+            self.abuse.applies(record),
         )
-        entry.limited = self.abuse.applies(entry)
-        return entry
-
-    def _load(self, key_id: str) -> Entry | _Absent:
-        epoch = self._epoch
-        ttl = self.settings.local_cache_ttl
-        try:
-            self.hasher  # noqa: B018 - sets the store up on first use
-            shared, fetch = self._shared, self.store.get
-            if shared is None:
-                record = fetch(key_id)
-            else:
-                record, keep_until = shared.load(key_id, fetch)
-                ttl = min(ttl, keep_until - time.monotonic())
-        except StoreError as exc:
-            raise ServiceUnavailable() from exc
-        value: Entry | _Absent = ABSENT if record is None else self._prepare(record)
-        if epoch == self._epoch and (self._cache_positive or value is ABSENT) and ttl > 0:
-            self._local.set(key_id, value, ttl)
-        return value
 
     def forget(self, key_id: str) -> None:
-        """Drop any cached copy of a key (called after every change), on every instance:
-        published through Redis, or, where this guard cannot reach Redis, marked in the
-        store so every instance's shared cache stops serving its copy (see shared.py)."""
-        self._dropped(key_id)
-        if self._shared is None or not self._shared.publish(key_id):
-            try:
-                self.store.set_meta("changed", secrets.token_urlsafe(12))
-            except StoreError:
-                logger.warning(
-                    "keyguard: key %s changed, but the store did not take the change marker; "
-                    "other instances' Redis cache may serve the old record for up to cache_ttl",
-                    key_id,
-                )
+        """Drop any cached copy of a key (called after every change), on every instance."""
+        self.cache.forget(key_id)
 
-    def _dropped(self, key_id: str) -> None:
-        self._epoch += 1
-        self._local.drop(key_id)
+    # -- checking -------------------------------------------------------------
 
-    def _dropped_all(self) -> None:
-        self._epoch += 1
-        self._local.clear()
+    def check(self, facts: Facts) -> Verdict:
+        """SPEC section 4 for one request, by the sync driver (the WSGI door's)."""
+        return self.drivers.run(facts)
 
-    # -- verification -------------------------------------------------------
+    async def acheck(self, facts: Facts) -> Verdict:
+        """SPEC section 4 for one request, by the async driver (the ASGI door's)."""
+        return await self.drivers.arun(facts)
 
     def verify(
         self,
         token: str,
         *,
         client_ip: str | IPAddress | None = None,
-        scopes: Sequence[str] = (),
+        scopes: str | Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
         """Check a bearer token without HTTP; raises the errors of SPEC section 5.
-        With `client_ip`, failed-attempt throttling applies to that address."""
-        if client_ip is None:  # no client to count failures against: no handler in the way
-            entry = self._verified(token, None, scopes, passphrase)
-        else:
-            ip = _ip(client_ip)
-            self.abuse.check_client(ip)
-            try:
-                entry = self._verified(token, ip, scopes, passphrase)
-            except AuthenticationError as exc:
-                if exc.code != "missing_credentials":
-                    self.abuse.failed(ip)
-                raise
-        self.abuse.admit(entry)
-        return entry.info
-
-    def _verified(
-        self, token: str, ip: IPAddress | None, scopes: Sequence[str], passphrase: str | None
-    ) -> Entry:
-        key_id, secret, found = self._bearer(token)
-        found = found or self._fetch(key_id)
-        return self._decide(found, ip, _scopes(scopes), passphrase, token=token, secret=secret)
+        With `client_ip`, the allowlist and failed-attempt throttling apply to it."""
+        verdict = self.drivers.run(_bare(token, client_ip, scopes, passphrase))
+        if verdict.error is not None:
+            raise verdict.error
+        assert verdict.entry is not None  # a bare token is never on a public path
+        return verdict.entry.info
 
     async def averify(
         self,
         token: str,
         *,
         client_ip: str | IPAddress | None = None,
-        scopes: Sequence[str] = (),
+        scopes: str | Sequence[str] = (),
         passphrase: str | None = None,
     ) -> KeyInfo:
-        ip = _ip(client_ip)
-        if client_ip is not None:
-            self.abuse.check_client(ip)
-        try:
-            key_id, secret, found = self._bearer(token)
-            found = found or await self._afetch(key_id)
-            entry = await self._adecide(
-                found, ip, _scopes(scopes), passphrase, token=token, secret=secret
-            )
-        except AuthenticationError as exc:
-            if client_ip is not None and exc.code != "missing_credentials":
-                await self.abuse.afailed(ip)
-            raise
-        if self.abuse.applies(entry):
-            await self.abuse.aadmit(entry)
-        return entry.info
-
-    def warm(
-        self,
-        method: str,
-        path: str,
-        peer: str | None,
-        headers: Mapping[str, Sequence[str]],
-        scheme: str = "http",
-    ) -> Entry | None:
-        """Steps 1-8 for the usual request, in one call that never awaits: a lone
-        bearer credential header whose token already proved its cached key (see
-        `remembered`), no forwarding, passphrase or signing header, a client that
-        is not throttled, rate limits counted in memory. None when `authenticate`
-        must answer: a miss, a first use, anything that needs I/O or fails steps 1-7
-        (so it is counted there). Raises only step 8's 429 (a spent rate limit or
-        quota)."""
-        abuse = self.abuse
-        if (
-            not self._cold_headers.isdisjoint(headers)
-            or (abuse.blocked and abuse.throttles(peer))
-            or (self.require_tls and scheme not in TLS_SCHEMES)  # no forwarding: the socket's
-        ):
-            return None
-        try:
-            token = credential(headers.get("authorization", ()), headers.get(self.header, ()))
-        except RequestRejected:
-            return None
-        key_id = self._tokens.quick_id(token)
-        entry = None if key_id is None else self._local.peek(key_id)
-        if not remembered(entry, token):
-            return None
-        now = self.clock()
-        if not self._warm_passes(entry, method, path, peer, now):
-            return None
-        return self._warm_admit(entry, now)
-
-    def warm_signed(self, facts: Facts) -> Entry | None:
-        """`warm` for a signed request whose body the door has read: a cached
-        signing key, no forwarding, passphrase or bearer header, the replay cache
-        in this process (with Redis, remembering is I/O: `aauthenticate` does it).
-        The signature is checked and remembered as `authenticate` does it (the
-        same calls); None when that must answer instead, as for `warm`."""
-        signing, abuse = self.signing, self.abuse
-        if (
-            not self._cold_signed.isdisjoint(facts.headers)
-            or (abuse.blocked and abuse.throttles(facts.peer))
-            or signing.shared
-        ):
-            return None
-        try:
-            signed = signing.begin(facts)
-            entry = self._local.peek(signed.key_id)
-            now = self.clock()
-            if not isinstance(entry, Entry) or not signing.prove(entry, signed, now):
-                return None
-        except RequestRejected:
-            return None
-        if not self._warm_passes(entry, facts.method, facts.path, facts.peer, now):
-            return None
-        try:
-            signing.remember(signed)  # last: a refused request must not use the signature up
-        except RequestRejected:
-            return None  # a replay: `authenticate` refuses it again, and counts it
-        return self._warm_admit(entry, now)
-
-    def _warm_passes(
-        self, entry: Entry, method: str, path: str, peer: str | None, now: float
-    ) -> bool:
-        """Steps 4-8 of a warm request whose credential proved `entry`, short of
-        counting it: `decide` for this peer (no forwarding header: the peer is the
-        client) and route, unless it passed before (see `Entry.passed`)."""
-        if entry.limited and not self.abuse.admits_now(entry):
-            return False
-        seen = (peer, method, path)
-        if now >= entry.until or seen not in entry.passed:
-            ip = parse_ip(peer) if peer else None
-            try:
-                hasher = self._hasher or self.hasher
-                decide(entry, True, now, hasher, None, ip, self.router.required(method, path))
-            except RequestRejected:
-                return False
-            if len(entry.passed) < WARM_ROUTES:
-                entry.passed.add(seen)
-        return True
-
-    def _warm_admit(self, entry: Entry, now: float) -> Entry:
-        self._used[entry.record.id] = now  # as in `_decide`
-        if now >= self._next_flush:
-            self._flush_soon(now)
-        if entry.limited:
-            self.abuse.admit(entry)  # in memory; a spent limit raises 429 for the door to send
-        return entry
-
-    def admits_scheme(self, facts: Facts) -> bool:
-        """`require_tls`: did this request arrive over TLS (or need it not)?"""
-        return not self.require_tls or self.clients.is_tls(facts.peer, facts.headers, facts.scheme)
-
-    def _check_scheme(self, facts: Facts) -> None:
-        if not self.admits_scheme(facts):  # before any credential is read
-            raise AuthorizationError("tls_required", "This API must be called over HTTPS.")
-
-    def authenticate(self, facts: Facts) -> Entry:
-        """Steps 1-8 for a request the door described; returns the passing entry."""
-        self._check_scheme(facts)
-        ip = self._client(facts)
-        self.abuse.check_client(ip)  # a throttled client is refused before any parsing or lookup
-        try:
-            if self.signing.is_signed(facts.headers):
-                signed = self.signing.begin(facts)
-                found = self._local.get(signed.key_id) or self._fetch(signed.key_id)
-                entry = self._decide(found, ip, signed.needed, signed.passphrase, signed=signed)
-                self.signing.remember(signed)
-            else:
-                token, needed, passphrase = self._begin(facts)
-                key_id, secret, cached = self._bearer(token)
-                found = cached or self._fetch(key_id)
-                entry = self._decide(found, ip, needed, passphrase, token=token, secret=secret)
-        except AuthenticationError as exc:
-            if exc.code != "missing_credentials":
-                self.abuse.failed(ip)
-            raise
-        self.abuse.admit(entry)
-        return entry
-
-    async def aauthenticate(self, facts: Facts) -> Entry:
-        self._check_scheme(facts)
-        ip = self._client(facts)
-        self.abuse.check_client(ip)
-        try:
-            if self.signing.is_signed(facts.headers):
-                signed = self.signing.begin(facts)
-                found = self._local.get(signed.key_id) or await self._afetch(signed.key_id)
-                entry = await self._adecide(
-                    found, ip, signed.needed, signed.passphrase, signed=signed
-                )
-                if self.signing.shared:  # Redis: the call runs in a worker thread
-                    await self.signing.aremember(signed)
-                else:
-                    self.signing.remember(signed)
-            else:
-                token, needed, passphrase = self._begin(facts)
-                key_id, secret, cached = self._bearer(token)
-                found = cached or await self._afetch(key_id)
-                entry = await self._adecide(
-                    found, ip, needed, passphrase, token=token, secret=secret
-                )
-        except AuthenticationError as exc:
-            if exc.code != "missing_credentials":
-                await self.abuse.afailed(ip)
-            raise
-        if self.abuse.applies(entry):
-            await self.abuse.aadmit(entry)
-        return entry
-
-    def _begin(self, facts: Facts) -> tuple[str, tuple[str, ...], str | None]:
-        """Step 1 for a bearer request: (token, scopes needed, passphrase)."""
-        h = facts.headers
-        token = credential(h.get("authorization", ()), h.get(self.header, ()))
-        passphrases = h.get(self.passphrase_header)
-        return (
-            token,
-            self.router.required(facts.method, facts.path),
-            passphrases[0] if passphrases else None,
-        )
-
-    def _bearer(self, token: str) -> tuple[str, str | None, Entry | _Absent | None]:
-        """Step 2, and step 3 when memory can answer it, before any I/O.
-
-        Returns (key id, the secret still to check or None when this very token
-        already proved the cached entry, the cached entry or None)."""
-        tokens = self._tokens
-        key_id = tokens.quick_id(token)
-        if key_id is None:
-            raise invalid_key()
-        found = self._local.get(key_id)
-        if found is not None and remembered(found, token):
-            return key_id, None, found
-        # The checksum first: it refuses random tokens fastest (split only checks shape).
-        if not tokens.checksum_ok(token):
-            raise invalid_key()
-        parts = tokens.split(token)
-        if parts is None:
-            raise invalid_key()
-        key_id, secret = parts  # split() accepts only tokens whose quick_id is this id
-        return key_id, secret, found
-
-    def _client(self, facts: Facts) -> IPAddress | None:
-        return self.clients.resolve(facts.peer, facts.headers)
-
-    def _fetch(self, key_id: str) -> Entry | _Absent:
-        return self._flight(key_id)
-
-    async def _afetch(self, key_id: str) -> Entry | _Absent:
-        return await self._flight.acall(key_id)
-
-    def _decide(
-        self,
-        entry: Entry | _Absent,
-        ip: IPAddress | None,
-        needed: Sequence[str],
-        passphrase: str | None,
-        *,
-        token: str = "",
-        secret: str | None = None,
-        signed: Signed | None = None,
-    ) -> Entry:
-        if entry is ABSENT:
-            raise invalid_key()
-        assert isinstance(entry, Entry)  # for mypy; ABSENT is the only other value
-        now = self.clock()
-        hasher = self._hasher or self.hasher  # the property only until it is set up
-        if signed is not None:
-            proven = self.signing.prove(entry, signed, now)
-        elif secret is None:  # `remembered`: this token proved this entry before
-            proven = True
-        else:
-            proven = bearer_proven(entry, token, secret, hasher, now)
-        decide(entry, proven, now, hasher, passphrase, ip, needed)
-        self._used[entry.record.id] = now  # `last_used_at`, buffered
-        if now >= self._next_flush:
-            self._flush_soon(now)
-        return entry
-
-    async def _adecide(
-        self,
-        entry: Entry | _Absent,
-        ip: IPAddress | None,
-        needed: Sequence[str],
-        passphrase: str | None,
-        *,
-        token: str = "",
-        secret: str | None = None,
-        signed: Signed | None = None,
-    ) -> Entry:
-        """`_decide` for the event loop: a check that would run argon2 (a bearer secret
-        under `hashing: argon2id`, a passphrase) runs in a worker thread, at most
-        `SLOW_THREADS` at a time, so slow hashes never stall other requests."""
-        decide_now = functools.partial(
-            self._decide, entry, ip, needed, passphrase, token=token, secret=secret, signed=signed
-        )
-        if not isinstance(entry, Entry):
-            return decide_now()
-        record, hasher = entry.record, self._hasher or self.hasher
-        if (
-            hasher.costly(record.secret_hash, secret)
-            or hasher.costly(record.previous_secret_hash, secret)
-            or hasher.costly(record.passphrase_hash, passphrase)
-        ):
-            return await anyio.to_thread.run_sync(decide_now, limiter=self._slow)
-        return decide_now()
-
-    def _flush_soon(self, now: float) -> None:
-        """Once a minute, a thread writes the buffered `last_used_at` times out."""
-        self._next_flush = now + FLUSH_INTERVAL
-        threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
+        verdict = await self.drivers.arun(_bare(token, client_ip, scopes, passphrase))
+        if verdict.error is not None:
+            raise verdict.error
+        assert verdict.entry is not None
+        return verdict.entry.info
 
     def has_scopes(self, key: KeyInfo, needed: Iterable[str]) -> list[str]:
         """The scopes in `needed` that `key` lacks (after implication and wildcards)."""
         return Scopes.missing(self.scopes.expand(key.scopes), needed)
 
     # -- last use -----------------------------------------------------------
+
+    def _use(self, key_id: str, verdict: Verdict, facts: Facts) -> None:
+        """A pass: `last_used_at`, buffered; once a minute a thread writes the batch."""
+        now = self.clock()
+        self._used[key_id] = now
+        if now >= self._next_flush:
+            self._next_flush = now + FLUSH_INTERVAL
+            threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
 
     def pending_use(self, key_id: str) -> float | None:
         return self._used.get(key_id)
@@ -554,22 +232,35 @@ class KeyGuard:
     def close(self) -> None:
         self.flush()
         self.signing.close()
-        if self._shared is not None:
-            self._shared.close()
+        self.cache.close()
         self.abuse.close()
         if self._redis is not None:
             self._redis.close()
         self.store.close()
 
 
+def _bare(
+    token: str,
+    client_ip: str | IPAddress | None,
+    scopes: str | Sequence[str],
+    passphrase: str | None,
+) -> Facts:
+    """`verify`'s facts: no route, no transport, the client (if named) as the peer."""
+    return Facts(
+        "",
+        None,
+        None if client_ip is None else str(client_ip),
+        scheme=None,
+        scopes=(scopes,) if isinstance(scopes, str) else tuple(scopes),
+        token=token if isinstance(token, str) else "",
+        passphrase=passphrase,
+    )
+
+
 def _flush_at_exit(ref: weakref.ref[KeyGuard]) -> None:
     guard = ref()
     if guard is not None:
         guard.flush()
-
-
-def _scopes(value: str | Sequence[str]) -> Sequence[str]:
-    return (value,) if isinstance(value, str) else value
 
 
 def _shared_cache(
@@ -584,9 +275,3 @@ def _shared_cache(
     from .shared import SharedCache
 
     return SharedCache(tier, s.cache_ttl, on_change, on_reset, changed, s.local_cache_ttl)
-
-
-def _ip(value: str | IPAddress | None) -> IPAddress | None:
-    if value is None or isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return value
-    return parse_ip(value)

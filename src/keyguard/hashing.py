@@ -8,8 +8,9 @@ never the secret itself) so a warm request never reruns it, and so are recent
 failures, so one wrong secret sent again costs nothing. What is left is bounded:
 one stored hash may cost at most `SLOW_CHECKS` argon2 runs a second (beyond
 that, 429 `too_many_failures`: a flood of guesses at one key id cannot take the
-CPU), and `costly()` tells the async driver to run the check off the event
-loop. A malformed stored hash means "not verified", never a crash.
+CPU), and the async driver runs what is left off the event
+loop (`quick()` answers what needs no argon2). A malformed stored hash means
+"not verified", never a crash.
 Comparisons use `hmac.compare_digest`.
 """
 
@@ -94,15 +95,17 @@ class Hasher:
             return self._check_argon2(stored, presented)
         return False
 
-    def costly(self, stored: str | None, presented: str | None) -> bool:
-        """Would `check(stored, presented)` run argon2 (nothing remembered answers it)?"""
-        if not stored or presented is None or not stored.startswith("$argon2"):
-            return False
+    def quick(self, stored: str | None, presented: str) -> bool | None:
+        """`check(stored, presented)` when it can answer without argon2 (an HMAC, or
+        an argon2 result remembered); None when only argon2 can (run `check` then,
+        off the event loop)."""
+        if not stored or not stored.startswith("$argon2"):
+            return self.check(stored, presented)
         digest = self.digest(presented)
         remembered = self._passed.get(stored)
         if remembered is not None and hmac.compare_digest(remembered, digest):
-            return False
-        return self._failure(stored, digest) not in self._failed
+            return True
+        return False if self._failure(stored, digest) in self._failed else None
 
     def _failure(self, stored: str, digest: bytes) -> bytes:
         return self._mac.digest(stored.encode() + b"\0" + digest)
@@ -112,6 +115,13 @@ class Hasher:
         remembered = self._passed.get(stored)
         if remembered is not None and hmac.compare_digest(remembered, digest):
             return True
+        return self._run_argon2(stored, presented, digest)
+
+    def slow(self, stored: str, presented: str) -> bool:
+        """`check` for what `quick` could not answer: argon2 (bounded, remembered)."""
+        return self._run_argon2(stored, presented, self.digest(presented))
+
+    def _run_argon2(self, stored: str, presented: str, digest: bytes) -> bool:
         failure = self._failure(stored, digest)
         if failure in self._failed:
             return False

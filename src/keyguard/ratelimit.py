@@ -61,6 +61,7 @@ from .redis import Unavailable
 
 if TYPE_CHECKING:
     from .decision import Entry
+    from .models import KeyRecord
     from .redis import RedisTier
     from .settings import Settings
     from .stores import Store
@@ -173,6 +174,7 @@ class Abuse:
         self.default_limit = settings.rate_limit
         text = self._fail_text = settings.abuse.max_failures or ""
         self._fail_items: tuple[RateLimitItem, ...] = tuple(parse_many(text)) if text else ()
+        self.throttling = bool(self._fail_items)  # are failed authentications counted at all?
         self._memory = _Counters()
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}  # (limit text, key id) -> its plan
@@ -269,8 +271,8 @@ class Abuse:
 
     # -- per-key rate limit and quota ---------------------------------------
 
-    def applies(self, entry: Entry) -> bool:
-        record = entry.record
+    def applies(self, record: KeyRecord) -> bool:
+        """Does step 8 have work for this key (a rate limit or a use quota)?"""
         return (record.rate_limit or self.default_limit) is not None or record.max_uses is not None
 
     def admit(self, entry: Entry) -> None:
@@ -307,7 +309,7 @@ class Abuse:
         )
 
     async def aadmit(self, entry: Entry) -> None:
-        if self.applies(entry) and not self.admits_now(entry):  # Redis, or the store's count
+        if self.applies(entry.record) and not self.admits_now(entry):  # Redis, or the store's count
             await anyio.to_thread.run_sync(self.admit, entry)
         else:
             self.admit(entry)

@@ -52,8 +52,8 @@ from .settings import split_redis_url
 from .tokens import ID_LEN
 
 if TYPE_CHECKING:
-    from .decision import Entry
-    from .guard import Facts, KeyGuard
+    from .decision import Entry, Facts
+    from .guard import KeyGuard
 
 log = logging.getLogger("keyguard.signing")
 
@@ -248,13 +248,13 @@ class SignedRequests:
         if len(mac) != MAC_SIZE:
             raise invalid_signature()
         passphrases = h.get(self._pass)
-        path = facts.raw_path if facts.raw_path is not None else facts.path
+        path = facts.raw_path if facts.raw_path is not None else facts.path or ""
         return Signed(  # key_id, ts, mac, message, needed, passphrase
             key_id,
             ts,
             mac,
             message(timestamp, facts.method, path, facts.query, facts.body),
-            guard.router.required(facts.method, facts.path),
+            guard.router.required(facts.method, facts.path) if facts.path is not None else (),
             passphrases[0] if passphrases else None,
         )
 

@@ -66,13 +66,15 @@ class TokenParser:
     `[0-9A-Za-z]+` (an ASCII letter or digit), without a regex on the hot path.
     """
 
-    __slots__ = ("_head", "_id_end", "_secret_end", "_length")
+    __slots__ = ("_head", "_id_end", "_secret_end", "_length", "secret_start", "secret_end")
 
     def __init__(self, prefix: str) -> None:
         self._head = prefix + "_"
         self._id_end = len(self._head) + ID_LEN
         self._secret_end = self._id_end + 1 + SECRET_LEN
         self._length = self._secret_end + CHECKSUM_LEN
+        # where the secret stands in a token of the right shape: token[secret_start:secret_end]
+        self.secret_start, self.secret_end = self._id_end + 1, self._secret_end
 
     def quick_id(self, token: object) -> str | None:
         """Where the id would be, for a token of the right length (nothing else checked)."""

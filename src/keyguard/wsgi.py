@@ -11,20 +11,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from . import audit
 from .asgi import guard_from
-from .body import wsgi_body, wsgi_target
-from .exceptions import RequestRejected, problem
-from .guard import Facts, KeyGuard
+from .decision import Facts
+from .guard import KeyGuard
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
-
-
-def problem_response(exc: RequestRejected, start_response: StartResponse) -> list[bytes]:
-    status, headers, body = problem(exc)
-    start_response(f"{status} {exc.title}", headers)
-    return [body]
 
 
 class KeyGuardMiddleware:
@@ -41,7 +33,7 @@ class KeyGuardMiddleware:
         self._environ_names = [
             (name, "HTTP_" + name.upper().replace("-", "_")) for name in self.guard.header_names
         ]
-        self._is_public = self.guard.router.is_public
+        self._check = self.guard.drivers.run
 
     @staticmethod
     def _path(environ: WSGIEnvironment) -> str:
@@ -55,31 +47,24 @@ class KeyGuardMiddleware:
         return str(raw) if raw[:1] == "/" and raw[1:2] != "/" else "/" + raw.lstrip("/")
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
-        path = self._path(environ)
-        if self._is_public(path):
-            return self.app(environ, start_response)
         headers: dict[str, list[str]] = {}
         for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
             if key in environ:
                 headers[name] = [environ[key]]
-        method = environ.get("REQUEST_METHOD", "GET").upper()  # as Werkzeug routes it
-        peer, scheme = environ.get("REMOTE_ADDR"), environ.get("wsgi.url_scheme", "http")
-        guard = self.guard
-        facts = None
-        try:
-            entry = guard.warm(method, path, peer, headers, scheme)  # the usual request, one call
-            if entry is None:
-                facts = Facts(method, path, peer, headers, scheme=scheme)
-                if guard.signing.is_signed(headers) and guard.admits_scheme(facts):
-                    # only a signed request that can be checked has its body read
-                    facts.raw_path, facts.query = wsgi_target(environ)
-                    facts.body = wsgi_body(environ, guard.signing.max_body_bytes)
-                    entry = guard.warm_signed(facts)
-                if entry is None:
-                    entry = guard.authenticate(facts)
-        except RequestRejected as exc:
-            audit.denied(guard, facts or Facts(method, path, peer, headers, scheme=scheme), exc)
-            return problem_response(exc, start_response)
-        environ["keyguard.key"] = entry.info
-        environ["keyguard.guard"] = guard
+        facts = Facts(
+            environ.get("REQUEST_METHOD", "GET").upper(),  # as Werkzeug routes it
+            self._path(environ),
+            environ.get("REMOTE_ADDR"),
+            headers,
+            environ.get("wsgi.url_scheme", "http"),
+            source=environ,
+        )
+        verdict = self._check(facts)
+        if verdict.error is not None:
+            return verdict.error.wsgi(start_response)
+        entry = verdict.entry
+        if entry is not None:
+            environ["keyguard.key"] = entry.info
+            environ["keyguard.guard"] = self.guard
+            environ["keyguard.facts"] = facts  # for a refusal raised later (Flask decorators)
         return self.app(environ, start_response)

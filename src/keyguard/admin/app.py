@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .. import audit
-from ..decision import credential
+from ..decision import Facts
 from ..exceptions import (
     AuthorizationError,
     BadRequest,
@@ -39,7 +39,7 @@ from ..exceptions import (
     StoreError,
     problem,
 )
-from ..guard import Facts, KeyGuard
+from ..guard import KeyGuard
 from ..keys import duration
 from ..models import IssuedKey, KeyInfo
 from .openapi import openapi_document
@@ -79,6 +79,13 @@ class NotFound(RequestRejected):
 
 class _Refused(InvalidKeySettings):
     """A field the admin API refused itself (types, unknown names, owner scoping)."""
+
+
+class _Seen(Exception):
+    """A refusal the step already answered (and its observers saw)."""
+
+    def __init__(self, error: RequestRejected) -> None:
+        self.error = error
 
 
 class CsrfRefused(RequestRejected):
@@ -216,36 +223,33 @@ class AdminAPI:
         self.scope_choices = list(dict.fromkeys(scope_choices))
         self.title = title
         self.require_csrf_header = require_csrf_header
+        self._wanted = guard.header_names - guard.signing.header_names
 
     # -- who is calling -------------------------------------------------------
 
     def _facts(self, request: Request) -> Facts:
-        wanted = self.guard.header_names
+        """The request as the step reads it: no route (the admin scope is what is
+        needed), bearer credentials only (no signing headers are gathered)."""
+        wanted = self._wanted
         headers: dict[str, list[str]] = {}
         for name, value in request.headers.items():
             if name in wanted:
                 headers.setdefault(name, []).append(value)
         peer = request.client.host if request.client else None
-        return Facts(request.method, request.url.path, peer, headers)
+        return Facts(request.method, None, peer, headers, request.url.scheme, scopes=(ADMIN_SCOPE,))
 
     def _client_ip(self, facts: Facts) -> str | None:
-        h = facts.headers
-        ip = self.guard.clients.resolve(facts.peer, h)
+        ip = self.guard.clients.resolve(facts.peer, facts.headers)
         return None if ip is None else str(ip)
 
     async def _principal(self, request: Request, facts: Facts) -> Principal:
         if self.authorize is not None:
             return await self._from_authorize(request)
-        h = facts.headers
-        token = credential(h.get("authorization", ()), h.get(self.guard.header, ()))
-        phrases = h.get(self.guard.passphrase_header)
-        info = await self.guard.averify(
-            token,
-            client_ip=self._client_ip(facts),
-            scopes=[ADMIN_SCOPE],
-            passphrase=phrases[0] if phrases else None,
-        )
-        return Principal(who=f"key:{info.id}")
+        verdict = await self.guard.acheck(facts)
+        if verdict.error is not None:
+            raise _Seen(verdict.error)
+        assert verdict.entry is not None
+        return Principal(who=f"key:{verdict.entry.record.id}")
 
     async def _from_authorize(self, request: Request) -> Principal:
         assert self.authorize is not None
@@ -277,12 +281,14 @@ class AdminAPI:
             if unsafe and self.require_csrf_header and not request.headers.get("x-requested-with"):
                 raise CsrfRefused()
             principal = await self._principal(request, facts)
+        except _Seen as seen:  # refused by the step: its observers have seen it
+            return _problem(seen.error)
         except RequestRejected as exc:
-            audit.denied(self.guard, facts, exc)
+            self.guard.drivers.refused_later(facts, exc, None)
             return _problem(exc)
         except StoreError:
             unavailable = ServiceUnavailable()
-            audit.denied(self.guard, facts, unavailable)
+            self.guard.drivers.refused_later(facts, unavailable, None)
             return _problem(unavailable)
         key_id = request.path_params.get("key_id")
         with audit.acting_as(principal.who, self._client_ip(facts)):

@@ -1,0 +1,142 @@
+"""The two drivers of the step (decision.py): `run` (sync: `verify`, the WSGI
+door) and `arun` (async: `averify`, the ASGI door, the admin app).
+
+Each calls `step` until it answers with a `Verdict`, doing the I/O each `Need`
+names in between; they differ only in how: `run` inline, `arun` on the event
+loop for what costs nothing (in-memory counters and replay cache) and in a
+worker thread for anything that may block (a store or Redis call; argon2, at
+most `SLOW_THREADS` at a time) or by awaiting the ASGI body. Then `settle`
+(one function for both) applies what the verdict says besides the answer: the
+memo the warm path may keep, the buffered last use, and the observers (audit,
+metrics). A refusal raised by the I/O itself (a store down, a rate limit spent,
+a replayed signature) goes back to the step, which turns it into the verdict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import anyio.to_thread
+
+from . import body
+from .decision import ADMIT, BODY, FAILED, FETCH, REMEMBER, SLOW, Facts, Known, Need, Verdict, step
+from .exceptions import RequestRejected
+
+if TYPE_CHECKING:
+    from .decision import Parts
+    from .ratelimit import Abuse
+    from .signing import SignedRequests
+
+SLOW_THREADS = 2  # worker threads that may run argon2 for requests at once
+
+Observer = Callable[[Facts, Verdict, "Known | None"], None]
+
+
+class Drivers:
+    """What the drivers need besides the step's parts: where each Need is done,
+    what is buffered after a pass, and who observes verdicts."""
+
+    def __init__(
+        self,
+        parts: Parts,
+        cache: Any,
+        abuse: Abuse,
+        replay: SignedRequests,
+        used: Callable[[str, Verdict, Facts], None],
+    ) -> None:
+        self.parts = parts
+        self.cache = cache
+        self.abuse = abuse
+        self.replay = replay
+        self.used = used
+        self.observers: list[Observer] = []
+        self.slow = anyio.CapacityLimiter(SLOW_THREADS)
+
+    def run(self, facts: Facts) -> Verdict:
+        """The sync driver."""
+        parts = self.parts
+        out = step(parts, facts)
+        known = None
+        while isinstance(out, Need):
+            kind, arg, known = out
+            try:
+                if kind is FETCH:
+                    known.entry, known.fetched = self.cache.load(arg), True
+                elif kind is BODY:
+                    body.read(facts, arg)
+                elif kind is SLOW:
+                    known.slow[arg[0]] = _hasher(parts).slow(*arg)
+                elif kind is ADMIT:
+                    self.abuse.admit(arg)
+                    known.admitted = True
+                elif kind is REMEMBER:
+                    self.replay.remember(arg)
+                    known.remembered = True
+                else:
+                    assert kind is FAILED
+                    known.counted = True
+                    self.abuse.failed(arg)
+            except RequestRejected as exc:
+                known.error = exc
+            out = step(parts, facts, known)
+        self.settle(facts, out, known)
+        return out
+
+    async def arun(self, facts: Facts) -> Verdict:
+        """The async driver: the same loop; blocking I/O in worker threads."""
+        parts = self.parts
+        out = step(parts, facts)
+        known = None
+        while isinstance(out, Need):
+            kind, arg, known = out
+            try:
+                if kind is FETCH:
+                    known.entry, known.fetched = await self.cache.aload(arg), True
+                elif kind is BODY:
+                    await body.aread(facts, arg)
+                elif kind is SLOW:
+                    check = _hasher(parts).slow
+                    known.slow[arg[0]] = await anyio.to_thread.run_sync(
+                        check, *arg, limiter=self.slow
+                    )
+                elif kind is ADMIT:
+                    await self.abuse.aadmit(arg)
+                    known.admitted = True
+                elif kind is REMEMBER:
+                    await self.replay.aremember(arg)
+                    known.remembered = True
+                else:
+                    assert kind is FAILED
+                    known.counted = True
+                    await self.abuse.afailed(arg)
+            except RequestRejected as exc:
+                known.error = exc
+            out = step(parts, facts, known)
+        self.settle(facts, out, known)
+        return out
+
+    def settle(self, facts: Facts, verdict: Verdict, known: Known | None) -> None:
+        """After the answer: the memo, the last use, the observers (for both drivers)."""
+        entry = verdict.entry
+        if entry is not None:
+            memo = verdict.memo
+            if memo is not None:
+                self.cache.remember(*memo)
+            self.used(entry.record.id, verdict, facts)
+        for observe in self.observers:
+            observe(facts, verdict, known)
+
+    def refused_later(self, facts: Facts, exc: RequestRejected, key_id: str | None) -> None:
+        """A refusal made outside the step (a route dependency or view decorator such
+        as `require_scopes`, for the key `key_id` that passed; the admin app's own
+        checks), shown to the observers as the step's verdicts are."""
+        client = self.parts.clients.resolve(facts.peer, facts.headers)
+        verdict = Verdict(None, exc, key_id, key_id is not None, client, False)
+        for observe in self.observers:
+            observe(facts, verdict, None)
+
+
+def _hasher(parts: Parts) -> Any:
+    return parts.hasher or parts.setup()
