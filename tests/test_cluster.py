@@ -602,10 +602,10 @@ def test_sentinel_failover_under_load_makes_no_wrong_decision() -> None:
             )
             assert {name for _, name, outcome in results if outcome == "ok"} >= {"live"}
 
+            from .test_redis_tier import code
+
             def settled() -> bool:
-                codes = [
-                    code_of(lambda t=t: reader.verify(t, scopes=["read"])) for t in keys.values()
-                ]
+                codes = [code(lambda t=t: reader.verify(t, scopes=["read"])) for t in keys.values()]
                 return codes == ["ok", "revoked_key", "revoked_key", "invalid_key"]
 
             assert poll_until(settled), "decisions did not settle after the failovers"
@@ -619,14 +619,6 @@ def test_sentinel_failover_under_load_makes_no_wrong_decision() -> None:
         finally:
             writer.close()
             reader.close()
-
-
-def code_of(call: Callable[[], object]) -> str:
-    try:
-        call()
-    except RequestRejected as exc:
-        return exc.code
-    return "ok"
 
 
 def poll_until(check: Callable[[], bool]) -> bool:
