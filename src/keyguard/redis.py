@@ -246,7 +246,7 @@ class RedisTier:
         self.prefix = self.url.prefix
         self.where = self.url.where
         self.channel = self.prefix + "changes"
-        self._timeout = timeout
+        self.timeout = timeout  # seconds, connect and read
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self.errors = driver_errors()  # imports redis now: a missing driver shows at start-up
@@ -299,7 +299,7 @@ class RedisTier:
         if client is None:
             with self._lock:
                 if self._client is None:
-                    self._client = connect(self.url, self._timeout)
+                    self._client = connect(self.url, self.timeout)
                 client = self._client
         return client
 

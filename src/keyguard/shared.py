@@ -18,7 +18,8 @@ change deleted it. Every change bumps `gen:<id>`; a loader stores its result
 only if the generation is still the one it saw before reading the store.
 
 The listener thread (one per process, started lazily on the first miss so a
-forking server starts it in each worker) drops local copies named on the
+forking server starts it in each worker, on a subscription Redis confirmed
+before that miss looked anything up) drops local copies named on the
 channel. It resubscribes by itself after an outage and then drops every local
 copy, since messages sent meanwhile were lost. Changes made while Redis was
 unreachable are re-published once it answers again.
@@ -56,6 +57,7 @@ log = logging.getLogger("keyguard.shared")
 
 NEGATIVE_TTL = 5.0  # unknown ids
 GEN_TTL = 3600  # far longer than any store read may take
+CONFIRM_SECONDS = 1.0  # Redis confirms a subscription in about a round trip
 _NEGATIVE = b""
 
 # KEYS: entry, generation. ARGV: generation seen before the store read, value, ttl ms.
@@ -98,6 +100,7 @@ class SharedCache:
         self._on_reset = on_reset
         self._pending: set[str] = set()  # changes not yet published (Redis was away)
         self._lock = threading.Lock()
+        self._starting = threading.Lock()  # one subscription per process
         self._listener: threading.Thread | None = None
         self._pid = 0
         self._closed = threading.Event()
@@ -181,38 +184,50 @@ class SharedCache:
     # -- the listener -------------------------------------------------------
 
     def _ensure_listener(self) -> None:
+        """Subscribe (in this process, before its first lookup, so no change can be
+        missed before it), then start the listener thread on that subscription."""
         if self._pid == os.getpid() or self._closed.is_set():
             return
-        with self._lock:
+        with self._starting:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
+                try:
+                    first = self._tier.call(self._subscribe)
+                except Unavailable:
+                    first = None  # the listener subscribes when Redis answers
                 self._listener = threading.Thread(
-                    target=self._listen, name="keyguard-invalidation", daemon=True
+                    target=self._listen, args=(first,), name="keyguard-invalidation", daemon=True
                 )
                 self._listener.start()
 
     def _subscribe(self, client: Any) -> Any:
-        pubsub = client.pubsub(ignore_subscribe_messages=True)
+        """A subscription to the channel, confirmed by Redis (so it hears what is
+        published from now on)."""
+        pubsub = client.pubsub()
         try:
             pubsub.subscribe(self.channel)
+            confirmed = pubsub.get_message(timeout=CONFIRM_SECONDS)
+            if confirmed is None or confirmed["type"] != "subscribe":
+                raise TimeoutError("the subscription was not confirmed")
         except BaseException:
             pubsub.close()
             raise
         return pubsub
 
-    def _listen(self) -> None:
+    def _listen(self, pubsub: Any) -> None:
         delay = 0.05
         tier = self._tier
         errors: tuple[type[BaseException], ...] = (*tier.errors, ValueError)
         while not self._closed.is_set():
+            if pubsub is None:
+                try:
+                    pubsub = tier.call(self._subscribe)
+                except Unavailable:
+                    self._closed.wait(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self._on_reset()  # whatever was published while unsubscribed was missed
             try:
-                pubsub = tier.call(self._subscribe)
-            except Unavailable:
-                self._closed.wait(delay)
-                delay = min(delay * 2, 1.0)
-                continue
-            try:
-                self._on_reset()  # whatever was published before now was missed
                 delay = 0.05
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=0.2)
@@ -227,6 +242,7 @@ class SharedCache:
                 delay = min(delay * 2, 1.0)
             finally:
                 pubsub.close()
+                pubsub = None
 
     def close(self) -> None:
         self._closed.set()
