@@ -15,9 +15,10 @@ from keyguard import IssuedKey, KeyGuard, KeyInfo
 from keyguard.asgi import KeyGuardMiddleware
 from keyguard.fastapi import current_key, require_scopes
 
+# No "store" here: KeyGuard reads KEYGUARD_STORE (and every KEYGUARD_* variable) itself,
+# and uses ./keyguard.db when it is unset. A key written in this dict would win over it.
 guard = KeyGuard(
     {
-        "store": os.environ.get("KEYGUARD_STORE", "sqlite:///keyguard.db"),
         "public_paths": ["/health", "/docs", "/openapi.json"],
         "rules": [
             {"path": "/v1/chat/*", "methods": ["POST"], "scopes": ["inference"]},

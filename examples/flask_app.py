@@ -1,6 +1,9 @@
 """A Flask app protected by keyguard. Run: python examples/flask_app.py
+(after `pip install -e '.[flask]'`).
 
-On start it issues a demo key and prints curl lines that work against it.
+On start it issues a demo key and prints curl lines that work against it. Keys live
+in ./keyguard.db (SQLite); manage them with `flask --app examples/flask_app.py keyguard
+keys list` (the same commands as `keyguard keys ...`, on this app's settings).
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from keyguard import IssuedKey
 from keyguard.flask import KeyGuardExtension, current_key, require_scopes
 
 app = Flask(__name__)
+# No "store" here: keyguard reads KEYGUARD_STORE (and every KEYGUARD_* variable) itself,
+# and uses ./keyguard.db when it is unset. Flat app.config["KEYGUARD_STORE"] works too.
 app.config["KEYGUARD"] = {
-    "store": os.environ.get("KEYGUARD_STORE", "sqlite:///keyguard.db"),
     "public_paths": ["/health"],
     "rules": [
         {"path": "/v1/chat/*", "methods": ["POST"], "scopes": ["inference"]},

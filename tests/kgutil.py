@@ -48,8 +48,8 @@ class CountingStore(MemoryStore):
             self.hold.wait(5)
         return super().get(key_id)
 
-    def touch(self, last_used: Mapping[str, float]) -> None:
-        self.touches.append(dict(last_used))
+    def touch(self, last_used: Mapping[str, tuple[float, str | None]]) -> None:
+        self.touches.append({key_id: ts for key_id, (ts, _ip) in last_used.items()})
         super().touch(last_used)
 
 
@@ -145,3 +145,13 @@ def break_sqlite(guard: KeyGuard, db: Any, aside: Any) -> None:
     for p in db.parent.glob(db.name + "*"):
         shutil.move(str(p), aside / p.name)
     os.mkdir(db)
+
+
+def stop_process(proc: Any, timeout: float = 10.0) -> None:
+    """Terminate a child process started by a test; kill it if it lingers."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except Exception:  # subprocess.TimeoutExpired
+        proc.kill()
+        proc.wait(timeout=timeout)

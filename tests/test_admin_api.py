@@ -179,11 +179,12 @@ async def test_get_update_rotate_revoke_delete(client: httpx.AsyncClient, guard:
     _problem(await client.delete(f"/api/keys/{key_id}"), 404, "not_found")
 
 
-async def test_rotating_a_revoked_key_is_refused(client: httpx.AsyncClient) -> None:
+@pytest.mark.parametrize("action", ["rotate", "suspend", "resume"])
+async def test_changing_a_revoked_key_is_a_409(client: httpx.AsyncClient, action: str) -> None:
     key_id = (await _create(client))["key"]["id"]
     await client.post(f"/api/keys/{key_id}/revoke")
-    doc = _problem(await client.post(f"/api/keys/{key_id}/rotate"), 422, "invalid_key_settings")
-    assert doc["field"] == "key"
+    doc = _problem(await client.post(f"/api/keys/{key_id}/{action}"), 409, "invalid_key_settings")
+    assert doc["field"] == "key" and doc["title"] == "Conflict" and "revoked" in doc["detail"]
 
 
 @pytest.mark.parametrize(("method", "path"), ALL_ROUTES[2:])

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -255,7 +256,7 @@ def test_list_table_shows_the_columns(cli: Callable[..., Run], guard: KeyGuard) 
 
     run = cli("keys", "list")
     assert run.code == 0 and run.err == "", run
-    header = next(line for line in run.out.splitlines() if " id " in line)
+    header = next(line for line in run.out.splitlines() if line.startswith("id "))
     for column in ("name", "hint", "scopes", "created", "last used", "expires", "status"):
         assert column in header
     rows = {k["name"]: line for k in (used_key, fresh) for line in run.out.splitlines()
@@ -452,9 +453,10 @@ def test_env_store_and_precedence(
     other = f"sqlite:///{tmp_path / 'other.db'}"
     path = tmp_path / "s.toml"
     path.write_text(f'store = "{other}"\n')
-    # the environment beats the file, --store beats both
-    assert len(kg("--settings", str(path), "keys", "list", "--json").json()) == 1
-    assert kg("--settings", str(path), "--store", other, "keys", "list", "--json").json() == []
+    # as for KeyGuard(dict): the file (the settings dict) beats the environment,
+    # and --store beats both
+    assert kg("--settings", str(path), "keys", "list", "--json").json() == []
+    assert len(kg("--settings", str(path), "--store", db, "keys", "list", "--json").json()) == 1
 
 
 def test_env_policy_limit(cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch) -> None:
@@ -675,3 +677,243 @@ def test_broken_store_is_one_line(kg: Callable[..., Run], tmp_path: Path) -> Non
     (tmp_path / "junk.db").write_text("not a database " * 20)
     run = kg("--store", f"sqlite:///{tmp_path / 'junk.db'}", "keys", "list")
     assert "StoreError" in one_error(run, 1)
+
+
+# --- conventions (SPEC section 8) -------------------------------------------------
+
+
+def test_version_and_short_help(kg: Callable[..., Run]) -> None:
+    run = kg("--version")
+    assert run.code == 0 and run.out == f"keyguard {keyguard.__version__}\n"
+    for args in (["-h"], ["keys", "-h"], ["keys", "create", "-h"], ["master-key", "new", "-h"]):
+        run = kg(*args)
+        assert run.code == 0 and run.out.startswith("Usage: keyguard"), (args, run)
+    assert "_KEYGUARD_COMPLETE=bash_source keyguard" in kg("-h").out  # completion documented
+
+
+def test_help_tells_the_passphrase_rules(kg: Callable[..., Run]) -> None:
+    text = " ".join(kg("keys", "create", "--help").out.split()).replace("- ", "-")
+    assert "8 to 256 characters" in text and "KG-Passphrase" in text
+    assert "cannot be recovered" in text
+
+
+def test_create_quiet_prints_only_the_token(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    run = cli("keys", "create", "--owner", "o", "--name", "q", "--quiet")
+    assert run.code == 0 and run.err == "", run
+    assert TOKEN.fullmatch(run.out.rstrip("\n")) and run.out.count("\n") == 1
+    assert guard.verify(run.out.strip()).name == "q"
+
+
+def test_create_quiet_signing_key(
+    cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, db: str
+) -> None:
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", generate_master_key())
+    run = cli("keys", "create", "--owner", "o", "--name", "s", "--kind", "signing", "-q")
+    assert run.code == 0 and run.err == "", run
+    access_key, secret = run.out.splitlines()
+    with closing(KeyGuard({"store": db})) as g:
+        assert g.keys.get(access_key).kind == "signing"
+    assert len(secret) >= 32 and secret != access_key
+
+
+def test_create_max_uses_and_metadata(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    token, key = create(
+        cli, "--owner", "o", "--name", "trial", "--max-uses", "2",
+        "--metadata", "plan=trial", "--metadata", "team=ml=ops",
+    )  # fmt: skip
+    assert key["max_uses"] == 2 and key["metadata"] == {"plan": "trial", "team": "ml=ops"}
+    assert guard.keys.get(key["id"]).metadata == {"plan": "trial", "team": "ml=ops"}
+    shown = cli("keys", "show", key["id"]).out
+    assert re.search(r"^\s*metadata: plan=trial, team=ml=ops$", shown, re.M)
+    assert "max_uses" in one_error(cli(*C, "--max-uses", "0"), 2)
+    assert "KEY=VALUE" in one_error(cli(*C, "--metadata", "novalue"), 2)
+
+
+def test_update_rate_limit_none_and_metadata(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    _, key = create(cli, "--owner", "o", "--name", "r", "--rate-limit", "5/second")
+    for word in ("none", "None", "NULL"):
+        assert cli("keys", "update", key["id"], "--rate-limit", "9/minute").code == 0
+        run = cli("keys", "update", key["id"], "--rate-limit", word, "--json")
+        assert run.code == 0 and run.json()["rate_limit"] is None, run
+    assert guard.keys.get(key["id"]).rate_limit is None
+    assert cli("keys", "update", key["id"], "--metadata", "a=1").code == 0
+    assert guard.keys.get(key["id"]).metadata == {"a": "1"}
+
+
+def test_show_prints_lists_not_python_reprs(cli: Callable[..., Run]) -> None:
+    _, key = create(cli, "--owner", "o", "--name", "s", "--scope", "read", "--scope", "write",
+                    "--ip", PUBLIC_NET, "--ip", "198.51.100.7")  # fmt: skip
+    out = cli("keys", "show", key["id"]).out
+    assert re.search(r"^\s*scopes: read, write$", out, re.M), out
+    assert re.search(rf"^\s*allowed_ips: {PUBLIC_NET}, 198\.51\.100\.7(/32)?$", out, re.M), out
+    assert re.search(r"^\s*status: active$", out, re.M)
+    assert "[" not in out and "{" not in out and "'" not in out
+
+
+def test_master_key_new(kg: Callable[..., Run], db: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    first, second = kg("master-key", "new"), kg("master-key", "new")
+    assert first.code == 0 and re.fullmatch(r"[A-Za-z0-9_-]{43}\n", first.out), first
+    assert first.out != second.out
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", first.out.strip())  # it is what the setting takes
+    run = kg("--store", db, "keys", "create", "--owner", "o", "--name", "s", "--kind", "signing")
+    assert run.code == 0, run
+
+
+def test_delete_without_a_terminal_needs_yes(cli: Callable[..., Run], guard: KeyGuard) -> None:
+    token, key = create(cli, "--owner", "o", "--name", "kept")
+    line = one_error(cli("keys", "delete", key["id"], stdin=""), 2)
+    assert "--yes" in line and "not a terminal" in line
+    assert guard.verify(token).id == key["id"]  # still there
+    assert cli("keys", "delete", key["id"], "--yes", stdin="").code == 0
+
+
+def test_rotate_says_until_when_the_old_secret_works(
+    cli: Callable[..., Run], guard: KeyGuard
+) -> None:
+    first, key = create(cli, "--owner", "o", "--name", "r")
+    run = cli("keys", "rotate", key["id"], "--grace", "2h")
+    until = datetime.now(UTC) + timedelta(hours=2)
+    assert run.code == 0, run
+    line = next(line for line in run.out.splitlines() if "old secret" in line)
+    assert until.strftime("%Y-%m-%d") in line and "UTC" in line
+    assert "rotating again" in line and "ends that grace" in line
+    second = run.token
+    assert guard.verify(first).id == guard.verify(second).id  # both work in the grace
+
+    data = cli("keys", "rotate", key["id"], "--grace", "1h", "--json").json()
+    valid_until = datetime.fromisoformat(data["old_secret_valid_until"])
+    assert timedelta(minutes=59) < valid_until - datetime.now(UTC) <= timedelta(hours=1)
+    guard.forget(key["id"])
+    with pytest.raises(AuthenticationError):
+        guard.verify(first)  # the second rotate ended the first one's grace, as it said
+    assert guard.verify(second).id == key["id"] == guard.verify(data["token"]).id
+
+    run = cli("keys", "rotate", key["id"])
+    assert "The old secret stopped working now." in run.out
+
+
+def test_key_limit_error_suggests_revoke_or_delete(
+    cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("KEYGUARD_POLICY__MAX_KEYS_PER_OWNER", "1")
+    assert cli("keys", "create", "--owner", "o", "--name", "one").code == 0
+    line = one_error(cli("keys", "create", "--owner", "o", "--name", "two"), 2)
+    assert "maximum of 1" in line and "revoke or delete" in line
+    assert "keyguard keys list --owner" in line and "policy.max_keys_per_owner" in line
+
+
+def test_private_ip_refusal_says_how_to_allow_it(
+    cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    line = one_error(cli(*C, "--ip", "127.0.0.1"), 2)
+    assert "policy.allow_private_ips" in line and "KEYGUARD_POLICY__ALLOW_PRIVATE_IPS=1" in line
+    monkeypatch.setenv("KEYGUARD_POLICY__ALLOW_PRIVATE_IPS", "1")  # as the message says
+    assert cli(*C, "--ip", "127.0.0.1", "--json").json()["key"]["allowed_ips"] == ["127.0.0.1/32"]
+
+
+@pytest.fixture
+def listed(cli: Callable[..., Run]) -> list[dict[str, Any]]:
+    keys = []
+    for args in (
+        ["--owner", "acme-corporation", "--name", "a rather long name for a key",
+         "--scope", "inference", "--scope", "models:read", "--scope", "billing:write"],
+        ["--owner", "bob", "--name", "ci", "--ip", PUBLIC_NET, "--expires-in", "30d"],
+    ):  # fmt: skip
+        keys.append(create(cli, *args)[1])
+    return keys
+
+
+@pytest.mark.parametrize("columns", [60, 80, 100])
+def test_list_fits_the_terminal(
+    cli: Callable[..., Run],
+    listed: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    monkeypatch.setenv("COLUMNS", str(columns))
+    run = cli("keys", "list")
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert all(len(line) <= columns for line in lines[1:]), run.out  # line 0 names the store
+    for key in listed:
+        row = next(line for line in lines if key["id"] in line)
+        assert "active" in row  # id and status always; a long name wraps onto another line
+    assert "--wide shows all)" in " ".join(run.out.split())
+
+
+def test_list_wide_and_the_store_it_read(
+    cli: Callable[..., Run], listed: list[dict[str, Any]], monkeypatch: pytest.MonkeyPatch, db: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", "80")
+    run = cli("keys", "list", "--wide")
+    assert run.code == 0, run
+    lines = run.out.splitlines()
+    assert lines[0] == f"2 key(s) in {db}"  # which file: another directory is another store
+    header = next(line for line in lines if line.startswith("id "))
+    for column in ("owner", "name", "hint", "scopes", "created", "last used", "expires",
+                   "status", "kind", "allowed IPs", "rate limit", "max uses"):  # fmt: skip
+        assert column in header, header
+    row = next(line for line in lines if listed[1]["id"] in line)
+    assert listed[1]["hint"] in row and PUBLIC_NET in row and "bearer" in row
+    assert "hidden" not in run.out
+
+
+def test_completion_script(tmp_path: Path) -> None:
+    if not SCRIPT.exists():
+        pytest.skip(f"no console script next to {sys.executable}")
+    run = sh(str(SCRIPT), cwd=tmp_path, _KEYGUARD_COMPLETE="bash_source")
+    assert run.returncode == 0 and "_keyguard_completion" in run.stdout, run.stderr
+    words = sh(str(SCRIPT), cwd=tmp_path, _KEYGUARD_COMPLETE="bash_complete",
+               COMP_WORDS="keyguard keys ro", COMP_CWORD="2")  # fmt: skip
+    assert "rotate" in words.stdout
+
+
+# --- driver errors: the cause, once, in plain words ------------------------------
+
+
+@pytest.mark.servers
+def test_postgresql_database_missing_is_named_once(postgres_admin_url: str, tmp_path: Path) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(postgres_admin_url)
+    url = (f"postgresql://{p.get('user', 'postgres')}:pw-not-shown@{p.get('host', '127.0.0.1')}"
+           f":{p.get('port', 5432)}/kg_no_such_db_{os.getpid()}?pool_timeout=1")  # fmt: skip
+    run = sh(sys.executable, "-m", "keyguard", "--store", url, "keys", "list", cwd=tmp_path)
+    assert run.returncode == 1 and run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr  # no repeated pool warnings
+    assert lines[0].startswith("keyguard: error: StoreError: postgresql store ")
+    assert f'database "kg_no_such_db_{os.getpid()}" does not exist' in lines[0]
+    assert "pw-not-shown" not in run.stderr
+
+
+def test_redis_connection_refused_is_named_once(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on: bound, never listening
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        url = f"redis://:pw-not-shown@127.0.0.1:{port}/0"
+        run = sh(sys.executable, "-m", "keyguard", "--store", url, "keys", "list", cwd=tmp_path)
+    assert run.returncode == 1 and run.stdout == ""
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1, run.stderr
+    assert lines[0].startswith(f"keyguard: error: StoreError: redis store 127.0.0.1:{port}/0")
+    assert "Connection refused" in lines[0] and "pw-not-shown" not in run.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        pytest.param(["--store", "bogus://"], {}, id="store"),
+        pytest.param([], {"KEYGUARD_PUBLIC_PATHS": '["/a", 5]'}, id="list-item"),
+        pytest.param([], {"KEYGUARD_TRUSTED_PROXIES": "nonsense"}, id="proxies"),
+        pytest.param([], {"KEYGUARD_LOCAL_CACHE_SIZE": "1.5"}, id="int"),
+    ],
+)
+def test_settings_errors_have_no_pydantic_wording(
+    kg: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, args: list[str], env: dict[str, str]
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    line = one_error(kg(*args, "keys", "list"), 2)
+    for pydantic in ("Value error", "Input should", "valid tuple", "validation error"):
+        assert pydantic not in line, line

@@ -19,15 +19,19 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import closing
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
+import redis
 
 import keyguard
 from keyguard import KeyGuard
+
+from .kgutil import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -314,12 +318,55 @@ def test_demo_runs_and_its_printed_key_works(tmp_path: Path, script: str, last_l
             r = client.get("/v1/admin/stats", headers={"Authorization": f"Bearer {token}"})
             assert r.status_code == 403 and r.json()["code"] == "insufficient_scope"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_process(proc)
         lines.thread.join(timeout=10)  # EOF once the child is gone
         if proc.stdout:
             proc.stdout.close()
+
+
+# --- the other documented commands ------------------------------------------------
+
+
+def _clean_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGUARD_")}
+    env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_flask_cli_on_the_example(tmp_path: Path) -> None:
+    """`flask --app examples/flask_app.py keyguard keys ...`, as the README shows it."""
+    flask = [sys.executable, "-m", "flask", "--app", str(EXAMPLES / "flask_app.py"), "keyguard"]
+
+    def sh(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*flask, *args], cwd=tmp_path, env=_clean_env(tmp_path),
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+
+    made = sh("keys", "create", "--owner", "demo", "--name", "cli", "--scope", "inference", "-q")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert TOKEN.fullmatch(token)
+    listed = sh("keys", "list")
+    assert listed.returncode == 0 and token.split("_")[1] in listed.stdout, listed.stderr
+    assert f"in sqlite:///{tmp_path / 'keyguard.db'}" in listed.stdout  # the example's store
+    with closing(KeyGuard({"store": f"sqlite:///{tmp_path / 'keyguard.db'}"})) as g:
+        assert g.verify(token, scopes=["inference"]).name == "cli"
+
+
+@pytest.mark.servers
+def test_multi_instance_demo(tmp_path: Path, postgres_admin_url: str, redis_url: str) -> None:
+    """The README's command: two instances, a revoke through one refused by the other."""
+    prefix = f"kgtest:{uuid.uuid4().hex[:10]}:"
+    cache = f"{redis_url}?prefix={prefix}"
+    demo = str(EXAMPLES / "multi_instance" / "demo.py")
+    argv = [sys.executable, demo, "--postgres-admin", postgres_admin_url, "--cache", cache]
+    try:
+        done = subprocess.run(argv, cwd=tmp_path, env=_clean_env(tmp_path), capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    finally:
+        client = redis.Redis.from_url(redis_url)
+        stale = list(client.scan_iter(match=prefix + "*"))
+        if stale:
+            client.delete(*stale)
+        client.close()
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "-> 401 revoked_key" in done.stdout and "instance B refused the key" in done.stdout

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -444,3 +445,98 @@ def test_update_allowed_ips_none_removes_the_allowlist() -> None:
     g = KeyGuard({"store": "memory://"})
     issued = g.keys.create(owner="o", name="n", allowed_ips=["8.8.8.8"])
     assert g.keys.update(issued.id, allowed_ips=None).allowed_ips == ()
+
+
+# -- allowlists that admit nearly everyone count as none (SPEC section 3) ------
+
+
+def _every_public_v4() -> list[str]:
+    """Every public IPv4 CIDR: the whole space less the private and special ranges."""
+    from keyguard.network import PRIVATE_RANGES
+
+    nets = [ipaddress.IPv4Network("0.0.0.0/0")]
+    for hole in [n for n in PRIVATE_RANGES if n.version == 4] + [
+        ipaddress.IPv4Network("224.0.0.0/3")
+    ]:
+        nets = [
+            part
+            for net in nets
+            for part in (net.address_exclude(hole) if hole.subnet_of(net) else [net])
+        ]
+    return [str(n) for n in nets]
+
+
+WIDE = [
+    pytest.param(_every_public_v4(), {}, id="every-public-cidr"),
+    pytest.param(["16.0.0.0/4"], {}, id="one-v4-slash-4"),
+    pytest.param(["2000::/4"], {}, id="half-the-v6-unicast-space"),
+    pytest.param(["0.0.0.0/1", "128.0.0.0/1"], {"allow_private_ips": True}, id="two-halves"),
+    pytest.param(["1.0.0.0/8"] * 3 + [f"{i}.0.0.0/8" for i in range(40, 56)], {}, id="many-8s"),
+]
+NARROW = [
+    pytest.param(["203.0.113.0/24"], id="one-net"),
+    pytest.param(["16.0.0.0/5"], id="a-slash-5"),
+    pytest.param(["2001:db8::/32"], id="v6-slash-32"),
+    pytest.param(["10.0.0.0/8"], id="private-only"),
+]
+
+
+@pytest.mark.parametrize(("ips", "policy"), WIDE)
+async def test_an_allowlist_of_nearly_everyone_is_capped_like_none(
+    mode: str, clock: Clock, ips: list[str], policy: dict[str, Any]
+) -> None:
+    g = KeyGuard({"store": "memory://", "policy": policy}, clock=clock)
+    cap = datetime.fromtimestamp(clock() + 90 * DAY_S, UTC)
+    wide = await op(mode, g, "create", owner="o", name="wide", allowed_ips=ips)
+    assert wide.info.expires_at == cap
+    later = datetime.fromtimestamp(clock() + 300 * DAY_S, UTC)
+    assert (await op(mode, g, "update", wide.id, expires_at=later)).expires_at == cap
+    narrow = await op(mode, g, "create", owner="o", name="narrow", allowed_ips=[PUBLIC_IP])
+    assert narrow.info.expires_at is None
+    clock.advance(10 * DAY_S)  # widening an allowlist loses it, from now
+    info = await op(mode, g, "update", narrow.id, allowed_ips=ips)
+    assert info.expires_at == datetime.fromtimestamp(clock() + 90 * DAY_S, UTC)
+
+
+@pytest.mark.parametrize("ips", NARROW)
+def test_a_real_allowlist_is_not_capped(clock: Clock, ips: list[str]) -> None:
+    g = KeyGuard({"store": "memory://", "policy": {"allow_private_ips": True}}, clock=clock)
+    assert g.keys.create(owner="o", name="n", allowed_ips=ips).info.expires_at is None
+
+
+# -- revivals and resumes count against the owner limit (SPEC section 3) ------
+
+
+async def test_reviving_an_expired_key_counts_against_the_owner_limit(
+    mode: str, guard: KeyGuard, clock: Clock
+) -> None:
+    g = KeyGuard({"store": "memory://", "policy": {"max_keys_per_owner": 2}}, clock=clock)
+    soon = datetime.fromtimestamp(clock() + DAY_S, UTC)
+    old = await op(mode, g, "create", owner="o", name="old", expires_at=soon)
+    await op(mode, g, "create", owner="o", name="b")
+    clock.advance(2 * DAY_S)  # `old` expired: it no longer counts
+    c = await op(mode, g, "create", owner="o", name="c")
+    later = datetime.fromtimestamp(clock() + 30 * DAY_S, UTC)
+    with pytest.raises(KeyLimitExceeded) as caught:
+        await op(mode, g, "update", old.id, expires_at=later)
+    assert caught.value.field == "owner"
+    assert (await op(mode, g, "get", old.id)).expires_at == soon  # nothing changed
+    renamed = await op(mode, g, "update", old.id, name="still expired")  # no revival: fine
+    assert renamed.name == "still expired"
+    await op(mode, g, "revoke", c.id)
+    assert (await op(mode, g, "update", old.id, expires_at=later)).expires_at == later
+
+
+async def test_resuming_counts_against_the_owner_limit(
+    mode: str, guard: KeyGuard, clock: Clock
+) -> None:
+    g = KeyGuard({"store": "memory://", "policy": {"max_keys_per_owner": 2}}, clock=clock)
+    a = await op(mode, g, "create", owner="o", name="a")
+    await op(mode, g, "create", owner="o", name="b")
+    await op(mode, g, "suspend", a.id)  # a suspended key does not count
+    c = await op(mode, g, "create", owner="o", name="c")
+    with pytest.raises(KeyLimitExceeded):
+        await op(mode, g, "resume", a.id)
+    assert (await op(mode, g, "get", a.id)).suspended_at is not None
+    await op(mode, g, "delete", c.id)
+    assert (await op(mode, g, "resume", a.id)).suspended_at is None

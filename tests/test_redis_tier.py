@@ -162,6 +162,15 @@ def test_bad_urls_name_the_setting_and_never_echo_it(key: str, url: str, says: s
     assert "s3cret" not in message
 
 
+def test_start_up_log_masks_every_redis_password(caplog: pytest.LogCaptureFixture) -> None:
+    url = "redis+sentinel://:m4ster@s1:26379,s2:26379/mymaster?sentinel_password=s3ntinel"
+    with caplog.at_level(logging.INFO, logger="keyguard"):
+        KeyGuard({"store": "memory://", "cache": url}).close()
+    logged = " ".join(r.getMessage() for r in caplog.records)
+    assert "s1:26379,s2:26379" in logged  # the cache is named...
+    assert "m4ster" not in logged and "s3ntinel" not in logged  # ...its passwords are not
+
+
 def test_a_redis_store_through_sentinel(
     sentinel: servers.SentinelServers, redis_prefix: str
 ) -> None:

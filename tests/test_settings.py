@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
+from pathlib import Path
 
 import pytest
 
+import keyguard
 from keyguard import ConfigurationError, KeyGuard
 from keyguard.settings import load_settings
 
@@ -13,7 +16,7 @@ PEPPER = "pepper-that-is-secret-0123456789"
 
 GOOD = [
     pytest.param("store", "memory://", id="store-memory"),
-    pytest.param("store", "sqlite:///tmp/x.db", id="store-sqlite"),
+    pytest.param("store", "sqlite:////tmp/x.db", id="store-sqlite"),
     pytest.param("store", "postgresql://u@h/db", id="store-postgresql"),
     pytest.param("store", "redis://localhost:6379/0", id="store-redis"),
     pytest.param("cache", "memory://", id="cache-memory"),
@@ -84,9 +87,10 @@ def test_every_setting_accepted(
         assert got == value
 
 
-def test_defaults_match_spec() -> None:
-    s = load_settings(None)
-    assert s.store == "sqlite:///keyguard.db"
+def test_defaults_match_spec(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    s = load_settings(None, environ={})
+    assert s.store == f"sqlite:///{tmp_path / 'keyguard.db'}"  # keyguard.db here, made absolute
     assert s.cache == "memory://"
     assert (s.cache_ttl, s.local_cache_ttl, s.local_cache_size) == (60, 5, 10_000)
     assert s.hashing == "hmac-sha256" and s.token_prefix == "kg" and s.header == "X-API-Key"
@@ -222,3 +226,217 @@ def test_pepper_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_master_keys_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("KEYGUARD_MASTER_KEYS", "aaa, bbb,")
     assert load_settings({}).signing.master_keys == ("aaa", "bbb")
+
+
+# --- one settings source: the KEYGUARD_* environment, under the dict (SPEC section 1) ----
+
+ENV = [
+    pytest.param("KEYGUARD_STORE", "memory://", "store", "memory://", id="str"),
+    pytest.param("KEYGUARD_CACHE", "none", "cache", None, id="none"),
+    pytest.param("KEYGUARD_CACHE", "NULL", "cache", None, id="null"),
+    pytest.param("KEYGUARD_CACHE_TTL", "2.5", "cache_ttl", 2.5, id="float"),
+    pytest.param("KEYGUARD_LOCAL_CACHE_SIZE", "50", "local_cache_size", 50, id="int"),
+    pytest.param("KEYGUARD_TOKEN_PREFIX", "acme2", "token_prefix", "acme2", id="str-digits"),
+    pytest.param(
+        "KEYGUARD_POLICY__MAX_KEYS_PER_OWNER", "5", "policy.max_keys_per_owner", 5, id="nested-int"
+    ),
+    pytest.param(
+        "KEYGUARD_POLICY__MAX_KEYS_PER_OWNER",
+        "none",
+        "policy.max_keys_per_owner",
+        None,
+        id="nested-none",
+    ),  # fmt: skip
+    *[
+        pytest.param(
+            "KEYGUARD_POLICY__ALLOW_PRIVATE_IPS", text, "policy.allow_private_ips", flag, id=text
+        )
+        for text, flag in [
+            ("1", True),
+            ("true", True),
+            ("YES", True),
+            ("on", True),
+            ("0", False),
+            ("false", False),
+            ("no", False),
+            ("off", False),
+        ]
+    ],  # fmt: skip
+    pytest.param(
+        "KEYGUARD_PUBLIC_PATHS", "/health, /docs*", "public_paths", ("/health", "/docs*"), id="csv"
+    ),
+    pytest.param(
+        "KEYGUARD_PUBLIC_PATHS", '["/a", "/b"]', "public_paths", ("/a", "/b"), id="json-list"
+    ),
+    pytest.param(
+        "KEYGUARD_SCOPE_IMPLIES",
+        '{"write": ["read"]}',
+        "scope_implies",
+        {"write": ("read",)},
+        id="json-dict",
+    ),  # fmt: skip
+    pytest.param(
+        "KEYGUARD_RULES",
+        '[{"path": "/v1/*", "scopes": ["read"]}]',
+        "rules",
+        ({"path": "/v1/*", "methods": (), "scopes": ("read",)},),
+        id="json-rules",
+    ),
+    pytest.param(
+        "KEYGUARD_POLICY",
+        '{"unrestricted_max_days": 7}',
+        "policy.unrestricted_max_days",
+        7,
+        id="json-section",
+    ),  # fmt: skip
+    pytest.param("KEYGUARD_ABUSE__MAX_FAILURES", "none", "abuse.max_failures", None, id="abuse"),
+    pytest.param("KEYGUARD_RATE_LIMIT", "10/second", "rate_limit", "10/second", id="rate"),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "key", "want"), ENV)
+def test_environment_is_read_by_type(name: str, text: str, key: str, want: object) -> None:
+    got = _get(load_settings({}, environ={name: text}), key)
+    if key == "rules":
+        got = tuple(r.model_dump() for r in got)  # type: ignore[attr-defined]
+    assert got == want
+
+
+def test_keyguard_reads_the_environment_and_the_dict_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KEYGUARD_STORE", "memory://")
+    monkeypatch.setenv("KEYGUARD_POLICY__MAX_KEYS_PER_OWNER", "1")
+    monkeypatch.setenv("KEYGUARD_POLICY__UNRESTRICTED_MAX_DAYS", "3")
+    guard = KeyGuard({"policy": {"unrestricted_max_days": 30}})  # the dict names one key
+    try:
+        assert guard.settings.store == "memory://"
+        assert guard.settings.policy.max_keys_per_owner == 1  # from the environment
+        assert guard.settings.policy.unrestricted_max_days == 30  # the dict wins
+        guard.keys.create(owner="o", name="first")
+        with pytest.raises(keyguard.KeyLimitExceeded):
+            guard.keys.create(owner="o", name="second")
+    finally:
+        guard.close()
+    environ = {"KEYGUARD_POLICY__MAX_KEYS_PER_OWNER": "1"}
+    environ["KEYGUARD_POLICY__ALLOW_PRIVATE_IPS"] = "1"
+    dotted = load_settings({"policy.max_keys_per_owner": 9}, environ=environ)
+    assert dotted.policy.max_keys_per_owner == 9 and dotted.policy.allow_private_ips is True
+
+
+ENV_ERRORS = [  # (variable, text, the whole message)
+    ("KEYGUARD_CACHE_TTL", "soon", "cache_ttl (from KEYGUARD_CACHE_TTL): must be a number"),
+    (
+        "KEYGUARD_POLICY__ALLOW_PRIVATE_IPS",
+        "maybe",
+        "policy.allow_private_ips (from KEYGUARD_POLICY__ALLOW_PRIVATE_IPS): must be true or false",
+    ),
+    ("KEYGUARD_RULES", "[{", "KEYGUARD_RULES: not valid JSON"),
+    (
+        "KEYGUARD_POLICY__MAX_KEYS",
+        "3",
+        "policy.max_keys (from KEYGUARD_POLICY__MAX_KEYS): unknown setting "
+        "(did you mean 'max_keys_per_owner'?)",
+    ),
+    (
+        "KEYGUARD_HASHING",
+        "md5",
+        "hashing (from KEYGUARD_HASHING): must be one of 'hmac-sha256' or 'argon2id'",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "text", "message"), ENV_ERRORS, ids=[e[0] for e in ENV_ERRORS])
+def test_environment_errors_name_the_variable(name: str, text: str, message: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        load_settings({}, environ={name: text})
+    assert str(info.value) == message
+
+
+PLAIN = [
+    ({"public_paths": "/x"}, "public_paths: must be a list"),
+    (
+        {"trusted_proxies": "10.0.0.0/8"},
+        "trusted_proxies: must be a list of CIDRs (and 'unix' for a unix-socket peer)",
+    ),
+    ({"store": 5}, "store: must be a string"),
+    ({"local_cache_size": 1.5}, "local_cache_size: must be a whole number"),
+    ({"policy.max_keys_per_owner": 0}, "policy.max_keys_per_owner: must be greater than 0"),
+    ({"policy": 5}, "policy: must be a mapping (a section of settings)"),
+    ({"stroe": "memory://"}, "stroe: unknown setting (did you mean 'store'?)"),
+    ({"nonsense": 1}, "nonsense: unknown setting"),
+]
+
+
+@pytest.mark.parametrize(("raw", "message"), PLAIN, ids=[m.split(":")[0] for _, m in PLAIN])
+def test_errors_in_plain_words(raw: dict[str, object], message: str) -> None:
+    """Not pydantic's wording ("Value error, ...", "Input should be a valid tuple")."""
+    with pytest.raises(ConfigurationError) as info:
+        load_settings(raw, environ={})
+    assert str(info.value) == message
+
+
+def test_unrelated_and_misspelt_environment(caplog: pytest.LogCaptureFixture) -> None:
+    environ = {
+        "KEYGUARD_REQUIRE_SERVERS": "1",  # the test suite's own: no setting, not a near miss
+        "KEYGUARD_PUBLIC_PATH": "/x",  # a near miss: warned about, ignored
+        "KEYGUARD_STORE": "",  # empty in a shell means unset
+        "OTHER": "x",
+    }
+    with caplog.at_level(logging.WARNING, logger="keyguard"):
+        s = load_settings({}, environ=environ)
+    assert s.public_paths == () and s.store.endswith("/keyguard.db")
+    warned = [r.getMessage() for r in caplog.records]
+    assert warned == [
+        "keyguard: KEYGUARD_PUBLIC_PATH is not a keyguard setting "
+        "(did you mean KEYGUARD_PUBLIC_PATHS?); ignored"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("url", "want"),
+    [
+        pytest.param("sqlite:///keys.db", "sqlite:///{cwd}/keys.db", id="relative"),
+        pytest.param("sqlite:///data/keys.db", "sqlite:///{cwd}/data/keys.db", id="relative-dir"),
+        pytest.param("sqlite://keys.db", "sqlite:///{cwd}/keys.db", id="two-slashes"),
+        pytest.param("sqlite:////srv/keys.db", "sqlite:////srv/keys.db", id="absolute"),
+        pytest.param("sqlite:///:memory:", "sqlite:///:memory:", id="memory"),
+        pytest.param("memory://", "memory://", id="not-sqlite"),
+    ],
+)
+def test_relative_sqlite_paths_are_resolved_once(
+    url: str, want: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    guard = KeyGuard({"store": url, "cache": None})
+    try:
+        assert guard.settings.store == want.format(cwd=tmp_path)
+        if url.startswith("sqlite:///keys"):
+            issued = guard.keys.create(owner="o", name="n")
+            monkeypatch.chdir(Path(tmp_path).parent)  # a later chdir opens no other file
+            assert guard.keys.get(issued.id).name == "n"
+            assert (tmp_path / "keys.db").is_file()
+    finally:
+        guard.close()
+
+
+def test_start_up_logs_store_and_cache_with_passwords_masked(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level(logging.INFO, logger="keyguard"):
+        KeyGuard({}).close()
+        KeyGuard(
+            {
+                "store": "postgresql://app:hunter2pw@db.internal:5432/keys?password=qs-secret",
+                "cache": "redis://:s3cr3t-pw@cache.internal:6379/0?prefix=kg:",
+            }
+        ).close()
+        KeyGuard({"store": "memory://", "cache": None}).close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "keyguard"]
+    assert lines == [
+        f"keyguard: store sqlite:///{tmp_path}/keyguard.db (file {tmp_path}/keyguard.db),"
+        " cache memory:// (this process only)",
+        "keyguard: store postgresql://app:****@db.internal:5432/keys?password=****,"
+        " cache redis://:****@cache.internal:6379/0?prefix=kg:",
+        "keyguard: store memory://, no cache",
+    ]
+    assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "keyguard")

@@ -7,6 +7,7 @@ separate processes, against one store.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,12 +15,14 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from keyguard.exceptions import InvalidKeySettings, KeyLimitExceeded, KeyNotFound, StoreError
 from keyguard.models import KeyRecord
 from keyguard.stores import Store, open_store
+from keyguard.stores.base import is_live
 
 from . import servers
 
@@ -144,32 +147,42 @@ def test_modify_unknown_raises(store: Store) -> None:
 
 def test_delete(store: Store) -> None:
     store.insert(rec("k1"), None, 1000.0)
-    store.touch({"k1": 1500.0})
+    store.touch({"k1": (1500.0, "198.51.100.7")})
     assert store.delete("k1") is True
     assert store.delete("k1") is False
     assert store.get("k1") is None
     assert store.list(include_revoked=True) == []
 
 
+A, B = "198.51.100.7", "2001:db8::9"
+
+
 @pytest.mark.parametrize(
     ("batches", "expected"),
     [
-        pytest.param([{"k1": 1500.0}], 1500.0, id="first"),
-        pytest.param([{"k1": 1500.0}, {"k1": 1200.0}], 1500.0, id="never-backwards"),
-        pytest.param([{"k1": 1500.0}, {"k1": 1600.25}], 1600.25, id="forwards"),
-        pytest.param([{}, {"ghost": 9.0, "k1": 1.5}], 1.5, id="unknown-ids-ignored"),
+        pytest.param([{"k1": (1500.0, A)}], (1500.0, A), id="first"),
+        pytest.param([{"k1": (1500.0, A)}, {"k1": (1200.0, B)}], (1500.0, A), id="never-backwards"),
+        pytest.param([{"k1": (1500.0, A)}, {"k1": (1600.25, B)}], (1600.25, B), id="forwards"),
+        pytest.param([{"k1": (1500.0, A)}, {"k1": (1600.0, None)}], (1600.0, None), id="no-ip"),
+        pytest.param([{}, {"ghost": (9.0, A), "k1": (1.5, B)}], (1.5, B), id="unknown-ids-ignored"),
     ],
 )
-def test_touch_is_monotonic(store: Store, batches: list[dict[str, float]], expected: float) -> None:
+def test_touch_is_monotonic_and_keeps_the_client_ip(
+    store: Store, batches: list[dict[str, tuple[float, str | None]]], expected: tuple[float, str]
+) -> None:
     store.insert(rec("k1"), None, 1000.0)
     for batch in batches:
         store.touch(batch)
     record = store.get("k1")
-    assert record is not None and record.last_used_at == expected
-    assert store.list()[0].last_used_at == expected
+    assert record is not None and (record.last_used_at, record.last_used_from) == expected
+    listed = store.list()[0]
+    assert (listed.last_used_at, listed.last_used_from) == expected
     assert store.get("ghost") is None
-    # a later modify keeps the recorded time
-    assert store.modify("k1", lambda r: r.replace(name="renamed")).last_used_at == expected
+    # a later modify keeps the recorded use
+    new = store.modify("k1", lambda r: r.replace(name="renamed"))
+    assert (new.last_used_at, new.last_used_from) == expected
+    again = store.get("k1")
+    assert again is not None and (again.last_used_at, again.last_used_from) == expected
 
 
 def test_meta(store: Store) -> None:
@@ -361,3 +374,154 @@ def test_sqlite_waits_for_another_connection_to_switch_a_new_database_to_wal(
     finally:
         release.join()
         other.close()
+
+
+REVIVALS = [
+    pytest.param(lambda r: r.replace(suspended_at=None), {"suspended_at": 900.0}, id="resume"),
+    pytest.param(lambda r: r.replace(expires_at=9000.0), {"expires_at": 999.0}, id="revive"),
+]
+
+
+@pytest.mark.parametrize(("revive", "state"), REVIVALS)
+def test_a_revival_is_refused_at_the_owner_limit(
+    store: Store, revive: Any, state: dict[str, float]
+) -> None:
+    store.insert(rec("live"), None, 1000.0)
+    store.insert(rec("dormant", **state), None, 1000.0)
+    with pytest.raises(KeyLimitExceeded):
+        store.modify("dormant", revive, 1, 1000.0)
+    assert store.get("dormant") == rec("dormant", **state)
+    # other changes of a key that does not come back to life are not limited
+    store.modify("dormant", lambda r: r.replace(name="renamed"), 1, 1000.0)
+    store.modify("live", lambda r: r.replace(name="renamed"), 1, 1000.0)
+    assert store.modify("dormant", revive, 2, 1000.0).name == "renamed"
+
+
+@pytest.mark.parametrize(("revive", "state"), REVIVALS)
+def test_revivals_hold_the_owner_limit_under_concurrent_threads(
+    store: Store, revive: Any, state: dict[str, float]
+) -> None:
+    """Twelve dormant keys come back at once, with creates racing them: the owner
+    ends with exactly the limit of live keys."""
+    limit, refused = 4, []
+    for n in range(12):
+        store.insert(rec(f"d{n}", **state), None, 1000.0)
+    barrier = threading.Barrier(12)
+
+    def worker(n: int) -> None:
+        barrier.wait()
+        for attempt in (
+            lambda: store.modify(f"d{n}", revive, limit, 1000.0),
+            lambda: store.insert(rec(f"new{n}"), limit, 1000.0),
+        ):
+            try:
+                attempt()
+            except KeyLimitExceeded:
+                refused.append(1)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    live = [r for r in store.list("alice") if is_live(r, 1000.0)]
+    assert len(live) == limit and len(refused) == 24 - limit
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "redis"])
+def test_a_version_1_store_is_upgraded(
+    kind: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """A store written by a keyguard of schema 1 (no suspension, no client of last
+    use) opens, migrates once, and keeps its keys."""
+    v1 = json.dumps(
+        {
+            "id": "old",
+            "owner": "alice",
+            "name": "from v1",
+            "kind": "bearer",
+            "scopes": ["read"],
+            "allowed_ips": [],
+            "created_at": 1000.0,
+            "hint": "kg_…abcd",
+            "secret_hash": "h$old",
+            "expires_at": None,
+            "revoked_at": None,
+            "last_used_at": None,
+            "previous_secret_hash": None,
+            "previous_valid_until": None,
+            "passphrase_hash": None,
+            "encrypted_secret": None,
+            "previous_encrypted_secret": None,
+            "unrestricted_since": None,
+            "rate_limit": None,
+            "max_uses": None,
+            "metadata": {},
+        }
+    )
+    for url in store_url(kind, request, tmp_path):
+        if kind == "redis":
+            import redis
+
+            base, _, prefix = url.partition("?prefix=")
+            client = redis.Redis.from_url(base)
+            client.hset(prefix + "meta", "schema_version", "1")
+            client.set(prefix + "key:old", v1)
+            client.zadd(prefix + "owner:alice", {"old": 1000.0})
+            client.zadd(prefix + "all", {"old": 1000.0})
+            client.hset(prefix + "used", "old", "1500.0")
+            client.close()
+        else:
+            _write_v1_sql(kind, url, v1)
+        store = open_store(url)
+        store.setup()
+        store.setup()  # idempotent
+        old = store.get("old")
+        assert old is not None and old.name == "from v1" and old.suspended_at is None
+        assert old.last_used_at == 1500.0 and old.last_used_from is None
+        store.modify("old", lambda r: r.replace(suspended_at=2000.0))
+        store.touch({"old": (2500.0, "198.51.100.7")})
+        again = store.get("old")
+        assert again is not None and again.suspended_at == 2000.0
+        assert (again.last_used_at, again.last_used_from) == (2500.0, "198.51.100.7")
+        with pytest.raises(KeyLimitExceeded):  # the suspended key's column is there too
+            store.insert(rec("x"), 0, 1000.0)
+        store.insert(rec("y"), 1, 1000.0)  # `old` is suspended: it does not count
+        if kind == "redis":
+            version = store._client.hget(store._k("meta"), "schema_version")  # type: ignore[attr-defined]
+        else:
+            with store._db() as db:  # type: ignore[attr-defined]
+                version = db.execute(
+                    "SELECT value FROM keyguard_meta WHERE name = 'schema_version'"
+                ).fetchone()[0]
+        assert int(version) == 2
+        store.close()
+
+
+def _write_v1_sql(kind: str, url: str, doc: str) -> None:
+    """The schema and one row exactly as keyguard's schema version 1 wrote them."""
+    from keyguard.stores import postgresql, sqlite
+
+    steps = (sqlite if kind == "sqlite" else postgresql).MIGRATIONS[0]
+    mark = "?" if kind == "sqlite" else "%s"
+    if kind == "sqlite":
+        import sqlite3
+
+        db: Any = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    else:
+        import psycopg
+
+        db = psycopg.connect(url, autocommit=True)
+    try:
+        db.execute("CREATE TABLE keyguard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        db.execute("INSERT INTO keyguard_meta VALUES ('schema_version', '1')")
+        for sql in steps:
+            db.execute(sql)
+        db.execute(
+            "INSERT INTO keyguard_keys"
+            " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
+            f" VALUES ({', '.join([mark] * 7)})",
+            ("old", "alice", 1000.0, None, None, 1500.0, doc),
+        )
+    finally:
+        db.close()

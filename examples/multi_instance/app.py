@@ -24,10 +24,9 @@ from starlette.routing import Route
 from keyguard import KeyGuard
 from keyguard.asgi import KeyGuardMiddleware
 
+# store and cache come from KEYGUARD_STORE and KEYGUARD_CACHE, which KeyGuard reads itself.
 guard = KeyGuard(
     {
-        "store": os.environ.get("KEYGUARD_STORE", "postgresql://postgres@127.0.0.1:5432/test"),
-        "cache": os.environ.get("KEYGUARD_CACHE", "redis://127.0.0.1:6379/0"),
         "public_paths": ["/health"],
         "rules": [
             {"path": "/v1/*", "scopes": ["read"]},

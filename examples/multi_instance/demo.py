@@ -1,7 +1,10 @@
 """Two app processes share one Redis and one PostgreSQL; a key revoked through one is refused
 by the other.
 
-    PYTHONPATH=src python examples/multi_instance/demo.py
+    .venv/bin/python examples/multi_instance/demo.py      # after bash scripts/demo.sh
+
+Needs a PostgreSQL at 127.0.0.1:5432 (database `test`, or --postgres-admin URL) and a
+Redis at 127.0.0.1:6379; imports only what scripts/demo.sh installs (HTTP via urllib).
 
 Starts two uvicorn processes of app.py (ports picked free), issues an admin key and a
 user key, calls instance B with the user key, revokes it through instance A, and
@@ -13,16 +16,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-import httpx
 import psycopg
 import redis
 from psycopg.conninfo import conninfo_to_dict
@@ -30,6 +36,17 @@ from psycopg.conninfo import conninfo_to_dict
 from keyguard import KeyGuard
 
 HERE = Path(__file__).resolve().parent
+
+
+def call(method: str, url: str, token: str | None = None) -> tuple[int, Any]:
+    """(status, JSON body) of one request; an error status is an answer, not an exception."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    request = urllib.request.Request(url, method=method, headers=headers)
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status, json.loads(response.read() or b"null")
+    except urllib.error.HTTPError as answer:
+        return answer.code, json.loads(answer.read() or b"null")
 
 
 def free_port() -> int:
@@ -70,8 +87,8 @@ def instance(name: str, store: str, cache: str) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(100):
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(url + "/health", timeout=0.5).status_code == 200:
+            with contextlib.suppress(OSError):
+                if call("GET", url + "/health")[0] == 200:
                     break
             time.sleep(0.1)
         else:
@@ -86,29 +103,22 @@ def run(store: str, cache: str) -> None:
     guard = KeyGuard({"store": store, "cache": cache, "policy": {"allow_private_ips": True}})
     admin = guard.keys.create(owner="ops", name="admin", scopes=["keyguard:admin"])
     user = guard.keys.create(owner="alice", name="alice's key", scopes=["read"])
-    with (
-        instance("A", store, cache) as a,
-        instance("B", store, cache) as b,
-        httpx.Client(timeout=5) as http,
-    ):
-        auth = {"authorization": f"Bearer {user.token}"}
+    with instance("A", store, cache) as a, instance("B", store, cache) as b:
         for url in (a, b):
-            r = http.get(url + "/v1/hello", headers=auth)
-            print(f"GET {url}/v1/hello with alice's key -> {r.status_code} {r.json()}")
+            status, body = call("GET", url + "/v1/hello", user.token)
+            print(f"GET {url}/v1/hello with alice's key -> {status} {body}")
         t0 = time.perf_counter()
-        r = http.post(
-            f"{a}/admin/keys/{user.id}/revoke", headers={"authorization": f"Bearer {admin.token}"}
-        )
+        status, body = call("POST", f"{a}/admin/keys/{user.id}/revoke", admin.token)
         t1 = time.perf_counter()
-        print(f"POST {a}/admin/keys/{user.id}/revoke -> {r.status_code} {r.json()}")
+        print(f"POST {a}/admin/keys/{user.id}/revoke -> {status} {body}")
         polls = 0
         for polls in range(1, 501):  # noqa: B007 - reported after the loop
-            r = http.get(b + "/v1/hello", headers=auth)
-            if r.status_code != 200:
+            status, body = call("GET", b + "/v1/hello", user.token)
+            if status != 200:
                 break
             time.sleep(0.002)
         ms = (time.perf_counter() - t0) * 1000
-        print(f"GET {b}/v1/hello with alice's key -> {r.status_code} {r.json()['code']}")
+        print(f"GET {b}/v1/hello with alice's key -> {status} {body['code']}")
         print(
             f"instance B refused the key {ms:.1f} ms after the revoke request was sent to A"
             f" (the revoke request took {(t1 - t0) * 1000:.1f} ms; B refused at poll {polls})"

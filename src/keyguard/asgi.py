@@ -22,6 +22,7 @@ from .exceptions import ConfigurationError, RequestRejected
 from .guard import KeyGuard
 from .models import KeyInfo
 from .scopes import route_path
+from .wiring import install
 
 
 class KeyUser(BaseUser):
@@ -62,6 +63,7 @@ class KeyGuardMiddleware:
         guard: KeyGuard | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
+        install(self, app)  # a second KeyGuard door in this chain: ConfigurationError
         self.app = app
         self.guard = guard_from(guard, settings)
         # raw header name -> the name the guard reads, decoded once here

@@ -3,11 +3,12 @@
 Owns two things:
 
 - Structured events on the `keyguard.audit` logger (level INFO): one for every
-  key change made through `guard.keys` (create, update, rotate, revoke,
-  delete; success or refusal) and one for every request a door denies. An
+  key change made through `guard.keys` (create, update, rotate, suspend,
+  resume, revoke, delete; success or refusal) and one for every request a door denies. An
   event says who acted, on which key id, what, when, from which client IP and
   with which result code. It never carries a token, secret or passphrase:
-  only ids, owners, field *names* and codes. The event is the log message (as
+  only ids (a token given as an id is shown as its hint, see `shown_id`),
+  owners, field *names* and codes. The event is the log message (as
   compact JSON) and also `record.audit` (a dict) for structured handlers.
   Who acted comes from `acting_as(...)` (the admin app sets it); calls from
   plain Python code or the CLI have `who: null`.
@@ -38,6 +39,7 @@ from .exceptions import (
     InvalidKeySettings,
     KeyNotFound,
     StoreError,
+    shown_id,
 )
 from .models import IssuedKey, KeyInfo
 
@@ -113,7 +115,7 @@ def audited(
         @functools.wraps(method)
         def wrapper(self: Any, *args: P.args, **kwargs: P.kwargs) -> R:
             first = args[0] if args else kwargs.get("key_id")
-            key_id = first if isinstance(first, str) else None
+            key_id = shown_id(first) if first is not None else None  # never a pasted token
             names = sorted(k for k in kwargs if k != "passphrase" or kwargs[k] is not None)
             owner = kwargs.get("owner") if isinstance(kwargs.get("owner"), str) else None
             try:
@@ -165,7 +167,7 @@ def observe(facts: Facts, verdict: Verdict, known: Known | None) -> None:
         client_ip=str(client) if client is not None else None,
         status=exc.status_code,
         method=facts.method,
-        path=facts.path,
+        path=facts.path if facts.path is not None else facts.target,
     )
 
 

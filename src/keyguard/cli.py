@@ -1,42 +1,63 @@
-"""The `keyguard` command (also `python -m keyguard`): manage keys from a shell.
+"""The `keyguard` command (also `python -m keyguard`, and `flask keyguard` in an
+app that uses `KeyGuardExtension`): manage keys from a shell.
 
     keyguard [--store URL] [--settings FILE] keys create --owner O --name N [--scope S]...
-    keyguard keys list [--owner O] [--all] [--json]
-    keyguard keys show|revoke|delete ID
+    keyguard keys list [--owner O] [--all] [--wide] [--json]
+    keyguard keys show|revoke|suspend|resume|delete ID
+    keyguard keys update ID [--scope S]... [--ip CIDR]... [--rate-limit none]
     keyguard keys rotate ID [--grace 24h]
     keyguard keys reencrypt          (signing secrets -> newest master key)
+    keyguard master-key new
 
-Settings come from `--settings FILE` (TOML), then `KEYGUARD_*` environment
-variables (`KEYGUARD_STORE`, `KEYGUARD_POLICY__MAX_KEYS_PER_OWNER=5`, values
-parsed as JSON when they parse), then `--store`. Every error is one line on
-stderr and a non-zero exit: 2 for bad arguments or settings, 1 for the rest.
+Settings are read as `KeyGuard()` reads them (`settings.load_settings`):
+`--store` over `--settings FILE` (TOML, playing the settings dict's part) over
+`KEYGUARD_*` environment variables. Every error is one line on stderr and a
+non-zero exit: 2 for bad arguments or settings, 1 for the rest; a store that
+cannot be reached is named with the driver's own reason, once. Commands live
+in the `keys` group one function each, so adding one is one decorated function.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import os
+import logging
 import re
+import shutil
 import sys
+import textwrap
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn
+from urllib.parse import parse_qsl, urlsplit
 
 import click
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .exceptions import ConfigurationError, InvalidKeySettings, KeyGuardError, KeyNotFound
+from . import __version__
+from .exceptions import (
+    ConfigurationError,
+    InvalidKeySettings,
+    KeyGuardError,
+    KeyLimitExceeded,
+    KeyNotFound,
+    StoreError,
+    shown_id,
+)
 from .guard import KeyGuard
 from .keys import duration
 from .models import IssuedKey, KeyInfo
-from .settings import Settings
+from .settings import mask_url
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_SETTING_NAMES = set(Settings.model_fields)
+_NONE = ("none", "null", "off")
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+_VERSION = "%(prog)s %(version)s"
 
 
 def parse_duration(text: str) -> timedelta:
@@ -61,6 +82,8 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 
 def settings_from(path: str | None, store: str | None) -> dict[str, Any]:
+    """The settings dict of a run: the TOML file, then `--store` over it. (`KeyGuard`
+    reads the `KEYGUARD_*` environment under it, as for an app.)"""
     settings: dict[str, Any] = {}
     if path:
         try:
@@ -71,40 +94,140 @@ def settings_from(path: str | None, store: str | None) -> dict[str, Any]:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"--settings: {path!r} is not valid TOML: {exc}") from None
         settings.update(data.get("keyguard", data))
-    for name, value in os.environ.items():
-        if not name.startswith("KEYGUARD_") or name in ("KEYGUARD_PEPPER", "KEYGUARD_MASTER_KEYS"):
-            continue
-        key = name.removeprefix("KEYGUARD_").lower().replace("__", ".")
-        if key.split(".", 1)[0] not in _SETTING_NAMES:
-            continue
-        try:
-            settings[key] = json.loads(value)
-        except ValueError:
-            settings[key] = value
     if store:
         settings["store"] = store
     return settings
+
+
+# -- where the guard comes from, and how errors leave ----------------------------
+
+
+@dataclass(frozen=True)
+class GuardSource:
+    """How a command gets its guard: `keyguard` builds one from its settings and
+    closes it; `flask keyguard` borrows the app's own and leaves it open."""
+
+    open: Callable[[], KeyGuard]
+    owned: bool = True
+
+
+def _guard(ctx: click.Context) -> KeyGuard:
+    source = ctx.find_object(GuardSource)
+    assert source is not None, "every keyguard command group sets a GuardSource"
+    guard = source.open()
+    ctx.find_root().meta["keyguard.guard"] = guard  # for naming the store in errors
+    if source.owned:
+        ctx.call_on_close(guard.close)
+    return guard
+
+
+class Failure(click.ClickException):
+    """One line on stderr, exit 1."""
+
+    exit_code = 1
+
+
+class BadInput(Failure):
+    """Bad arguments or settings: exit 2."""
+
+    exit_code = 2
+
+
+def _passwords(guard: KeyGuard | None) -> list[str]:
+    if guard is None:
+        return []
+    found = []
+    for url in (guard.settings.store, guard.settings.cache or ""):
+        parts = urlsplit(url)
+        found.append(parts.password or "")
+        found += [v for k, v in parse_qsl(parts.query) if k.lower().endswith("password")]
+    return [p for p in found if p]
+
+
+def _reason(exc: BaseException, guard: KeyGuard | None) -> str:
+    """The driver's own words for a StoreError ("database "x" does not exist",
+    "Connection refused"), on one line, without any password from the URLs."""
+    cause = exc.__cause__
+    if cause is None:
+        return ""
+    text = " ".join(str(cause).split())
+    text = text.rsplit("FATAL:", 1)[-1].strip().removeprefix("connection failed: ")
+    for secret in _passwords(guard):
+        text = text.replace(secret, "****")
+    return f" ({text[:300]})" if text else ""
+
+
+def _failure(exc: KeyGuardError, ctx: click.Context) -> Failure:
+    if isinstance(exc, KeyLimitExceeded):
+        return BadInput(
+            f"{exc}: revoke or delete one first (keyguard keys list --owner OWNER, then "
+            "keyguard keys revoke ID), or raise policy.max_keys_per_owner"
+        )
+    if isinstance(exc, ConfigurationError | InvalidKeySettings):
+        return BadInput(str(exc))
+    if isinstance(exc, KeyNotFound):
+        return Failure(str(exc))
+    guard = ctx.find_root().meta.get("keyguard.guard")
+    reason = _reason(exc, guard) if isinstance(exc, StoreError) else ""
+    return Failure(f"{type(exc).__name__}: {exc}{reason}")
+
+
+class Group(click.Group):
+    """A command group that turns keyguard's errors into one-line CLI errors, so
+    they read the same under `keyguard` and `flask keyguard`."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyGuardError as exc:
+            raise _failure(exc, ctx) from None
+
+
+def _quiet_drivers() -> None:
+    # psycopg's pool logs each failed connect attempt; the one error line names the cause.
+    logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
+
+# -- output ---------------------------------------------------------------------
 
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
 
 
+def _day(value: datetime | None) -> str:
+    return value.strftime("%Y-%m-%d") if value else "-"
+
+
 def _status(key: KeyInfo) -> str:
-    if key.is_revoked:
-        return "revoked"
-    return "expired" if key.is_expired() else "active"
+    return key.status()
+
+
+def _text(value: Any) -> str:
+    """A field for people: lists as `a, b`, mappings as `k=v, ...`, nothing as `-`."""
+    if value in (None, [], {}, ()):
+        return "-"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    return str(value)
 
 
 def _show(key: KeyInfo, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(key.to_dict(), indent=2))
         return
-    for field, value in key.to_dict().items():
-        click.echo(f"{field:>14}: {value if value not in (None, [], {}) else '-'}")
+    fields = key.to_dict()
+    fields["status"] = _status(key)
+    for field, value in fields.items():
+        click.echo(f"{field:>14}: {_text(value)}")
 
 
-def _issued(issued: IssuedKey, as_json: bool, what: str) -> None:
+def _issued(issued: IssuedKey, as_json: bool, what: str, quiet: bool = False) -> None:
+    if quiet:
+        click.echo(issued.token or f"{issued.info.id}\n{issued.secret}")
+        return
     if as_json:
         out = {"key": issued.info.to_dict(), "token": issued.token, "secret": issued.secret}
         click.echo(json.dumps({k: v for k, v in out.items() if v is not None}, indent=2))
@@ -121,24 +244,47 @@ def _issued(issued: IssuedKey, as_json: bool, what: str) -> None:
     )
 
 
-@click.group()
-@click.option("--store", metavar="URL", help="Key store URL (overrides settings).")
-@click.option("--settings", "settings_file", metavar="FILE", help="Settings file (TOML).")
+# -- the commands -----------------------------------------------------------------
+
+
+@click.group(cls=Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="keyguard", message=_VERSION)
+@click.option("--store", metavar="URL", help="Key store URL (overrides the settings).")
+@click.option(
+    "--settings",
+    "settings_file",
+    metavar="FILE",
+    help="Settings file (TOML); it wins over KEYGUARD_* environment variables.",
+)
 @click.pass_context
 def cli(ctx: click.Context, store: str | None, settings_file: str | None) -> None:
-    """keyguard: API keys for your web app."""
-    ctx.obj = lambda: KeyGuard(settings_from(settings_file, store))
+    """keyguard: API keys for your web app.
+
+    Settings come from --store, --settings FILE and KEYGUARD_* environment
+    variables (KEYGUARD_STORE, KEYGUARD_POLICY__MAX_KEYS_PER_OWNER=5), read as
+    the app's KeyGuard() reads them. The default store is ./keyguard.db: run
+    the command where the app runs, or give the same absolute path to both.
+
+    Shell completion: eval "$(_KEYGUARD_COMPLETE=bash_source keyguard)"
+    (zsh_source, fish_source for those shells).
+    """
+    _quiet_drivers()
+    ctx.obj = GuardSource(lambda: KeyGuard(settings_from(settings_file, store)))
 
 
-@cli.group()
+@cli.group(cls=Group)
 def keys() -> None:
     """Issue, list, rotate and revoke keys."""
 
 
-def _guard(ctx: click.Context) -> KeyGuard:
-    guard: KeyGuard = ctx.find_root().obj()
-    ctx.call_on_close(guard.close)
-    return guard
+def _metadata(pairs: Sequence[str]) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        name, eq, value = pair.partition("=")
+        if not eq or not name.strip():
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--metadata'")
+        out[name.strip()] = value
+    return out
 
 
 @keys.command()
@@ -153,10 +299,22 @@ def _guard(ctx: click.Context) -> KeyGuard:
 @click.option(
     "--passphrase-prompt",
     is_flag=True,
-    help="Ask for a passphrase to require with the key (from a pipe: first line of stdin).",
+    help="Require a passphrase with the key: 8 to 256 characters, asked twice at a "
+    "terminal (from a pipe: the first line of stdin). Clients send it in KG-Passphrase "
+    "(signed requests: the profile's passphrase header); it cannot be recovered.",
 )
 @click.option("--rate-limit", help='Per-key limit such as "100/minute".')
+@click.option("--max-uses", type=int, help="Usage quota: after N requests the key gets 429.")
+@click.option(
+    "--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="Print only the token (signing keys: access key and secret, one a line).",
+)
 @click.pass_context
 def create(
     ctx: click.Context,
@@ -168,9 +326,13 @@ def create(
     kind: str,
     passphrase_prompt: bool,
     rate_limit: str | None,
+    max_uses: int | None,
+    metadata: Sequence[str],
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Issue a key; its token (or secret) is printed once."""
+    meta = _metadata(metadata)
     passphrase = _read_passphrase() if passphrase_prompt else None
     issued = _guard(ctx).keys.create(
         owner=owner,
@@ -181,8 +343,10 @@ def create(
         kind=kind,
         passphrase=passphrase,
         rate_limit=rate_limit,
+        max_uses=max_uses,
+        metadata=meta or None,
     )
-    _issued(issued, as_json, "Created")
+    _issued(issued, as_json, "Created", quiet)
 
 
 def _read_passphrase() -> str:
@@ -197,43 +361,82 @@ def _read_passphrase() -> str:
     return line
 
 
+# A listing's columns, and the order they are hidden in when the terminal is narrow
+# (id, name and status always show).
+_DROP_ORDER = ("created", "hint", "owner", "last used", "expires", "scopes")
+_WRAPS = {"name": 16, "scopes": 16}  # these wrap onto more lines rather than be hidden
+
+
+def _columns(wide: bool) -> list[tuple[str, Callable[[KeyInfo], str]]]:
+    when = _when if wide else _day
+    columns: list[tuple[str, Callable[[KeyInfo], str]]] = [
+        ("id", lambda k: k.id),
+        ("owner", lambda k: k.owner),
+        ("name", lambda k: k.name),
+        ("hint", lambda k: k.hint),
+        ("scopes", lambda k: " ".join(k.scopes) or "-"),
+        ("created", lambda k: when(k.created_at)),
+        ("last used", lambda k: when(k.last_used_at)),
+        ("expires", lambda k: when(k.expires_at)),
+        ("status", _status),
+    ]
+    if wide:
+        columns[7:7] = [
+            ("from", lambda k: _text(k.last_used_from)),
+            ("kind", lambda k: k.kind),
+            ("allowed IPs", lambda k: " ".join(k.allowed_ips) or "-"),
+            ("rate limit", lambda k: k.rate_limit or "-"),
+            ("max uses", lambda k: _text(k.max_uses)),
+            ("passphrase", lambda k: "yes" if k.has_passphrase else "-"),
+        ]
+    return columns
+
+
+def _table(found: Sequence[KeyInfo], wide: bool, width: int) -> tuple[Table, list[str]]:
+    """The listing; when it would not fit `width`, columns are hidden (in _DROP_ORDER)."""
+    columns = _columns(wide)
+    cells = {title: [get(k) for k in found] for title, get in columns}
+    need = {t: max([len(t), *map(len, v)]) for t, v in cells.items()}
+    need.update({t: min(need[t], cap) for t, cap in _WRAPS.items() if t in need})
+    hidden: list[str] = []
+    for title in _DROP_ORDER:  # two spaces between columns
+        if wide or sum(need[t] + 2 for t, _ in columns if t not in hidden) - 2 <= width:
+            break
+        hidden.append(title)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
+    shown = [(t, get) for t, get in columns if t not in hidden]
+    for title, _ in shown:
+        table.add_column(title, no_wrap=title not in _WRAPS, overflow="fold")
+    for i in range(len(found)):
+        table.add_row(*(cells[title][i] for title, _ in shown))
+    return table, hidden
+
+
 @keys.command("list")
 @click.option("--owner", help="Only this owner's keys.")
 @click.option("--all", "include_revoked", is_flag=True, help="Include revoked keys.")
+@click.option("--wide", is_flag=True, help="Every column, full times, however wide.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
-def list_(ctx: click.Context, owner: str | None, include_revoked: bool, as_json: bool) -> None:
-    """List keys (name, hint, scopes, created, last used, expiry)."""
-    found = _guard(ctx).keys.list(owner=owner, include_revoked=include_revoked)
+def list_(
+    ctx: click.Context, owner: str | None, include_revoked: bool, wide: bool, as_json: bool
+) -> None:
+    """List keys (name, hint, scopes, created, last used, expiry).
+
+    Narrow terminals hide columns (created, hint, owner first); --wide shows all.
+    """
+    guard = _guard(ctx)
+    found = guard.keys.list(owner=owner, include_revoked=include_revoked)
     if as_json:
         click.echo(json.dumps([k.to_dict() for k in found], indent=2))
         return
-    table = Table(title=f"{len(found)} key(s)")
-    for column in (
-        "id",
-        "owner",
-        "name",
-        "hint",
-        "scopes",
-        "created",
-        "last used",
-        "expires",
-        "status",
-    ):
-        table.add_column(column, no_wrap=column in ("id", "hint"))
-    for k in found:
-        table.add_row(
-            k.id,
-            k.owner,
-            k.name,
-            k.hint,
-            " ".join(k.scopes) or "-",
-            _when(k.created_at),
-            _when(k.last_used_at),
-            _when(k.expires_at),
-            _status(k),
-        )
-    Console(width=None if sys.stdout.isatty() else 200).print(table)
+    width = shutil.get_terminal_size((120, 24)).columns
+    table, hidden = _table(found, wide, width)
+    click.echo(f"{len(found)} key(s) in {mask_url(guard.settings.store)}")
+    if found:
+        Console(width=10_000 if wide else width, soft_wrap=wide).print(table)
+    if hidden:
+        click.echo(textwrap.fill(f"(hidden: {', '.join(hidden)}; --wide shows all)", width))
 
 
 @keys.command()
@@ -255,7 +458,10 @@ def show(ctx: click.Context, key_id: str, as_json: bool) -> None:
 )
 @click.option("--clear-ips", is_flag=True, help="Remove the allowlist.")
 @click.option("--expires-in", type=Duration(), help="New lifetime from now, such as 30d.")
-@click.option("--rate-limit", help='New per-key limit such as "100/minute".')
+@click.option("--rate-limit", help='New per-key limit such as "100/minute"; "none" removes it.')
+@click.option(
+    "--metadata", multiple=True, metavar="KEY=VALUE", help="Replace the metadata (repeatable)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def update(
@@ -268,10 +474,10 @@ def update(
     clear_ips: bool,
     expires_in: timedelta | None,
     rate_limit: str | None,
+    metadata: Sequence[str],
     as_json: bool,
 ) -> None:
-    """Change a key's name, scopes, allowlist, expiry or rate limit."""
-    guard = _guard(ctx)
+    """Change a key's name, scopes, allowlist, expiry, rate limit or metadata."""
     changes: dict[str, Any] = {}
     if name is not None:
         changes["name"] = name
@@ -279,14 +485,18 @@ def update(
         changes["scopes"] = list(scopes)
     if ips or clear_ips:
         changes["allowed_ips"] = list(ips)
+    if rate_limit is not None:
+        changes["rate_limit"] = None if rate_limit.strip().lower() in _NONE else rate_limit
+    if metadata:
+        changes["metadata"] = _metadata(metadata)
+    if not changes and expires_in is None:
+        raise click.UsageError(
+            "nothing to change: give --name, --scope, --ip, --expires-in, --rate-limit "
+            "or --metadata"
+        )
+    guard = _guard(ctx)
     if expires_in is not None:
         changes["expires_at"] = datetime.fromtimestamp(guard.clock(), UTC) + expires_in
-    if rate_limit is not None:
-        changes["rate_limit"] = rate_limit
-    if not changes:
-        raise click.UsageError(
-            "nothing to change: give --name, --scope, --ip, --expires-in or --rate-limit"
-        )
     _show(guard.keys.update(key_id, **changes), as_json)
 
 
@@ -294,9 +504,27 @@ def update(
 @click.argument("key_id")
 @click.pass_context
 def revoke(ctx: click.Context, key_id: str) -> None:
-    """Refuse the key from now on."""
+    """Refuse the key from now on (it stays listed with --all)."""
     key = _guard(ctx).keys.revoke(key_id)
     click.echo(f"Revoked key {key.id} ({key.name}).")
+
+
+@keys.command()
+@click.argument("key_id")
+@click.pass_context
+def suspend(ctx: click.Context, key_id: str) -> None:
+    """Refuse the key until it is resumed (nothing else about it changes)."""
+    key = _guard(ctx).keys.suspend(key_id)
+    click.echo(f"Suspended key {key.id} ({key.name}).")
+
+
+@keys.command()
+@click.argument("key_id")
+@click.pass_context
+def resume(ctx: click.Context, key_id: str) -> None:
+    """Accept a suspended key again (counts against the owner's key limit)."""
+    key = _guard(ctx).keys.resume(key_id)
+    click.echo(f"Resumed key {key.id} ({key.name}).")
 
 
 @keys.command()
@@ -306,23 +534,44 @@ def revoke(ctx: click.Context, key_id: str) -> None:
     type=Duration(),
     default="0s",
     show_default=True,
-    help="How long the old secret still works.",
+    help="How long the old secret still works. Rotating again ends an earlier grace at once.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> None:
     """Issue a new secret; the old one works until the grace period ends."""
-    _issued(_guard(ctx).keys.rotate(key_id, grace=grace), as_json, "Rotated")
+    guard = _guard(ctx)
+    now = datetime.fromtimestamp(guard.clock(), UTC)
+    issued = guard.keys.rotate(key_id, grace=grace)
+    until = now + grace if grace > timedelta(0) else None
+    if as_json:
+        out = {"key": issued.info.to_dict(), "token": issued.token, "secret": issued.secret}
+        out["old_secret_valid_until"] = until.isoformat() if until else None
+        click.echo(json.dumps({k: v for k, v in out.items() if v is not None}, indent=2))
+        return
+    _issued(issued, False, "Rotated")
+    if until is None:
+        click.echo("The old secret stopped working now.")
+    else:
+        click.echo(
+            f"The old secret keeps working until {_when(until)} UTC; rotating again "
+            "before then ends that grace at once (only one old secret is kept)."
+        )
 
 
 @keys.command()
 @click.argument("key_id")
-@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--yes", is_flag=True, help="Delete without asking (needed without a terminal).")
 @click.pass_context
 def delete(ctx: click.Context, key_id: str, yes: bool) -> None:
     """Delete a key for good (revoke keeps it listed)."""
-    if not yes and sys.stdin.isatty():
-        click.confirm(f"Delete key {key_id}?", abort=True, err=True)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                f"not deleting key {shown_id(key_id)} without --yes: stdin is not a "
+                "terminal, so nobody can confirm"
+            )
+        click.confirm(f"Delete key {shown_id(key_id)}?", abort=True, err=True)
     _guard(ctx).keys.delete(key_id)
     click.echo(f"Deleted key {key_id}.")
 
@@ -333,6 +582,38 @@ def reencrypt(ctx: click.Context) -> None:
     """Re-encrypt every signing secret under the newest master key."""
     count = _guard(ctx).keys.reencrypt()
     click.echo(f"Re-encrypted {count} signing key(s) under the newest master key.")
+
+
+@cli.group("master-key", cls=Group)
+def master_key() -> None:
+    """Master keys, which encrypt signing secrets at rest."""
+
+
+@master_key.command("new")
+def master_key_new() -> None:
+    """Print a fresh master key (base64url, 32 bytes).
+
+    Put it first in KEYGUARD_MASTER_KEYS (comma-separated, newest first) or in
+    signing.master_keys, on every instance, then run `keyguard keys reencrypt`.
+    """
+    from .crypto import generate_master_key
+
+    click.echo(generate_master_key())
+
+
+def flask_group(guard: Callable[[], KeyGuard]) -> click.Group:
+    """`flask keyguard ...`: the same commands on the Flask app's own guard."""
+
+    @click.group("keyguard", cls=Group, context_settings=CONTEXT)
+    @click.pass_context
+    def group(ctx: click.Context) -> None:
+        """Manage this app's API keys, with the app's own keyguard settings."""
+        _quiet_drivers()
+        ctx.obj = GuardSource(guard, owned=False)
+
+    group.add_command(keys)
+    group.add_command(master_key)
+    return group
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -358,7 +639,7 @@ def _tolerant_output() -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     _tolerant_output()
     try:
-        cli.main(
+        code = cli.main(
             args=list(argv) if argv is not None else None,
             prog_name="keyguard",
             standalone_mode=False,
@@ -371,13 +652,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             sys.exit(2)
         _fail(exc.format_message().replace("\n", " "), 2)
     except click.ClickException as exc:
-        _fail(exc.format_message(), 1)
-    except (ConfigurationError, InvalidKeySettings) as exc:
-        _fail(str(exc), 2)
-    except KeyNotFound as exc:
-        _fail(str(exc), 1)
-    except KeyGuardError as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except KeyGuardError as exc:  # raised outside a command (none today): still one line
         _fail(f"{type(exc).__name__}: {exc}", 1)
+    if isinstance(code, int) and code:
+        sys.exit(code)
 
 
-__all__ = ["cli", "main"]
+__all__ = ["cli", "flask_group", "main"]

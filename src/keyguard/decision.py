@@ -17,8 +17,8 @@ nothing outside the `Known` it was handed: what the warm path may remember
 (the proving token, the routes passed) is returned in the verdict and stored
 by the driver in the key cache (`cache.Slot`, whose invariant is written there).
 
-Order matters: `revoked_key`, `expired_key` and every later code are only told
-to a caller that proved the key's secret, and the rate limit is spent only by
+Order matters: `revoked_key`, `expired_key`, `suspended_key` and every later
+code are only told to a caller that proved the key's secret, and the rate limit is spent only by
 a request that passed everything else.
 """
 
@@ -105,6 +105,7 @@ class Facts:
     scopes: tuple[str, ...] = ()  # needed beyond the rules (verify's, the admin app's)
     token: str | None = field(default=None, repr=False)  # verify(): the credential itself
     passphrase: str | None = field(default=None, repr=False)  # verify()'s
+    target: str | None = None  # the path the audit trail names when `path` is None
     source: Any = field(default=None, repr=False)  # where a signed body is read from (body.py)
     receive: Any = field(default=None, repr=False)  # ASGI: replaced by one replaying the body
     # Filled in by the body need for a signed request:
@@ -252,14 +253,14 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
         signed: Signed | None = None
         if token is not SIGNED:
             # 2. Well-formed, with a valid checksum (no I/O for a mistyped or made-up token).
-            key_id = p.tokens.quick_id(token)
-            if key_id is None:
+            claimed = p.tokens.quick_id(token)  # named in the verdict only once believed
+            if claimed is None:
                 raise invalid_key()
-            slot = p.cache.peek(key_id)
+            slot = p.cache.peek(claimed)
             fresh_proof = False  # did this request prove the current secret (not remembered)?
             if slot is not None and remembered(slot, token):
                 entry = slot.entry  # this very token proved this entry before (steps 2-3)
-                proven = True
+                key_id, proven = claimed, True
                 if (
                     (f.peer, f.method, f.path) in slot.routes
                     and now < entry.until
@@ -267,11 +268,12 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                     and p.cold.isdisjoint(h)
                 ):  # steps 4-7 passed for this peer and route before (see cache.Slot)
                     if entry.limited and not (k is not None and k.admitted):
-                        return _admit(entry, k, key_id)
+                        return _admit(entry, k, claimed)
                     return entry.passed  # type: ignore[no-any-return]
             else:
                 if not p.tokens.checksum_ok(token) or p.tokens.split(token) is None:
                     raise invalid_key()
+                key_id = claimed
                 # 3. The key is found, and the secret matches.
                 found = _found(p, k, slot, key_id)
                 if isinstance(found, Need):
@@ -305,6 +307,8 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             raise AuthenticationError("revoked_key", "The API key has been revoked.")
         if record.expires_at is not None and record.expires_at <= now:
             raise AuthenticationError("expired_key", "The API key has expired.")
+        if record.suspended_at is not None and record.suspended_at <= now:
+            raise AuthenticationError("suspended_key", "The API key is suspended.")
         # 5. Passphrase, where the key has one (argon2: run by the driver, off the loop).
         if record.passphrase_hash is not None:
             matched = _checked(p, k, record.passphrase_hash, passphrase, key_id, proven)

@@ -3,15 +3,19 @@
     KeyGuardError                  (never raised itself)
     ├── ConfigurationError         (also ValueError) bad settings, named
     ├── InvalidKeySettings         (also ValueError) a refused key field (422)
-    │   └── KeyLimitExceeded       owner already holds max_keys_per_owner keys
+    │   ├── KeyLimitExceeded       owner already holds max_keys_per_owner keys
+    │   └── KeyStateConflict       the key's state forbids the change (409: revoked)
     ├── KeyNotFound                (also LookupError)
     ├── StoreError                 the durable store failed or is unreachable
     └── RequestRejected            a request is refused; renders as problem+json
         ├── BadRequest             400 invalid_request
         ├── AuthenticationError    401 missing_credentials, invalid_key, expired_key,
-        │                              revoked_key, invalid_passphrase, invalid_signature,
-        │                              stale_request, replayed_request
+        │                              revoked_key, suspended_key, invalid_passphrase,
+        │                              invalid_signature, stale_request, replayed_request
+        ├── StepUpRequired         401 step_up_required (admin API: confirm the change)
         ├── AuthorizationError     403 ip_not_allowed, insufficient_scope
+        │   └── CsrfRefused        403 invalid_request (admin API: no X-Requested-With)
+        ├── NotFound               404 not_found (admin API)
         ├── TooManyRequests        429 rate_limited, too_many_failures, quota_exhausted
         ├── PayloadTooLarge        413 payload_too_large
         └── ServiceUnavailable     503 unavailable
@@ -20,14 +24,36 @@ A `RequestRejected` carries `.code`, `.status_code`, `.title`, `.detail` and the
 extra headers it needs, and renders itself (werkzeug's pattern): `problem()` is
 the one renderer (RFC 9457 problem+json), `wsgi(start_response)` and
 `await asgi(scope, send)` send it through either door. Messages never carry a
-token, secret or passphrase: callers pass fixed text.
+token, secret or passphrase: callers pass fixed text, and a key id a caller
+gave is shown through `shown_id` (a token pasted where an id belongs is shown
+only as its hint).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
+
+_ID_LIKE = re.compile(r"[A-Za-z0-9_.:-]{1,16}")
+_PREFIXED = re.compile(r"([A-Za-z0-9]{1,16})_")
+
+
+def shown_id(value: object) -> str:
+    """A key id a caller gave, as messages, audit events and the CLI may show it.
+
+    Key ids are 16 letters and digits. Anything that could not be one (longer,
+    other characters: a token, a signing secret or a passphrase pasted where an
+    id belongs) is shown only as a hint, as listings show tokens: the prefix, if
+    it has one, and the last four characters, never enough to use."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    if _ID_LIKE.fullmatch(value):
+        return value
+    m = _PREFIXED.match(value)
+    tail = ascii(value[-4:])[1:-1] if len(value) > 8 else ""
+    return f"{m[1]}_…{tail}" if m else f"…{tail}"
 
 
 class KeyGuardError(Exception):
@@ -58,12 +84,22 @@ class KeyLimitExceeded(InvalidKeySettings):
         self.limit = owner_limit
 
 
-class KeyNotFound(KeyGuardError, LookupError):
-    """No key with this id."""
+class KeyStateConflict(InvalidKeySettings):
+    """The key's state forbids the change: a revoked key cannot be rotated,
+    suspended or resumed. `field` is "key"; the admin API answers 409."""
 
-    def __init__(self, key_id: str) -> None:
-        super().__init__(f"no key with id {key_id!r}")
-        self.key_id = key_id
+    status_code = 409
+
+    def __init__(self, message: str) -> None:
+        super().__init__("key", message)
+
+
+class KeyNotFound(KeyGuardError, LookupError):
+    """No key with this id. `key_id` is the id as `shown_id` shows it."""
+
+    def __init__(self, key_id: object) -> None:
+        self.key_id = shown_id(key_id)
+        super().__init__(f"no key with id {self.key_id!r}")
 
 
 class StoreError(KeyGuardError):
@@ -159,6 +195,33 @@ class AuthorizationError(RequestRejected):
         if self.scopes:
             value += f', scope="{" ".join(self.scopes)}"'
         return [("www-authenticate", value)]
+
+
+class StepUpRequired(RequestRejected):
+    """The admin app's `confirm` refused this change: resend it confirmed
+    (`X-Keyguard-Confirm`). RFC 9470's step-up challenge."""
+
+    status_code = 401
+    title = "Unauthorized"
+    code = "step_up_required"
+    detail = "Confirm this change: send a one-time code in the X-Keyguard-Confirm header."
+
+    def headers(self) -> list[tuple[str, str]]:
+        return [
+            ("www-authenticate", 'Bearer realm="api", error="insufficient_user_authentication"')
+        ]
+
+
+class CsrfRefused(AuthorizationError):
+    code = "invalid_request"
+    detail = "Unsafe requests must carry the X-Requested-With header."
+
+
+class NotFound(RequestRejected):
+    status_code = 404
+    title = "Not Found"
+    code = "not_found"
+    detail = "No such key."
 
 
 class TooManyRequests(RequestRejected):

@@ -19,9 +19,10 @@ from __future__ import annotations
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPBearer, SecurityScopes
 
-from .exceptions import AuthenticationError, AuthorizationError
+from .exceptions import AuthenticationError, AuthorizationError, ConfigurationError
 from .guard import KeyGuard
 from .models import KeyInfo
+from .wiring import MISSING, PUBLIC, is_guarded
 
 bearer_scheme = HTTPBearer(
     auto_error=False, scheme_name="APIKeyBearer", description="Authorization: Bearer <token>"
@@ -42,11 +43,20 @@ def current_key(
     _bearer: object = Depends(bearer_scheme),
     _header: object = Depends(header_scheme),
 ) -> KeyInfo:
-    """The calling key, as the KeyGuard middleware found it."""
+    """The calling key, as the KeyGuard middleware found it. Without the middleware
+    on this app: ConfigurationError (a 500 whose log names the fix), never a 401."""
     key = request.scope.get("keyguard.key")
     if not isinstance(key, KeyInfo):
-        # A public path, or the middleware is missing: no key was checked.
-        raise AuthenticationError("missing_credentials", "An API key is required.")
+        scope = request.scope
+        if not is_guarded(scope.get("router"), scope.get("app")):  # a bug in the app: loud
+            raise ConfigurationError(
+                MISSING.format(
+                    helper="keyguard.fastapi.current_key",
+                    fix="app.add_middleware(KeyGuardMiddleware, guard=guard)",
+                )
+            )
+        # A public path: the middleware checks no key there, sent or not.
+        raise AuthenticationError("missing_credentials", PUBLIC)
     return key
 
 

@@ -5,8 +5,8 @@
              -> the step's parts (decision.py) and its two drivers (check.py)
 
 `verify`/`averify` describe a bare token as `Facts` and run the same drivers
-as the doors. `last_used_at` is buffered in memory and written in one batch a
-minute (and on `close()`), never once per request.
+as the doors. `last_used_at` and `last_used_from` are buffered in memory and
+written in one batch a minute (and on `close()`), never once per request.
 """
 
 from __future__ import annotations
@@ -30,12 +30,13 @@ from .decision import Entry, Facts, Parts, Verdict
 from .exceptions import StoreError
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import Allowlist, ClientResolver, IPAddress, IPNetwork
+from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
 from .redis import RedisTier, open_tier
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import SignedRequests
+from .startup import log_start
 from .stores import Store, open_store
 from .tokens import TokenParser
 
@@ -103,7 +104,9 @@ class KeyGuard:
             setup=lambda: self.hasher,
             cold=self.clients.header_names | {self.passphrase_header},
         )
-        self._used: dict[str, float] = {}
+        # key id -> (time, client): an address, or the peer's text (a verdict whose
+        # client is the peer does not parse it), made text when read.
+        self._used: dict[str, tuple[float, IPAddress | str | None]] = {}
         self._next_flush = clock() + FLUSH_INTERVAL
         self.drivers = Drivers(self.parts, self.cache, self.abuse, self.signing, self._use)
         self.drivers.observers.append(audit.observe)
@@ -111,6 +114,7 @@ class KeyGuard:
 
         self.keys = KeyManager(self)
         atexit.register(_flush_at_exit, weakref.ref(self))
+        log_start(s)  # INFO: which store and cache (passwords masked); WARNING: many workers
 
     # -- start-up -----------------------------------------------------------
 
@@ -203,18 +207,21 @@ class KeyGuard:
     # -- last use -----------------------------------------------------------
 
     def _use(self, key_id: str, verdict: Verdict, facts: Facts) -> None:
-        """A pass: `last_used_at`, buffered; once a minute a thread writes the batch."""
+        """A pass: `last_used_at` and `_from`, buffered; once a minute a thread writes
+        the batch."""
         now = self.clock()
-        self._used[key_id] = now
+        self._used[key_id] = (now, facts.peer if verdict.peer_is_client else verdict.client)
         if now >= self._next_flush:
             self._next_flush = now + FLUSH_INTERVAL
             threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
 
-    def pending_use(self, key_id: str) -> float | None:
-        return self._used.get(key_id)
+    def pending_use(self, key_id: str) -> tuple[float, str | None] | None:
+        """The buffered last use of a key not yet flushed: (time, client IP)."""
+        use = self._used.get(key_id)
+        return None if use is None else (use[0], _client_text(use[1]))
 
     def flush(self) -> None:
-        """Write buffered `last_used_at` times to the store (best effort)."""
+        """Write buffered last uses (time and client IP) to the store (best effort)."""
         self.abuse.flush()
         used, self._used = self._used, {}
         if not used:
@@ -224,10 +231,10 @@ class KeyGuard:
         # that changes size under it.
         used = used.copy()
         try:
-            self.store.touch(used)
+            self.store.touch({k: (ts, _client_text(ip)) for k, (ts, ip) in used.items()})
         except StoreError:
-            for key_id, ts in used.items():  # keep them for the next try
-                self._used.setdefault(key_id, ts)
+            for key_id, use in used.items():  # keep them for the next try
+                self._used.setdefault(key_id, use)
 
     def close(self) -> None:
         self.flush()
@@ -255,6 +262,13 @@ def _bare(
         token=token if isinstance(token, str) else "",
         passphrase=passphrase,
     )
+
+
+def _client_text(client: IPAddress | str | None) -> str | None:
+    """A buffered client as stored: an address's text, None for none."""
+    if isinstance(client, str):
+        client = parse_ip(client)
+    return None if client is None else str(client)
 
 
 def _flush_at_exit(ref: weakref.ref[KeyGuard]) -> None:

@@ -1,8 +1,11 @@
-"""`guard.keys`: issue, list, edit, rotate, revoke and delete keys.
+"""`guard.keys`: issue, list, edit, rotate, suspend, resume, revoke and delete keys.
 
 Owns field validation and the key policies (owner limit, the cap on keys
 without an IP allowlist, private ranges). Every refusal is an
-`InvalidKeySettings` naming the field. Every change drops the cached copy (and,
+`InvalidKeySettings` naming the field, raised before anything is stored. The
+owner limit is the store's to enforce atomically (`Store.insert`, and
+`Store.modify` for a change that makes a key count again); what counts is
+`stores.base.is_live`. Every change drops the cached copy (and,
 with a shared cache, tells the other instances). The async twins run the sync
 method in a worker thread: store writes and argon2 never block an event loop.
 """
@@ -10,7 +13,7 @@ method in a worker thread: store writes and argon2 never block an event loop.
 from __future__ import annotations
 
 import functools
-import json
+import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -20,9 +23,9 @@ import anyio.to_thread
 
 from . import tokens
 from .audit import audited
-from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound
-from .models import IssuedKey, KeyInfo, KeyRecord
-from .network import parse_allowlist
+from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound, KeyStateConflict
+from .models import IssuedKey, KeyInfo, KeyRecord, metadata_value, text_ok
+from .network import PRIVATE_RANGES, parse_allowlist
 from .settings import _check_rate
 
 if TYPE_CHECKING:
@@ -52,10 +55,26 @@ def _offload(method: Callable[P, R]) -> Callable[P, Any]:
     return twin
 
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _text(field: str, value: object, limit: int = 200) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise InvalidKeySettings(field, f"must be a non-empty string of at most {limit} characters")
+    if not text_ok(value) or _CONTROL.search(value):
+        raise InvalidKeySettings(
+            field, "must be valid Unicode without control characters (or lone surrogates)"
+        )
     return value.strip()
+
+
+def _key_id(value: object) -> str:
+    """A key id to look up. Anything that cannot be a stored id (not text, too long,
+    not valid Unicode: a token or secret pasted by mistake, say) is KeyNotFound at
+    once, without a store call; KeyNotFound shows only its hint (`shown_id`)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 64 or not text_ok(value):
+        raise KeyNotFound(value)
+    return value
 
 
 def _scopes(value: Iterable[str]) -> tuple[str, ...]:
@@ -111,18 +130,70 @@ def _rate(value: str | None) -> str | None:
         raise InvalidKeySettings("rate_limit", str(exc)) from None
 
 
-def _metadata(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidKeySettings("metadata", "must be a dict")
-    try:
-        text = json.dumps(dict(value))
-    except (TypeError, ValueError):
-        raise InvalidKeySettings("metadata", "must be JSON-serialisable") from None
-    if len(text) > 16_384:
-        raise InvalidKeySettings("metadata", "must be at most 16 KiB as JSON")
-    return dict(json.loads(text))
+# -- allowlists that admit nearly everyone -----------------------------------------
+#
+# The cap on unrestricted keys (`policy.unrestricted_max_days`) is about keys that
+# work from anywhere. An allowlist earns the exemption by confining a key to
+# networks its owner runs, and no one organisation holds more than about one
+# sixteenth of the public IPv4 space (the largest holders have a dozen or so of the
+# 256 /8s). So an allowlist that admits at least WIDE_SHARE of the public
+# addresses of either IP version counts as no allowlist: every public CIDR, or
+# 0.0.0.0/1 + 128.0.0.0/1, or one /4, is not a restriction. Public IPv4 is the
+# whole space less network.PRIVATE_RANGES and multicast/reserved (224.0.0.0/3);
+# public IPv6 is the global unicast block 2000::/3 (so an IPv6 allowlist needs at
+# least a /7 of it to count as wide).
+WIDE_SHARE = 1 / 16
+
+
+def _ranges(nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[list[int]]:
+    """Merged, sorted [first, last] integer ranges of `nets` (one IP version)."""
+    spans = sorted((int(n.network_address), int(n.broadcast_address)) for n in nets)
+    merged: list[list[int]] = []
+    for first, last in spans:
+        if merged and first <= merged[-1][1] + 1:
+            merged[-1][1] = max(merged[-1][1], last)
+        else:
+            merged.append([first, last])
+    return merged
+
+
+def _public(version: int) -> list[list[int]]:
+    if version == 6:
+        return _ranges([ipaddress.IPv6Network("2000::/3")])
+    closed = _ranges(
+        [n for n in PRIVATE_RANGES if n.version == 4] + [ipaddress.IPv4Network("224.0.0.0/3")]
+    )
+    out, start = [], 0
+    for first, last in closed:
+        if first > start:
+            out.append([start, first - 1])
+        start = last + 1
+    if start <= 2**32 - 1:
+        out.append([start, 2**32 - 1])
+    return out
+
+
+_PUBLIC = {4: _public(4), 6: _public(6)}
+_PUBLIC_SIZE = {v: sum(last - first + 1 for first, last in r) for v, r in _PUBLIC.items()}
+
+
+def admits_nearly_everyone(allowed_ips: Iterable[str]) -> bool:
+    """Whether an allowlist admits at least WIDE_SHARE of the public addresses of
+    IPv4 or of IPv6 (see above): such a key counts as unrestricted."""
+    nets = [ipaddress.ip_network(text, strict=False) for text in allowed_ips]
+    for version, public in _PUBLIC.items():
+        covered = 0
+        for first, last in _ranges(n for n in nets if n.version == version):
+            for p_first, p_last in public:
+                covered += max(0, min(last, p_last) - max(first, p_first) + 1)
+        if covered >= WIDE_SHARE * _PUBLIC_SIZE[version]:
+            return True
+    return False
+
+
+def _restricted(record: KeyRecord) -> bool:
+    """The key has an allowlist that confines it (see `admits_nearly_everyone`)."""
+    return bool(record.allowed_ips) and not admits_nearly_everyone(record.allowed_ips)
 
 
 def _lost_master_key(key_id: str) -> ConfigurationError:
@@ -142,9 +213,10 @@ class KeyManager:
         return tuple(dict.fromkeys(str(n) for n in nets))
 
     def _cap(self, record: KeyRecord) -> KeyRecord:
-        """A key without an allowlist lives at most `unrestricted_max_days`."""
+        """A key without an allowlist (or with one that admits nearly everyone)
+        lives at most `unrestricted_max_days`."""
         days = self._guard.settings.policy.unrestricted_max_days
-        if record.allowed_ips or days is None:
+        if days is None or _restricted(record):
             return record.replace(unrestricted_since=None)
         since = record.unrestricted_since or record.created_at
         limit = since + days * DAY
@@ -153,8 +225,8 @@ class KeyManager:
 
     def _info(self, record: KeyRecord) -> KeyInfo:
         pending = self._guard.pending_use(record.id)
-        if pending is not None and (record.last_used_at or 0) < pending:
-            record = record.replace(last_used_at=pending)
+        if pending is not None and (record.last_used_at or 0) < pending[0]:
+            record = record.replace(last_used_at=pending[0], last_used_from=pending[1])
         return record.info()
 
     def _store(self) -> Any:
@@ -194,9 +266,11 @@ class KeyManager:
         if kind not in ("bearer", "signing"):
             raise InvalidKeySettings("kind", "must be 'bearer' or 'signing'")
         if passphrase is not None and (
-            not isinstance(passphrase, str) or not 8 <= len(passphrase) <= 256
+            not isinstance(passphrase, str)
+            or not 8 <= len(passphrase) <= 256
+            or not text_ok(passphrase)
         ):
-            raise InvalidKeySettings("passphrase", "must be 8 to 256 characters")
+            raise InvalidKeySettings("passphrase", "must be 8 to 256 characters of valid Unicode")
         if max_uses is not None and (
             isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses < 1
         ):
@@ -213,7 +287,7 @@ class KeyManager:
             expires_at=_when(expires_at, now, field),
             rate_limit=_rate(rate_limit),
             max_uses=max_uses,
-            metadata=_metadata(metadata),
+            metadata=metadata_value(metadata),
         )
         store = self._store()
         hasher = guard.hasher
@@ -254,17 +328,26 @@ class KeyManager:
         )
 
     def get(self, key_id: str) -> KeyInfo:
-        record = self._store().get(key_id) if isinstance(key_id, str) else None
+        record = self._store().get(_key_id(key_id))
         if record is None:
-            raise KeyNotFound(str(key_id))
+            raise KeyNotFound(key_id)
         return self._info(record)
 
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyInfo]:
-        """Keys sorted by creation time. Nothing in a listing can authenticate."""
+        """Keys sorted by creation time (suspended ones too; revoked ones only with
+        `include_revoked`). Nothing in a listing can authenticate. A stored row that
+        does not decode is logged and left out (see `stores.base`)."""
+        if owner is not None and not (isinstance(owner, str) and text_ok(owner)):
+            raise InvalidKeySettings("owner", "must be a string of valid Unicode")
         return [self._info(r) for r in self._store().list(owner, include_revoked)]
 
-    def _modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
-        record: KeyRecord = self._store().modify(key_id, change)
+    def _modify(
+        self, key_id: str, change: Callable[[KeyRecord], KeyRecord], now: float
+    ) -> KeyRecord:
+        """Apply `change` atomically. A change that makes the key count toward its
+        owner's limit again (revived, resumed) is refused at the limit, as a create."""
+        limit = self._guard.settings.policy.max_keys_per_owner
+        record: KeyRecord = self._store().modify(_key_id(key_id), change, limit, now)
         self._guard.forget(key_id)
         return record
 
@@ -281,7 +364,8 @@ class KeyManager:
         metadata: Mapping[str, Any] | None | _Unset = UNSET,
     ) -> KeyInfo:
         """Change the given fields; others stay. `expires_at=None` removes the expiry
-        (for a key without an allowlist the cap still applies)."""
+        (for a key without an allowlist the cap still applies). A later expiry that
+        makes an expired key live again counts against `max_keys_per_owner`."""
         now = self._guard.clock()
         changes: dict[str, Any] = {}
         if not isinstance(name, _Unset):
@@ -295,15 +379,15 @@ class KeyManager:
         if not isinstance(rate_limit, _Unset):
             changes["rate_limit"] = _rate(rate_limit)
         if not isinstance(metadata, _Unset):
-            changes["metadata"] = _metadata(metadata)
+            changes["metadata"] = metadata_value(metadata)
 
         def change(record: KeyRecord) -> KeyRecord:
             new = record.replace(**changes)
-            if record.allowed_ips and not new.allowed_ips:  # lost its allowlist now
+            if _restricted(record) and not _restricted(new):  # lost its allowlist now
                 new = new.replace(unrestricted_since=now)
             return self._cap(new)
 
-        return self._info(self._modify(key_id, change))
+        return self._info(self._modify(key_id, change, now))
 
     @audited("key.revoke")
     def revoke(self, key_id: str) -> KeyInfo:
@@ -311,13 +395,39 @@ class KeyManager:
         now = self._guard.clock()
         return self._info(
             self._modify(
-                key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now)
+                key_id, lambda r: r if r.revoked_at is not None else r.replace(revoked_at=now), now
             )
         )
 
+    @audited("key.suspend")
+    def suspend(self, key_id: str) -> KeyInfo:
+        """Refuse the key (401 `suspended_key`) until `resume`; nothing else changes.
+        Suspending a suspended key changes nothing; a revoked one: KeyStateConflict."""
+        now = self._guard.clock()
+
+        def change(record: KeyRecord) -> KeyRecord:
+            if record.revoked_at is not None:
+                raise KeyStateConflict("a revoked key cannot be suspended")
+            return record if record.suspended_at is not None else record.replace(suspended_at=now)
+
+        return self._info(self._modify(key_id, change, now))
+
+    @audited("key.resume")
+    def resume(self, key_id: str) -> KeyInfo:
+        """Accept a suspended key again. Counts against `max_keys_per_owner` as a
+        create does (a suspended key does not count). A revoked key: KeyStateConflict."""
+        now = self._guard.clock()
+
+        def change(record: KeyRecord) -> KeyRecord:
+            if record.revoked_at is not None:
+                raise KeyStateConflict("a revoked key cannot be resumed")
+            return record.replace(suspended_at=None)
+
+        return self._info(self._modify(key_id, change, now))
+
     @audited("key.delete")
     def delete(self, key_id: str) -> None:
-        if not self._store().delete(key_id):
+        if not self._store().delete(_key_id(key_id)):
             raise KeyNotFound(key_id)
         self._guard.forget(key_id)
 
@@ -330,7 +440,7 @@ class KeyManager:
 
         def change(record: KeyRecord) -> KeyRecord:
             if record.revoked_at is not None:
-                raise InvalidKeySettings("key", "a revoked key cannot be rotated")
+                raise KeyStateConflict("a revoked key cannot be rotated")
             new, token, secret = self._new_secret(record)
             issued[:] = [(token, secret)]
             return new.replace(
@@ -339,7 +449,7 @@ class KeyManager:
                 previous_valid_until=until if until > now else None,
             )
 
-        record = self._modify(key_id, change)
+        record = self._modify(key_id, change, now)
         token, secret = issued[0]
         return IssuedKey(self._info(record), token=token, secret=secret)
 
@@ -378,7 +488,7 @@ class KeyManager:
             current = ring.is_current(r.encrypted_secret)
             if not (current and ring.is_current(r.previous_encrypted_secret)):
                 try:
-                    self._modify(r.id, change)
+                    self._modify(r.id, change, self._guard.clock())
                 except KeyNotFound:  # deleted meanwhile: nothing to re-encrypt
                     continue
                 count += 1
@@ -391,4 +501,6 @@ class KeyManager:
     arevoke = _offload(revoke)
     adelete = _offload(delete)
     arotate = _offload(rotate)
+    asuspend = _offload(suspend)
+    aresume = _offload(resume)
     areencrypt = _offload(reencrypt)

@@ -192,8 +192,9 @@ def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetw
         if not allow_private and is_private(net):
             raise InvalidKeySettings(
                 "allowed_ips",
-                f"{entry!r} is a private, loopback or link-local range"
-                " (policy.allow_private_ips is off)",
+                f"{entry[:64]!r} is a private, loopback or link-local range, which the policy"
+                " refuses; to allow such ranges (local development, a private network), set"
+                " policy.allow_private_ips to True (or KEYGUARD_POLICY__ALLOW_PRIVATE_IPS=1)",
             )
         nets.append(net)
     return tuple(nets)

@@ -1,18 +1,27 @@
 """The settings dict (SPEC section 2) -> validated, frozen `Settings`.
 
-Owns validation only: every bad value becomes a `ConfigurationError` naming the
-dotted key. Nested sections may be given nested (`{"policy": {...}}`) or dotted
+Owns validation and where settings come from: the dict, and under it the
+`KEYGUARD_*` environment (`KEYGUARD_STORE`, `KEYGUARD_POLICY__MAX_KEYS_PER_OWNER`;
+a key in the dict wins), read the same way for `KeyGuard()`, the CLI and
+Flask's flat `app.config` keys. Every bad value becomes a `ConfigurationError`
+naming the dotted key (and the variable it came from) in plain words. Nested
+sections may be given nested (`{"policy": {...}}`) or dotted
 (`{"policy.max_keys_per_owner": 5}`). Error messages never echo a value, since
-some settings (pepper, master keys) are secrets.
+some settings (pepper, master keys) are secrets. Must not open anything: the
+store and cache are opened by `KeyGuard`.
 """
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
+import json
+import logging
 import os
 import re
+import types
 from collections.abc import Mapping
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -202,8 +211,144 @@ def split_redis_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=clean)), prefix
 
 
+def _listish_to_tuple(value: Any) -> Any:
+    # Strict mode refuses lists for tuple fields; users write lists in dicts/TOML.
+    if isinstance(value, list):
+        return tuple(_listish_to_tuple(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _listish_to_tuple(v) for k, v in value.items()}
+    return value
+
+
+# -- where settings come from: the dict, flat KEYGUARD_* names, the environment --------
+
+ENV_PREFIX = "KEYGUARD_"
+_ALIASES = {"master_keys": "signing.master_keys"}  # KEYGUARD_MASTER_KEYS, as documented
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+_NONE = {"none", "null"}
+logger = logging.getLogger("keyguard")
+
+
+def _sections() -> dict[str, type[BaseModel]]:
+    """Setting name -> its model, for every nested section (policy, signing, ...)."""
+    return {
+        name: f.annotation
+        for name, f in Settings.model_fields.items()
+        if isinstance(f.annotation, type) and issubclass(f.annotation, BaseModel)
+    }
+
+
+def _annotation(dotted: str) -> Any:
+    """The declared type of a dotted setting, or None for a name that is no setting."""
+    head, _, rest = dotted.partition(".")
+    field = Settings.model_fields.get(head)
+    if field is None or not rest:
+        return None if field is None else field.annotation
+    section = _sections().get(head)
+    sub = section.model_fields.get(rest) if section is not None else None
+    return None if sub is None else sub.annotation
+
+
+def _kinds(annotation: Any) -> set[str]:
+    """What a setting's type accepts, coarsely: none, bool, number, list, dict, str."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _kinds(get_args(annotation)[0])
+    if origin in (Union, types.UnionType):
+        return set().union(*(_kinds(arg) for arg in get_args(annotation)))
+    if origin is Literal:
+        return {"str"}
+    if origin in (tuple, list):
+        return {"list"}
+    if origin is dict or (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+        return {"dict"}
+    if annotation is type(None):
+        return {"none"}
+    if annotation is bool:
+        return {"bool"}
+    if annotation in (int, float):
+        return {"number"}
+    return {"str"}
+
+
+def parse_text(name: str, dotted: str, text: str) -> Any:
+    """A setting written as text (an environment variable), read by the setting's
+    type: `none`/`null` for None; 1/0, true/false, yes/no, on/off for flags;
+    numbers; JSON for lists and mappings, or a comma-separated list. Text that
+    fits no reading is handed on as is, for validation to name."""
+    kinds = _kinds(_annotation(dotted))
+    word = text.strip().lower()
+    if "none" in kinds and word in _NONE:
+        return None
+    if "bool" in kinds:
+        return True if word in _TRUE else False if word in _FALSE else text
+    if kinds & {"list", "dict"}:
+        if text.lstrip()[:1] in ("[", "{"):
+            try:
+                return json.loads(text)
+            except ValueError:
+                raise ConfigurationError(f"{name}: not valid JSON") from None
+        if "list" in kinds:
+            return [part.strip() for part in text.split(",") if part.strip()]
+        return text
+    if "number" in kinds:
+        try:
+            number = json.loads(text)
+        except ValueError:
+            return text
+        return number if isinstance(number, int | float) and not isinstance(number, bool) else text
+    return text
+
+
+# Environment variables of keyguard's own test suite (and CI), never settings.
+NOT_SETTINGS = frozenset({"KEYGUARD_REQUIRE_SERVERS"})
+
+
+def flat_settings(
+    source: Mapping[str, Any], *, strict: bool, origin: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`KEYGUARD_STORE`-style names -> dotted settings (`KEYGUARD_POLICY__MAX_KEYS_PER_OWNER`
+    -> `policy.max_keys_per_owner`; a double underscore nests). Text values are
+    read by `parse_text`; other values (a Flask config's) pass as they are. Names
+    that are no setting are refused when `strict` (a config the app wrote), else
+    skipped (the environment is shared), with a warning when one is a near miss.
+    `origin`, when given, records which name each setting came from."""
+    out: dict[str, Any] = {}
+    for name, value in source.items():
+        if not name.startswith(ENV_PREFIX) or name == ENV_PREFIX:
+            continue
+        dotted = name.removeprefix(ENV_PREFIX).lower().replace("__", ".")
+        dotted = _ALIASES.get(dotted, dotted)
+        head = dotted.split(".", 1)[0]
+        if name in NOT_SETTINGS or name.startswith(ENV_PREFIX + "TEST_"):
+            continue  # keyguard's own test-suite switches, not settings
+        if head not in Settings.model_fields:
+            known = [ENV_PREFIX + n.upper() for n in Settings.model_fields] + [
+                "KEYGUARD_PEPPER",
+                "KEYGUARD_MASTER_KEYS",
+            ]
+            close = difflib.get_close_matches(name.split("__")[0], known, n=1, cutoff=0.8)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            if strict:
+                raise ConfigurationError(f"{name}: not a keyguard setting{hint}")
+            if close:
+                logger.warning("keyguard: %s is not a keyguard setting%s; ignored", name, hint)
+            continue
+        if isinstance(value, str):
+            if strict is False and not value.strip():
+                continue  # KEYGUARD_X= in a shell means "not set"
+            value = parse_text(name, dotted, value)
+        out[dotted] = value
+        if origin is not None:
+            origin[dotted] = name
+    return out
+
+
 def _nest(raw: Mapping[str, Any]) -> dict[str, Any]:
-    """Fold dotted keys (`policy.max_keys_per_owner`) into nested sections."""
+    """Fold dotted keys (`policy.max_keys_per_owner`) into nested sections; a
+    later entry wins over an earlier one, key by key within a section."""
+    sections = _sections()
     out: dict[str, Any] = {}
     for key, value in raw.items():
         if not isinstance(key, str):
@@ -214,49 +359,111 @@ def _nest(raw: Mapping[str, Any]) -> dict[str, Any]:
             if not isinstance(section, dict):
                 raise ConfigurationError(f"{head}: given both as a value and as a section")
             section[rest] = value
-        elif isinstance(value, Mapping) and head in {"policy", "signing", "abuse"}:
-            out.setdefault(head, {}).update(value)
+        elif isinstance(value, Mapping) and head in sections and isinstance(out.get(head), dict):
+            out[head].update(value)
+        elif isinstance(value, Mapping) and head in sections:
+            out[head] = dict(value)
         else:
             out[key] = value
     return out
 
 
-def _from_env(data: dict[str, Any]) -> None:
-    if data.get("pepper") is None and os.environ.get("KEYGUARD_PEPPER"):
-        data["pepper"] = os.environ["KEYGUARD_PEPPER"]
-    signing = data.setdefault("signing", {})
-    if isinstance(signing, dict) and "master_keys" not in signing:
-        env = os.environ.get("KEYGUARD_MASTER_KEYS", "")
-        signing["master_keys"] = [k.strip() for k in env.split(",") if k.strip()]
+_WORDING = {
+    "string_type": "must be a string",
+    "tuple_type": "must be a list",
+    "list_type": "must be a list",
+    "int_type": "must be a whole number",
+    "int_from_float": "must be a whole number",
+    "int_parsing": "must be a whole number",
+    "float_type": "must be a number",
+    "float_parsing": "must be a number",
+    "bool_type": "must be true or false",
+    "bool_parsing": "must be true or false",
+    "dict_type": "must be a mapping",
+    "model_type": "must be a mapping (a section of settings)",
+    "finite_number": "must be a finite number",
+    "missing": "is required",
+}
 
 
-def _listish_to_tuple(value: Any) -> Any:
-    # Strict mode refuses lists for tuple fields; users write lists in dicts/TOML.
-    if isinstance(value, list):
-        return tuple(_listish_to_tuple(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _listish_to_tuple(v) for k, v in value.items()}
-    return value
+def _plain(error: Any) -> str:
+    """pydantic's error in the words of these settings ("must be a list", not
+    "Input should be a valid tuple"; a validator's own message without "Value error,")."""
+    kind, ctx, loc = error["type"], error.get("ctx") or {}, error["loc"]
+    if kind == "value_error" and "error" in ctx:
+        return str(ctx["error"])
+    if kind == "literal_error":
+        return f"must be one of {ctx['expected']}"
+    bounds = {"gt": "greater than", "ge": "at least", "lt": "less than", "le": "at most"}
+    for name, words in bounds.items():
+        if name in ctx and kind.startswith(("greater", "less")):
+            return f"must be {words} {ctx[name]}"
+    if kind == "extra_forbidden":
+        model = Settings if len(loc) == 1 else _sections().get(str(loc[0]))
+        names = list(model.model_fields) if model is not None and len(loc) <= 2 else []
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        return "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
+    return _WORDING.get(kind) or str(error["msg"]).replace("Input should be", "must be")
 
 
-def load_settings(raw: Mapping[str, Any] | None) -> Settings:
+def absolute_sqlite(url: str) -> str:
+    """`sqlite:///rel.db` -> `sqlite:////<cwd>/rel.db`, once, at start-up: a guard
+    (or a later `chdir`) then always opens the file it named first."""
+    if not url.startswith("sqlite://"):
+        return url
+    path = url.removeprefix("sqlite://")
+    path = path[1:] if path.startswith("/") else path
+    if not path or path == ":memory:" or os.path.isabs(path):
+        return url
+    return "sqlite:///" + os.path.abspath(path)
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|sslpassword|sentinel_password)=)[^&#]*")
+
+
+def mask_url(url: str | None) -> str:
+    """A store or cache URL fit for a log line: `redis://:****@host:6379/0`."""
+    if url is None:
+        return "none"
+    return _QUERY_PASSWORD.sub(r"\1****", _URL_PASSWORD.sub(r"\1:****@", url))
+
+
+def load_settings(
+    raw: Mapping[str, Any] | None, *, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Validate `raw` over the `KEYGUARD_*` environment (`os.environ` unless given):
+    a key in `raw` wins over the environment. Relative SQLite paths are made
+    absolute here, once."""
     if raw is not None and not isinstance(raw, Mapping):
         raise ConfigurationError("settings must be a mapping (a dict)")
-    data = _nest(raw or {})
-    configures_signing = "signing" in data
-    _from_env(data)
+    origin: dict[str, str] = {}
+    env = flat_settings(os.environ if environ is None else environ, strict=False, origin=origin)
+    given = _nest(raw or {})
+    for key, value in given.items():  # what the dict sets is not the environment's
+        if isinstance(value, Mapping):
+            for sub in value:
+                origin.pop(f"{key}.{sub}", None)
+        origin.pop(key, None)
+    data = _nest({**env, **{k: v for k, v in (raw or {}).items()}})
+    configures_signing = "signing" in given or any(
+        k.startswith("signing.") and k != "signing.master_keys" for k in env
+    )
     try:
         settings = Settings.model_validate(_listish_to_tuple(data))
     except ValidationError as exc:
         first = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "settings"
-        why = "unknown setting" if first["type"] == "extra_forbidden" else first["msg"]
-        raise ConfigurationError(f"{where}: {why}") from None
+        loc = [str(p) for p in first["loc"] if p != "[key]"]
+        where = ".".join(loc) or "settings"
+        source = next((origin[k] for k in (".".join(loc[:2]), loc[0]) if k in origin), None)
+        if source is not None:
+            where += f" (from {source})"
+        raise ConfigurationError(f"{where}: {_plain(first)}") from None
     if configures_signing and not settings.signing.master_keys:
         # Caught now, not on the first signed request (which no key could ever pass).
         raise ConfigurationError(
             "signing.master_keys: required when the settings configure signing (set it or "
-            "KEYGUARD_MASTER_KEYS; make one with: python -c "
-            "'import keyguard.crypto as c; print(c.generate_master_key())')"
+            "KEYGUARD_MASTER_KEYS; make one with: keyguard master-key new)"
         )
-    return settings
+    store = absolute_sqlite(settings.store)
+    return settings if store == settings.store else settings.model_copy(update={"store": store})

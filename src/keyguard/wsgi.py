@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from .asgi import guard_from
 from .decision import Facts
 from .guard import KeyGuard
+from .wiring import install
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
@@ -28,6 +29,7 @@ class KeyGuardMiddleware:
         guard: KeyGuard | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
+        install(self, app)  # a second KeyGuard door in this chain: ConfigurationError
         self.app = app
         self.guard = guard_from(guard, settings)
         self._environ_names = [

@@ -1,12 +1,16 @@
 """The admin ASGI app: the JSON API of SPEC section 8 and the "API Keys" page.
 
 Owns who may manage keys (a key holding `keyguard:admin`, or the app's own
-`authorize` callable), the translation of JSON bodies into `guard.keys` calls
-(every refused field is a 422 `invalid_key_settings` naming it), owner scoping,
-and CSRF protection for cookie-based hosts. It authenticates every request
-itself, so it works whether or not the host app runs the KeyGuard middleware
-(if it does, make the mount a public path). It never returns a stored hash,
-and returns a token or secret only in the answer to create and rotate.
+`authorize` callable), what each may grant (`Principal.grantable`: an
+owner-bound principal never grants `keyguard:admin` or a wildcard, so no
+tenant widens its own reach), the step-up `confirm` asked before every change,
+the translation of JSON bodies into `guard.keys` calls (every refused field is
+a 422 `invalid_key_settings` naming it), owner scoping (another owner's key is
+a 404, as an unknown one), and CSRF protection for cookie-based hosts. It
+authenticates every request itself, so it works whether or not the host app
+runs the KeyGuard middleware (if it does, make the mount a public path). It
+never returns a stored hash, and returns a token or secret only in the answer
+to create and rotate.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Union
@@ -31,50 +35,64 @@ from ..decision import Facts
 from ..exceptions import (
     AuthorizationError,
     BadRequest,
+    CsrfRefused,
     InvalidKeySettings,
     KeyNotFound,
+    NotFound,
     PayloadTooLarge,
     RequestRejected,
     ServiceUnavailable,
+    StepUpRequired,
     StoreError,
     problem,
+    shown_id,
 )
 from ..guard import KeyGuard
 from ..keys import duration
-from ..models import IssuedKey, KeyInfo
+from ..models import IssuedKey, KeyInfo, text_ok
 from .openapi import openapi_document
 from .page import render_page
 
 ADMIN_SCOPE = "keyguard:admin"
 MAX_BODY = 64 * 1024
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*")
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)")  # openapi.DURATION_PATTERN
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 CREATE_FIELDS = (
     "owner", "name", "scopes", "allowed_ips", "expires_at", "expires_in", "kind",
     "passphrase", "rate_limit", "max_uses", "metadata",
 )  # fmt: skip
-_READS = frozenset({"key.get", "key.list"})
+_READS = frozenset({"key.get", "key.list", "scopes"})
 UPDATE_FIELDS = ("name", "scopes", "allowed_ips", "expires_at", "rate_limit", "metadata")
+ACTIONS = ("create", "rotate", "update", "suspend", "resume", "revoke", "delete")
 
 
 @dataclass(frozen=True, slots=True)
 class Principal:
-    """Who is using the admin app. `owner=None` may manage every owner's keys."""
+    """Who is using the admin app, and what they may grant.
+
+    - `owner=None`: an operator, who manages every owner's keys and may grant
+      any scope (or only `grantable`, when given).
+    - `owner="alice"`: self-service; sees and manages only alice's keys, and may
+      put on them only `grantable` scopes. Default: the scopes named in the
+      guard's `rules`. Never, even when listed: `keyguard:admin`, a wildcard
+      (`*`, `x:*`), or a scope that implies one of those (`scope_implies`).
+    """
 
     who: str
     owner: str | None = None
+    grantable: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if self.grantable is not None:
+            if isinstance(self.grantable, str) or not isinstance(self.grantable, Iterable):
+                raise TypeError("Principal.grantable must be a collection of scope names")
+            object.__setattr__(self, "grantable", frozenset(self.grantable))
 
 
 AuthorizeResult = Union[bool, str, Principal, None]  # noqa: UP007 - a runtime alias
 Authorize = Callable[[Request], AuthorizeResult | Awaitable[AuthorizeResult]]
-
-
-class NotFound(RequestRejected):
-    status_code = 404
-    title = "Not Found"
-    code = "not_found"
-    detail = "No such key."
+Confirm = Callable[[Request, str], bool | Awaitable[bool]]
 
 
 class _Refused(InvalidKeySettings):
@@ -88,11 +106,7 @@ class _Seen(Exception):
         self.error = error
 
 
-class CsrfRefused(RequestRejected):
-    status_code = 403
-    title = "Forbidden"
-    code = "invalid_request"
-    detail = "Unsafe requests must carry the X-Requested-With header."
+_TITLES = {409: "Conflict", 422: "Unprocessable Content"}
 
 
 def _problem(exc: RequestRejected) -> Response:
@@ -101,15 +115,23 @@ def _problem(exc: RequestRejected) -> Response:
 
 
 def _settings_problem(exc: InvalidKeySettings) -> Response:
+    """422 (409 for a key whose state forbids the change) naming the field. ASCII
+    JSON, so no text in a message can make the answer unencodable."""
+    status = exc.status_code
     doc = {
         "type": "about:blank",
-        "title": "Unprocessable Content",
-        "status": 422,
+        "title": _TITLES.get(status, "Unprocessable Content"),
+        "status": status,
         "detail": exc.message,
         "code": exc.code,
         "field": exc.field,
     }
-    return JSONResponse(doc, 422, {"cache-control": "no-store"}, "application/problem+json")
+    return Response(
+        json.dumps(doc, separators=(",", ":")),
+        status,
+        {"cache-control": "no-store"},
+        "application/problem+json",
+    )
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -179,7 +201,7 @@ def _arguments(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in body.items():
         if name not in allowed:
-            raise InvalidKeySettings(str(name)[:64], "unknown field")
+            raise InvalidKeySettings(shown_id(name), "unknown field")
         convert = _CONVERT.get(name)
         out[name] = convert(name, value) if convert else value
     return out
@@ -201,6 +223,27 @@ def _issued(issued: IssuedKey) -> dict[str, Any]:
 # -- the app ----------------------------------------------------------------------
 
 
+def _is_async(fn: Callable[..., Any] | None) -> bool:
+    return fn is not None and (
+        inspect.iscoroutinefunction(fn)
+        or inspect.iscoroutinefunction(getattr(fn, "__call__", None))  # noqa: B004
+    )
+
+
+async def _call(fn: Callable[..., Any], is_async: bool, *args: Any) -> Any:
+    """Call a host callable (sync or async): a sync one in a worker thread."""
+    if is_async:
+        return await fn(*args)
+    result = await run_in_threadpool(fn, *args)
+    if inspect.isawaitable(result):
+        result = await result
+    return result
+
+
+def _powerful(scope: str) -> bool:
+    return scope == ADMIN_SCOPE or scope == "*" or scope.endswith(":*")
+
+
 class AdminAPI:
     """The routes, bound to one guard. Built by `admin_app`."""
 
@@ -208,24 +251,30 @@ class AdminAPI:
         self,
         guard: KeyGuard,
         authorize: Authorize | None,
+        confirm: Confirm | None,
         scope_choices: Sequence[str],
+        scope_descriptions: Mapping[str, str],
         title: str,
         require_csrf_header: bool,
     ) -> None:
         if not isinstance(guard, KeyGuard):
             raise TypeError("admin_app: guard must be a keyguard.KeyGuard")
+        pairs = scope_descriptions.items()
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in pairs):
+            raise TypeError("admin_app: scope_descriptions must map scope names to text")
         self.guard = guard
         self.authorize = authorize
-        self._authorize_is_async = authorize is not None and (
-            inspect.iscoroutinefunction(authorize)
-            or inspect.iscoroutinefunction(getattr(authorize, "__call__", None))  # noqa: B004
-        )
+        self._authorize_is_async = _is_async(authorize)
+        self.confirm = confirm
+        self._confirm_is_async = _is_async(confirm)
         self.scope_choices = list(dict.fromkeys(scope_choices))
+        self.scope_descriptions = dict(scope_descriptions)
+        self.rule_scopes = tuple(dict.fromkeys(s for r in guard.settings.rules for s in r.scopes))
         self.title = title
         self.require_csrf_header = require_csrf_header
         self._wanted = guard.header_names - guard.signing.header_names
 
-    # -- who is calling -------------------------------------------------------
+    # -- who is calling, and what they may grant ------------------------------
 
     def _facts(self, request: Request) -> Facts:
         """The request as the step reads it: no route (the admin scope is what is
@@ -236,7 +285,15 @@ class AdminAPI:
             if name in wanted:
                 headers.setdefault(name, []).append(value)
         peer = request.client.host if request.client else None
-        return Facts(request.method, None, peer, headers, request.url.scheme, scopes=(ADMIN_SCOPE,))
+        return Facts(
+            request.method,
+            None,  # no rules or public paths: the admin scope is what every request needs
+            peer,
+            headers,
+            request.url.scheme,
+            scopes=(ADMIN_SCOPE,),
+            target=request.url.path,
+        )
 
     def _client_ip(self, facts: Facts) -> str | None:
         ip = self.guard.clients.resolve(facts.peer, facts.headers)
@@ -253,19 +310,47 @@ class AdminAPI:
 
     async def _from_authorize(self, request: Request) -> Principal:
         assert self.authorize is not None
-        if self._authorize_is_async:
-            result = await self.authorize(request)  # type: ignore[misc]
-        else:
-            result = await run_in_threadpool(self.authorize, request)
-            if inspect.isawaitable(result):
-                result = await result
-        if isinstance(result, Principal):
-            return result
+        result = await _call(self.authorize, self._authorize_is_async, request)
         if result is True:
             return Principal(who="app")
         if isinstance(result, str) and result:
-            return Principal(who=f"owner:{result}", owner=result)
+            result = Principal(who=f"owner:{result}", owner=result)
+        if isinstance(result, Principal) and (
+            result.owner is None or (isinstance(result.owner, str) and text_ok(result.owner))
+        ):
+            return result
         raise AuthorizationError("insufficient_scope", "You may not manage API keys.")
+
+    def grantable(self, principal: Principal) -> frozenset[str] | None:
+        """The scopes `principal` may put on a key; None: any scope (an operator)."""
+        if principal.owner is None:
+            return principal.grantable
+        offered = self.rule_scopes if principal.grantable is None else principal.grantable
+        return frozenset(s for s in offered if not self._widens(s))
+
+    def _widens(self, scope: str) -> bool:
+        """Would a key holding `scope` reach beyond its owner's own scopes: the admin
+        scope, a wildcard, or a scope that implies one of them."""
+        return any(_powerful(s) for s in self.guard.scopes.expand((scope,)))
+
+    def _check_grants(self, principal: Principal, scopes: Any, held: Sequence[str] = ()) -> None:
+        grantable = self.grantable(principal)
+        if grantable is None or not isinstance(scopes, list):  # not a list: keys refuses it
+            return
+        if any(s not in grantable and s not in held for s in scopes):
+            raise _Refused(
+                "scopes",
+                "holds a scope you may not grant (GET /api/scopes lists the ones you may)",
+            )
+
+    async def _confirmed(self, request: Request, action: str) -> None:
+        """The host's step-up check, before any change (401 step_up_required)."""
+        confirm = self.confirm
+        if (
+            confirm is not None
+            and await _call(confirm, self._confirm_is_async, request, action) is not True
+        ):
+            raise StepUpRequired(action=action)
 
     # -- the request cycle ----------------------------------------------------
 
@@ -290,7 +375,8 @@ class AdminAPI:
             unavailable = ServiceUnavailable()
             self.guard.drivers.refused_later(facts, unavailable, None)
             return _problem(unavailable)
-        key_id = request.path_params.get("key_id")
+        raw_id = request.path_params.get("key_id")
+        key_id = None if raw_id is None else shown_id(raw_id)
         with audit.acting_as(principal.who, self._client_ip(facts)):
             try:
                 return await handler(request, principal)
@@ -299,16 +385,21 @@ class AdminAPI:
                 return _settings_problem(exc)
             except InvalidKeySettings as exc:
                 return _settings_problem(exc)
-            except (KeyNotFound, NotFound):
+            except NotFound:  # refused here (`_own`), before guard.keys saw it
                 if action not in _READS:
                     audit.emit(action, result="not_found", key_id=key_id)
                 return _problem(NotFound())
+            except KeyNotFound:  # guard.keys logged it
+                return _problem(NotFound())
+            except StepUpRequired as exc:
+                audit.emit(action, result=exc.code, key_id=key_id)
+                return _problem(exc)
             except RequestRejected as exc:
                 return _problem(exc)
             except StoreError:
                 return _problem(ServiceUnavailable())
 
-    async def _body(self, request: Request) -> dict[str, Any]:
+    async def _body(self, request: Request, required: bool = False) -> dict[str, Any]:
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
@@ -317,6 +408,8 @@ class AdminAPI:
             chunks.append(chunk)
         raw = b"".join(chunks)
         if not raw.strip():
+            if required:
+                raise BadRequest("invalid_request", "Send a JSON body with the key's fields.")
             return {}
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/json" and not ctype.endswith("+json"):
@@ -327,12 +420,14 @@ class AdminAPI:
             body = json.loads(raw)
         except (ValueError, UnicodeDecodeError):
             raise BadRequest("invalid_request", "The body is not valid JSON.") from None
+        except RecursionError:  # nested past Python's own limit; the fields' is far lower
+            raise BadRequest("invalid_request", "The body is nested too deeply.") from None
         if not isinstance(body, dict):
             raise BadRequest("invalid_request", "The body must be a JSON object.")
         return body
 
     async def _parse(self, request: Request, allowed: Sequence[str]) -> dict[str, Any]:
-        body = await self._body(request)
+        body = await self._body(request, required=True)
         try:
             return _arguments(body, allowed)
         except InvalidKeySettings as exc:
@@ -342,7 +437,10 @@ class AdminAPI:
         """The key, if this principal may see it; else 404 (never reveal others' ids)."""
         if len(key_id) > 64:
             raise NotFound()
-        info: KeyInfo = await self.guard.keys.aget(key_id)
+        try:
+            info: KeyInfo = await self.guard.keys.aget(key_id)
+        except KeyNotFound:
+            raise NotFound() from None
         if principal.owner is not None and info.owner != principal.owner:
             raise NotFound()
         return info
@@ -379,60 +477,76 @@ class AdminAPI:
 
     async def collection(self, request: Request) -> Response:
         if request.method == "POST":
-            return await self.create_key(request)
-        return await self.list_keys(request)
+            return await self._run(request, "key.create", self._create)
+        return await self._run(request, "key.list", self._list)
 
     async def item(self, request: Request) -> Response:
         if request.method == "PATCH":
-            return await self.update_key(request)
+            return await self._run(request, "key.update", self._update)
         if request.method == "DELETE":
-            return await self.delete_key(request)
-        return await self.get_key(request)
+            return await self._run(request, "key.delete", self._delete)
+        return await self._run(request, "key.get", self._get)
 
-    async def list_keys(self, request: Request) -> Response:
-        return await self._run(request, "key.list", self._list)
+    def _who(self, principal: Principal) -> dict[str, Any]:
+        return {
+            "who": principal.who,
+            "owner": principal.owner,
+            "operator": principal.owner is None,
+        }
 
     async def _list(self, request: Request, principal: Principal) -> Response:
         owner = request.query_params.get("owner") or None
-        flag = request.query_params.get("include_revoked", "false").lower()
-        if flag not in ("true", "false", "1", "0", "yes", "no", ""):
+        flag = request.query_params.get("include_revoked", "false")
+        if flag not in ("true", "false"):
             raise BadRequest("invalid_request", "include_revoked must be true or false.")
         if principal.owner is not None:
             owner = principal.owner
-        keys = await self.guard.keys.alist(
-            owner=owner, include_revoked=flag in ("true", "1", "yes")
-        )
-        return _json({"keys": [_key(k) for k in keys], "owner": principal.owner})
+        keys = await self.guard.keys.alist(owner=owner, include_revoked=flag == "true")
+        return _json({"keys": [_key(k) for k in keys], **self._who(principal)})
 
-    async def create_key(self, request: Request) -> Response:
-        return await self._run(request, "key.create", self._create)
+    async def scopes(self, request: Request) -> Response:
+        return await self._run(request, "scopes", self._scopes)
+
+    async def _scopes(self, request: Request, principal: Principal) -> Response:
+        grantable = self.grantable(principal)
+        known = dict.fromkeys([*self.scope_choices, *self.scope_descriptions, *self.rule_scopes])
+        if grantable is None:
+            names = list(known)
+        else:
+            names = [s for s in known if s in grantable] + sorted(grantable - known.keys())
+        doc = {
+            "scopes": [{"name": s, "description": self.scope_descriptions.get(s)} for s in names],
+            "any": grantable is None,
+            **self._who(principal),
+        }
+        return _json(doc)
 
     async def _create(self, request: Request, principal: Principal) -> Response:
         args = await self._parse(request, CREATE_FIELDS)
+        if "expires_at" in args and "expires_in" in args:  # even as null: one or the other
+            raise _Refused("expires_in", "give expires_at or expires_in, not both")
         if (
             principal.owner is not None
             and args.setdefault("owner", principal.owner) != principal.owner
         ):
             raise _Refused("owner", "you may only create keys for your own account")
+        self._check_grants(principal, args.get("scopes"))
         args.setdefault("owner", None)
         args.setdefault("name", None)
+        await self._confirmed(request, "create")
         issued: IssuedKey = await self.guard.keys.acreate(**args)
         location = f"{request.scope.get('root_path', '')}/api/keys/{issued.id}"
         return _json(_issued(issued), 201, {"location": location})
 
-    async def get_key(self, request: Request) -> Response:
-        return await self._run(request, "key.get", self._get)
-
     async def _get(self, request: Request, principal: Principal) -> Response:
         return _json(_key(await self._own(principal, request.path_params["key_id"])))
-
-    async def update_key(self, request: Request) -> Response:
-        return await self._run(request, "key.update", self._update)
 
     async def _update(self, request: Request, principal: Principal) -> Response:
         key_id = request.path_params["key_id"]
         args = await self._parse(request, UPDATE_FIELDS)
-        await self._own(principal, key_id)
+        current = await self._own(principal, key_id)
+        self._check_grants(principal, args.get("scopes"), current.scopes)
+        await self._confirmed(request, "update")
         info: KeyInfo = await self.guard.keys.aupdate(key_id, **args)
         return _json(_key(info))
 
@@ -447,23 +561,30 @@ class AdminAPI:
         except InvalidKeySettings as exc:
             raise _Refused(exc.field, exc.message) from None
         await self._own(principal, key_id)
+        await self._confirmed(request, "rotate")
         issued: IssuedKey = await self.guard.keys.arotate(key_id, grace=timedelta(seconds=grace))
         return _json(_issued(issued))
 
-    async def revoke_key(self, request: Request) -> Response:
-        return await self._run(request, "key.revoke", self._revoke)
+    def _change(self, action: str) -> Callable[[Request], Awaitable[Response]]:
+        """The route of a bodiless change (`guard.keys.a<action>`): revoke, suspend, resume."""
+        call = getattr(self.guard.keys, "a" + action)
 
-    async def _revoke(self, request: Request, principal: Principal) -> Response:
-        key_id = request.path_params["key_id"]
-        await self._own(principal, key_id)
-        return _json(_key(await self.guard.keys.arevoke(key_id)))
+        async def handler(request: Request, principal: Principal) -> Response:
+            key_id = request.path_params["key_id"]
+            await self._own(principal, key_id)
+            await self._confirmed(request, action)
+            return _json(_key(await call(key_id)))
 
-    async def delete_key(self, request: Request) -> Response:
-        return await self._run(request, "key.delete", self._delete)
+        async def route(request: Request) -> Response:
+            return await self._run(request, f"key.{action}", handler)
+
+        return route
 
     async def _delete(self, request: Request, principal: Principal) -> Response:
         key_id = request.path_params["key_id"]
-        await self._own(principal, key_id)
+        if principal.owner is not None:  # an operator needs no read: a corrupt row can go
+            await self._own(principal, key_id)
+        await self._confirmed(request, "delete")
         await self.guard.keys.adelete(key_id)
         return Response(status_code=204, headers={"cache-control": "no-store"})
 
@@ -485,7 +606,9 @@ def admin_app(
     guard: KeyGuard,
     *,
     authorize: Authorize | None = None,
+    confirm: Confirm | None = None,
     scope_choices: Sequence[str] = (),
+    scope_descriptions: Mapping[str, str] | None = None,
     title: str = "API Keys",
     require_csrf_header: bool | None = None,
 ) -> Starlette:
@@ -495,9 +618,18 @@ def admin_app(
       holding the scope `keyguard:admin`; such a key manages every owner's keys.
     - `authorize(request)` replaces that rule (sync or async). It returns True
       (may manage every key), an owner string (may manage only that owner's
-      keys: the owner-scoped mode), a `Principal`, or False/None (403); it may
-      also raise a `keyguard.RequestRejected` such as `AuthenticationError`.
-    - `scope_choices`: the scopes the page offers as checkboxes.
+      keys: self-service), a `Principal` (who, owner, grantable), or
+      False/None (403); it may also raise a `keyguard.RequestRejected` such as
+      `AuthenticationError`. A self-service principal grants only its
+      `grantable` scopes (default: those named in the guard's `rules`), never
+      `keyguard:admin` or a wildcard; anything else is 422 naming `scopes`.
+    - `confirm(request, action)` (sync or async), when given, is asked before
+      every change (`action`: create, rotate, update, suspend, resume, revoke,
+      delete); anything but True answers 401 `step_up_required` and changes
+      nothing. `totp_confirm(secret_for)` is one ready made.
+    - `scope_choices`: the scopes the page offers as checkboxes;
+      `scope_descriptions`: {scope: text} shown beside them (and by
+      `GET /api/scopes`).
     - `require_csrf_header`: unsafe methods need an `X-Requested-With` header
       (browsers cannot send it cross-site without CORS). Default: on when
       `authorize` is given (cookie-based hosts), off for bearer keys.
@@ -505,21 +637,27 @@ def admin_app(
     api = AdminAPI(
         guard,
         authorize,
+        confirm,
         scope_choices,
+        scope_descriptions or {},
         title,
         authorize is not None if require_csrf_header is None else require_csrf_header,
     )
     routes = [
         Route("/", api.page, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/api/scopes", api.scopes, methods=["GET"]),
         Route("/api/keys", api.collection, methods=["GET", "POST"]),
         Route("/api/keys/{key_id}", api.item, methods=["GET", "PATCH", "DELETE"]),
         Route("/api/keys/{key_id}/rotate", api.rotate_key, methods=["POST"]),
-        Route("/api/keys/{key_id}/revoke", api.revoke_key, methods=["POST"]),
+        *(
+            Route(f"/api/keys/{{key_id}}/{action}", api._change(action), methods=["POST"])
+            for action in ("revoke", "suspend", "resume")
+        ),
     ]
     app = Starlette(routes=routes, exception_handlers={HTTPException: _http_error})
     app.state.keyguard_admin = api
     return app
 
 
-__all__ = ["ADMIN_SCOPE", "Authorize", "Principal", "admin_app"]
+__all__ = ["ACTIONS", "ADMIN_SCOPE", "Authorize", "Confirm", "Principal", "admin_app"]

@@ -2,22 +2,34 @@
 
 Invariants a backend must keep, also across processes:
 - `insert` counts the owner's live keys and inserts in one atomic step, so
-  `max_keys_per_owner` holds under concurrent creates.
+  `max_keys_per_owner` holds under concurrent creates. `modify` does the same
+  when its change makes a key count again (`newly_counted`: an expired key
+  given a later expiry, a suspended one resumed), so no change escapes the limit.
 - `modify` is an atomic read-modify-write, so concurrent rotate/revoke/update
   never lose each other's changes.
-- `touch` only moves `last_used_at` forward.
+- `touch` only moves `last_used_at` (and its `last_used_from`) forward.
+- A stored row that does not decode (bad JSON, a missing field, a wrong type:
+  see `KeyRecord.from_json`) is a `StoreError` naming the key id, never its
+  content, from `get` and `modify`; `list` logs it and leaves it out, so one bad
+  row cannot hide every other key.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from ..exceptions import StoreError
-from ..models import KeyRecord
+from ..models import KeyRecord, is_time
 
-SCHEMA_VERSION = 1
+logger = logging.getLogger("keyguard")
+
+# 2: `suspended_at` and `last_used_from` (SQL: two columns; Redis: a hash).
+SCHEMA_VERSION = 2
+
+Use = tuple[float, str | None]  # a buffered last use: (time, client IP)
 
 
 def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], record: str) -> None:
@@ -39,23 +51,89 @@ def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], record
     db.execute(record, (str(SCHEMA_VERSION),))
 
 
+# The columns of a SQL store's INSERT, in the order of `insert_row`.
+INSERT_COLUMNS = "id, owner, created_at, expires_at, revoked_at, suspended_at, last_used_at, data"
+# The columns a SQL `modify` writes back: the record's own, by `update_row`.
+UPDATE_SET = "owner = {0}, expires_at = {0}, revoked_at = {0}, suspended_at = {0}, data = {0}"
+# The columns a SQL store reads, for `decode_row`.
+SELECT_COLUMNS = "id, data, last_used_at, last_used_from"
+
+
 def insert_row(record: KeyRecord) -> tuple[object, ...]:
-    """The values of a SQL store's INSERT, in its column order:
-    (id, owner, created_at, expires_at, revoked_at, last_used_at, data)."""
     return (
         record.id,
         record.owner,
         record.created_at,
         record.expires_at,
         record.revoked_at,
+        record.suspended_at,
         record.last_used_at,
         record.to_json(),
     )
 
 
+def update_row(record: KeyRecord) -> tuple[object, ...]:
+    return (
+        record.owner,
+        record.expires_at,
+        record.revoked_at,
+        record.suspended_at,
+        record.to_json(),
+    )
+
+
+def live_sql(mark: str) -> str:
+    """`is_live` as a WHERE clause over the columns; `mark` is the driver's
+    placeholder, bound to `now`."""
+    return (
+        "revoked_at IS NULL AND suspended_at IS NULL"
+        f" AND (expires_at IS NULL OR expires_at > {mark})"
+    )
+
+
 def is_live(record: KeyRecord, now: float) -> bool:
-    """Counts toward the owner's key limit: not revoked and not expired."""
-    return record.revoked_at is None and (record.expires_at is None or record.expires_at > now)
+    """Counts toward the owner's key limit: not revoked, not suspended, not expired."""
+    return (
+        record.revoked_at is None
+        and record.suspended_at is None
+        and (record.expires_at is None or record.expires_at > now)
+    )
+
+
+def newly_counted(old: KeyRecord, new: KeyRecord, now: float) -> bool:
+    """A change after which the key counts toward its owner's limit where it did
+    not (revived, resumed, or moved to another owner): `modify` checks the limit."""
+    return is_live(new, now) and (not is_live(old, now) or new.owner != old.owner)
+
+
+def decode(key_id: str, doc: str | bytes, used: tuple[Any, Any] | None = None) -> KeyRecord:
+    """A stored record, with the last use kept beside it; StoreError naming the
+    key id (and a log line) when the row is corrupt. Never quotes the row."""
+    try:
+        record = KeyRecord.from_json(doc)
+        if record.id != key_id:
+            raise ValueError("its id is not the one it is stored under")
+        if used is not None and used[0] is not None:
+            ts, ip = used
+            if not is_time(ts) or not (ip is None or isinstance(ip, str)):
+                raise ValueError("its last use is malformed")
+            record = record.replace(last_used_at=float(ts), last_used_from=ip)
+    except (ValueError, TypeError) as exc:
+        reason = str(exc) if isinstance(exc, ValueError) else "corrupt"  # fixed texts only
+        logger.error("keyguard: the stored record of key %s is unreadable (%s)", key_id, reason)
+        raise StoreError(f"the stored record of key {key_id} is unreadable ({reason})") from None
+    return record
+
+
+def decode_all(rows: Iterable[tuple[str, str | bytes, tuple[Any, Any] | None]]) -> list[KeyRecord]:
+    """`decode` for a listing: a corrupt row is logged (by `decode`) and left out."""
+    out = []
+    for key_id, doc, used in rows:
+        try:
+            out.append(decode(key_id, doc, used))
+        except StoreError:
+            continue
+    return out
 
 
 class Store(ABC):
@@ -73,8 +151,16 @@ class Store(ABC):
         """Insert, refusing with KeyLimitExceeded if the owner is at the limit."""
 
     @abstractmethod
-    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
-        """Atomically replace a record by `change(record)`; KeyNotFound if absent."""
+    def modify(
+        self,
+        key_id: str,
+        change: Callable[[KeyRecord], KeyRecord],
+        max_live_per_owner: int | None = None,
+        now: float = 0.0,
+    ) -> KeyRecord:
+        """Atomically replace a record by `change(record)`; KeyNotFound if absent.
+        When the change is `newly_counted` and the owner already holds
+        `max_live_per_owner` other live keys: KeyLimitExceeded, nothing changed."""
 
     @abstractmethod
     def delete(self, key_id: str) -> bool: ...
@@ -84,8 +170,9 @@ class Store(ABC):
         """Records sorted by (created_at, id)."""
 
     @abstractmethod
-    def touch(self, last_used: Mapping[str, float]) -> None:
-        """Record last use times in one batch; never moves a time backwards."""
+    def touch(self, last_used: Mapping[str, Use]) -> None:
+        """Record last uses, `{key id: (time, client IP or None)}`, in one batch;
+        never moves a time backwards."""
 
     @abstractmethod
     def get_meta(self, name: str) -> str | None: ...

@@ -11,7 +11,8 @@ them; every other parameter goes to libpq unchanged.
 
 Atomicity: `insert` takes a transaction-scoped advisory lock on the owner
 before counting live keys, so `max_keys_per_owner` holds across processes;
-`modify` reads with `SELECT ... FOR UPDATE`. The record is a JSON document; the
+`modify` reads with `SELECT ... FOR UPDATE`, and takes the same owner lock
+before counting when its change makes the key count again. The record is a JSON document; the
 columns beside it serve filtering and `touch`. `keyguard_meta.schema_version`
 drives migrations (run under an advisory lock, so racing instances migrate
 once). This module must never put a password from the URL into a message.
@@ -30,7 +31,20 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from .base import Store, insert_row, migrate
+from .base import (
+    INSERT_COLUMNS,
+    SELECT_COLUMNS,
+    UPDATE_SET,
+    Store,
+    Use,
+    decode,
+    decode_all,
+    insert_row,
+    live_sql,
+    migrate,
+    newly_counted,
+    update_row,
+)
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -46,6 +60,10 @@ MIGRATIONS = {
         "CREATE INDEX IF NOT EXISTS keyguard_keys_owner ON keyguard_keys (owner, created_at, id)",
         "CREATE INDEX IF NOT EXISTS keyguard_keys_created ON keyguard_keys (created_at, id)",
     ],
+    1: [
+        "ALTER TABLE keyguard_keys ADD COLUMN IF NOT EXISTS suspended_at DOUBLE PRECISION",
+        "ALTER TABLE keyguard_keys ADD COLUMN IF NOT EXISTS last_used_from TEXT",
+    ],
 }
 
 _LOCK_SPACE = 0x6B67  # "kg": first half of every advisory lock key we take
@@ -53,9 +71,13 @@ _SETUP_LOCK = 0
 _OWN_PARAMS = {"pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout"}
 
 
-def _record(row: tuple[str, float | None]) -> KeyRecord:
-    record = KeyRecord.from_json(row[0])
-    return record if row[1] is None else record.replace(last_used_at=row[1])
+_LIVE_OTHERS = (
+    f"SELECT count(*) FROM keyguard_keys WHERE owner = %s AND id != %s AND {live_sql('%s')}"
+)
+
+
+def _record(row: tuple[str, str, float | None, str | None]) -> KeyRecord:
+    return decode(row[0], row[1], (row[2], row[3]))
 
 
 class PostgreSQLStore(Store):
@@ -155,43 +177,52 @@ class PostgreSQLStore(Store):
     def get(self, key_id: str) -> KeyRecord | None:
         with self._db() as db:
             row = db.execute(
-                "SELECT data, last_used_at FROM keyguard_keys WHERE id = %s", (key_id,)
+                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = %s", (key_id,)
             ).fetchone()
         return None if row is None else _record(row)
 
+    @staticmethod
+    def _check_limit(
+        db: psycopg.Connection[Any], record: KeyRecord, limit: int | None, now: float
+    ) -> None:
+        if limit is None:
+            return
+        # Serialises the owner's creates and revivals across every process; released
+        # at commit. A count taken after the lock sees every earlier holder's commit.
+        db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, record.owner))
+        row = db.execute(_LIVE_OTHERS, (record.owner, record.id, now)).fetchone()
+        if row is not None and row[0] >= limit:
+            raise KeyLimitExceeded(limit)
+
     def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
         with self._db(write=True) as db:
-            if max_live_per_owner is not None:
-                # Serialises creates per owner across every process; released at commit.
-                db.execute(
-                    "SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, record.owner)
-                )
-                row = db.execute(
-                    "SELECT count(*) FROM keyguard_keys WHERE owner = %s AND revoked_at IS NULL"
-                    " AND (expires_at IS NULL OR expires_at > %s)",
-                    (record.owner, now),
-                ).fetchone()
-                if row is not None and row[0] >= max_live_per_owner:
-                    raise KeyLimitExceeded(max_live_per_owner)
+            self._check_limit(db, record, max_live_per_owner, now)
             db.execute(
-                "INSERT INTO keyguard_keys"
-                " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                f"INSERT INTO keyguard_keys ({INSERT_COLUMNS})"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 insert_row(record),
             )
 
-    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+    def modify(
+        self,
+        key_id: str,
+        change: Callable[[KeyRecord], KeyRecord],
+        max_live_per_owner: int | None = None,
+        now: float = 0.0,
+    ) -> KeyRecord:
         with self._db(write=True) as db:
             row = db.execute(
-                "SELECT data, last_used_at FROM keyguard_keys WHERE id = %s FOR UPDATE", (key_id,)
+                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = %s FOR UPDATE", (key_id,)
             ).fetchone()
             if row is None:
                 raise KeyNotFound(key_id)
-            new = change(_record(row))
+            old = _record(row)
+            new = change(old)
+            if newly_counted(old, new, now):
+                self._check_limit(db, new, max_live_per_owner, now)
             db.execute(
-                "UPDATE keyguard_keys SET owner = %s, expires_at = %s, revoked_at = %s, data = %s"
-                " WHERE id = %s",
-                (new.owner, new.expires_at, new.revoked_at, new.to_json(), key_id),
+                f"UPDATE keyguard_keys SET {UPDATE_SET.format('%s')} WHERE id = %s",
+                (*update_row(new), key_id),
             )
             return new
 
@@ -200,7 +231,7 @@ class PostgreSQLStore(Store):
             return db.execute("DELETE FROM keyguard_keys WHERE id = %s", (key_id,)).rowcount > 0
 
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
-        sql = "SELECT data, last_used_at FROM keyguard_keys WHERE TRUE"
+        sql = f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE TRUE"
         args: list[object] = []
         if owner is not None:
             sql += " AND owner = %s"
@@ -209,18 +240,18 @@ class PostgreSQLStore(Store):
             sql += " AND revoked_at IS NULL"
         with self._db() as db:
             rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [_record(r) for r in rows]
+        return decode_all((r[0], r[1], (r[2], r[3])) for r in rows)
 
-    def touch(self, last_used: Mapping[str, float]) -> None:
+    def touch(self, last_used: Mapping[str, Use]) -> None:
         if not last_used:
             return
         ids = sorted(last_used)  # one lock order for every instance: no deadlock between flushes
         with self._db() as db:
             db.execute(
-                "UPDATE keyguard_keys AS k SET last_used_at = v.ts"
-                " FROM unnest(%s::text[], %s::float8[]) AS v(id, ts)"
+                "UPDATE keyguard_keys AS k SET last_used_at = v.ts, last_used_from = v.ip"
+                " FROM unnest(%s::text[], %s::float8[], %s::text[]) AS v(id, ts, ip)"
                 " WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.ts)",
-                (ids, [last_used[i] for i in ids]),
+                (ids, [last_used[i][0] for i in ids], [last_used[i][1] for i in ids]),
             )
 
     # -- meta ---------------------------------------------------------------

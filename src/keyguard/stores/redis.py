@@ -3,12 +3,15 @@
 Layout under the prefix (default `keyguard:`): `key:<id>` the record as JSON,
 `owner:<owner>` and `all` sorted sets (score `created_at`, member id; equal
 scores sort by id, which is the listing order), `used` a hash of
-`last_used_at`, `meta` a hash. Atomicity: `insert` (with the owner limit),
-`delete` and `touch` are Lua scripts; `modify` runs the caller's function
-between WATCH and MULTI/EXEC and retries when another writer got there first,
-so no update is lost. The scripts touch keys they compute from the prefix, so
-this store is for a single Redis (or a primary with replicas), not Redis
-Cluster. Durability is Redis's: run it with AOF (`appendonly yes`).
+`last_used_at` and `from` one of `last_used_from`, `meta` a hash.
+Atomicity: `insert` (with the owner limit), `delete` and `touch` are Lua
+scripts; `modify` reads the record, runs the caller's function, and writes
+with a compare-and-set script (which also counts the owner's live keys when
+the change makes the key count again), retrying when another writer got
+there first, so no update is lost and no revival escapes the limit. The
+scripts touch keys they compute from the prefix, so this store is for a
+single Redis (or a primary with replicas), not Redis Cluster.
+Durability is Redis's: run it with AOF (`appendonly yes`).
 
 Timeouts default to 2 s (override with `socket_timeout`/`socket_connect_timeout`
 in the query); every driver error becomes `StoreError`.
@@ -16,6 +19,7 @@ in the query); every driver error becomes `StoreError`.
 
 from __future__ import annotations
 
+import math
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -26,58 +30,112 @@ import redis
 from ..exceptions import KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
 from ..redis import connect, parse_url
-from .base import SCHEMA_VERSION, Store
+from .base import SCHEMA_VERSION, Store, Use, decode, decode_all, newly_counted
 
 DEFAULT_PREFIX = "keyguard:"
 _MODIFY_ATTEMPTS = 200
 
-# KEYS: record, owner set, all set. ARGV: json, created_at, id, limit (-1: none), now, prefix.
-_INSERT = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
-local limit = tonumber(ARGV[4])
-if limit >= 0 then
-  local now = tonumber(ARGV[5])
+# `base.is_live`, in Lua, over the owner's set (less one id). A document that does
+# not decode counts as live: a corrupt row never makes room for one more key.
+_LIVE_OTHERS = """
+local function is_live(doc, now)
+  local ok, r = pcall(cjson.decode, doc)
+  if not ok or type(r) ~= 'table' then return true end
+  local exp = r.expires_at
+  return r.revoked_at == cjson.null
+    and (r.suspended_at == nil or r.suspended_at == cjson.null)
+    and (exp == cjson.null or type(exp) ~= 'number' or exp > now)
+end
+local function live_others(owner_set, prefix, now, skip)
   local live = 0
-  for _, id in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
-    local doc = redis.call('GET', ARGV[6] .. 'key:' .. id)
-    if doc then
-      local r = cjson.decode(doc)
-      if r.revoked_at == cjson.null and (r.expires_at == cjson.null or r.expires_at > now) then
-        live = live + 1
-      end
+  for _, id in ipairs(redis.call('ZRANGE', owner_set, 0, -1)) do
+    if id ~= skip then
+      local doc = redis.call('GET', prefix .. 'key:' .. id)
+      if doc and is_live(doc, now) then live = live + 1 end
     end
   end
-  if live >= limit then return 0 end
+  return live
+end
+"""
+
+# KEYS: record, owner set, all set. ARGV: json, created_at, id, limit (-1: none), now, prefix.
+_INSERT = (
+    _LIVE_OTHERS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+local limit = tonumber(ARGV[4])
+if limit >= 0 and live_others(KEYS[2], ARGV[6], tonumber(ARGV[5]), ARGV[3]) >= limit then
+  return 0
 end
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
 redis.call('ZADD', KEYS[3], ARGV[2], ARGV[3])
 return 1
 """
+)
 
-# KEYS: record, all set, used hash. ARGV: id, prefix.
+# Compare-and-set of one record: -2 when it changed since it was read (read again).
+# KEYS: record, new owner set, old owner set.
+# ARGV: old json, new json, limit (-1: none), now, prefix, id, created_at.
+_REPLACE = (
+    _LIVE_OTHERS
+    + """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -2 end
+local limit = tonumber(ARGV[3])
+if limit >= 0 and live_others(KEYS[2], ARGV[5], tonumber(ARGV[4]), ARGV[6]) >= limit then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+if KEYS[2] ~= KEYS[3] then
+  redis.call('ZREM', KEYS[3], ARGV[6])
+  redis.call('ZADD', KEYS[2], ARGV[7], ARGV[6])
+end
+return 1
+"""
+)
+
+# KEYS: record, all set, used hash, from hash. ARGV: id, prefix.
 _DELETE = """
 local doc = redis.call('GET', KEYS[1])
 if not doc then return 0 end
-local owner = cjson.decode(doc).owner
+local ok, r = pcall(cjson.decode, doc)
+if ok and type(r) == 'table' and type(r.owner) == 'string' then
+  redis.call('ZREM', ARGV[2] .. 'owner:' .. r.owner, ARGV[1])
+end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', ARGV[2] .. 'owner:' .. owner, ARGV[1])
 redis.call('ZREM', KEYS[2], ARGV[1])
 redis.call('HDEL', KEYS[3], ARGV[1])
+redis.call('HDEL', KEYS[4], ARGV[1])
 return 1
 """
 
-# KEYS: used hash. ARGV: prefix, then id, ts pairs. Only moves times forward.
+# KEYS: used hash, from hash. ARGV: prefix, then id, ts, ip ('' for none) triples.
+# Only moves times forward; the address moves with its time.
 _TOUCH = """
-for i = 2, #ARGV, 2 do
-  local id, ts = ARGV[i], ARGV[i + 1]
+for i = 2, #ARGV, 3 do
+  local id, ts, ip = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   if redis.call('EXISTS', ARGV[1] .. 'key:' .. id) == 1 then
-    local cur = redis.call('HGET', KEYS[1], id)
-    if (not cur) or tonumber(cur) < tonumber(ts) then redis.call('HSET', KEYS[1], id, ts) end
+    local cur = tonumber(redis.call('HGET', KEYS[1], id))
+    if (not cur) or cur < tonumber(ts) then
+      redis.call('HSET', KEYS[1], id, ts)
+      if ip == '' then redis.call('HDEL', KEYS[2], id) else redis.call('HSET', KEYS[2], id, ip) end
+    end
   end
 end
 return 0
 """
+
+
+def _use(ts: bytes | None, ip: bytes | None) -> Use | None:
+    """A last use as the hashes hold it; a malformed time becomes NaN, which
+    `decode` refuses."""
+    if ts is None:
+        return None
+    try:
+        when = float(ts)
+    except ValueError:
+        when = math.nan
+    return when, None if ip is None else ip.decode("utf-8", "replace")
 
 
 def client_from_url(url: str, timeout: float) -> tuple[redis.Redis, str]:
@@ -96,6 +154,7 @@ class RedisStore(Store):
         self._where = parse_url(url).where  # hosts (several, under Sentinel), no password
         c = self._client
         self._insert = c.register_script(_INSERT)
+        self._replace = c.register_script(_REPLACE)
         self._delete = c.register_script(_DELETE)
         self._touch = c.register_script(_TOUCH)
 
@@ -106,9 +165,14 @@ class RedisStore(Store):
         return StoreError(f"redis store {self._where}: {type(exc).__name__}")
 
     def setup(self) -> None:
+        meta = self._k("meta")
         try:
-            self._client.hsetnx(self._k("meta"), "schema_version", str(SCHEMA_VERSION))
-            version = int(self._client.hget(self._k("meta"), "schema_version") or 0)
+            self._client.hsetnx(meta, "schema_version", str(SCHEMA_VERSION))
+            version = int(self._client.hget(meta, "schema_version") or 0)
+            # 1 -> 2: records without `suspended_at` read as not suspended, and the
+            # `from` hash starts empty. Nothing to rewrite.
+            if version < SCHEMA_VERSION:
+                self._client.hset(meta, "schema_version", str(SCHEMA_VERSION))
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
         if version > SCHEMA_VERSION:
@@ -117,21 +181,20 @@ class RedisStore(Store):
                 f"this keyguard knows up to {SCHEMA_VERSION}: upgrade keyguard"
             )
 
-    def _read(self, key_id: str) -> KeyRecord | None:
+    def _read(self, key_id: str) -> tuple[bytes | None, Use | None]:
         pipe = self._client.pipeline(transaction=False)
         pipe.get(self._k("key", key_id))
         pipe.hget(self._k("used"), key_id)
-        doc, used = pipe.execute()
-        if doc is None:
-            return None
-        record = KeyRecord.from_json(doc)
-        return record if used is None else record.replace(last_used_at=float(used))
+        pipe.hget(self._k("from"), key_id)
+        doc, used, ip = pipe.execute()
+        return doc, _use(used, ip)
 
     def get(self, key_id: str) -> KeyRecord | None:
         try:
-            return self._read(key_id)
+            doc, used = self._read(key_id)
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
+        return None if doc is None else decode(key_id, doc, used)
 
     def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
         limit = -1 if max_live_per_owner is None else max_live_per_owner
@@ -154,29 +217,41 @@ class RedisStore(Store):
         if done == -1:
             raise StoreError(f"redis store {self._where}: duplicate key id")
 
-    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+    def modify(
+        self,
+        key_id: str,
+        change: Callable[[KeyRecord], KeyRecord],
+        max_live_per_owner: int | None = None,
+        now: float = 0.0,
+    ) -> KeyRecord:
         key = self._k("key", key_id)
         try:
-            with self._client.pipeline(transaction=True) as pipe:
-                for _ in range(_MODIFY_ATTEMPTS):
-                    try:
-                        pipe.watch(key)  # type: ignore[no-untyped-call]
-                        doc = pipe.get(key)
-                        if doc is None:
-                            raise KeyNotFound(key_id)
-                        old = KeyRecord.from_json(doc)
-                        new = change(old)
-                        pipe.multi()
-                        pipe.set(key, new.to_json())
-                        if new.owner != old.owner:
-                            pipe.zrem(self._k("owner", old.owner), key_id)
-                            pipe.zadd(self._k("owner", new.owner), {key_id: new.created_at})
-                        pipe.execute()
-                    except redis.WatchError:
-                        time.sleep(random.uniform(0, 0.002))  # noqa: S311 - jitter, not crypto
-                        continue
-                    used = self._client.hget(self._k("used"), key_id)
-                    return new if used is None else new.replace(last_used_at=float(used))
+            for _ in range(_MODIFY_ATTEMPTS):
+                doc, used = self._read(key_id)
+                if doc is None:
+                    raise KeyNotFound(key_id)
+                old = decode(key_id, doc, used)
+                new = change(old)
+                limit = max_live_per_owner
+                if limit is None or not newly_counted(old, new, now):
+                    limit = -1
+                done = self._replace(
+                    keys=[key, self._k("owner", new.owner), self._k("owner", old.owner)],
+                    args=[
+                        doc,
+                        new.to_json(),
+                        limit,
+                        repr(now),
+                        self.prefix,
+                        key_id,
+                        repr(new.created_at),
+                    ],
+                )
+                if done == 1:
+                    return new
+                if done == 0:
+                    raise KeyLimitExceeded(limit)
+                time.sleep(random.uniform(0, 0.002))  # noqa: S311 - jitter, not crypto
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
         raise StoreError(f"redis store {self._where}: too much contention on one key")
@@ -185,7 +260,7 @@ class RedisStore(Store):
         try:
             return bool(
                 self._delete(
-                    keys=[self._k("key", key_id), self._k("all"), self._k("used")],
+                    keys=[self._k("key", key_id), self._k("all"), self._k("used"), self._k("from")],
                     args=[key_id, self.prefix],
                 )
             )
@@ -201,28 +276,26 @@ class RedisStore(Store):
             pipe = self._client.pipeline(transaction=False)
             pipe.mget([self._k("key", i) for i in ids])
             pipe.hmget(self._k("used"), ids)
-            docs, used = pipe.execute()
+            pipe.hmget(self._k("from"), ids)
+            docs, used, ips = pipe.execute()
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
-        out: list[KeyRecord] = []
-        for doc, ts in zip(docs, used, strict=True):
-            if doc is None:  # deleted between the two reads
-                continue
-            record = KeyRecord.from_json(doc)
-            if ts is not None:
-                record = record.replace(last_used_at=float(ts))
-            if include_revoked or record.revoked_at is None:
-                out.append(record)
-        return out
+        rows = zip(ids, docs, used, ips, strict=True)
+        records = decode_all(
+            (i, doc, _use(ts, ip))
+            for i, doc, ts, ip in rows
+            if doc is not None  # deleted between the two reads
+        )
+        return [r for r in records if include_revoked or r.revoked_at is None]
 
-    def touch(self, last_used: Mapping[str, float]) -> None:
+    def touch(self, last_used: Mapping[str, Use]) -> None:
         if not last_used:
             return
         args: list[Any] = [self.prefix]
-        for key_id, ts in last_used.items():
-            args += [key_id, repr(float(ts))]
+        for key_id, (ts, ip) in last_used.items():
+            args += [key_id, repr(float(ts)), ip or ""]
         try:
-            self._touch(keys=[self._k("used")], args=args)
+            self._touch(keys=[self._k("used"), self._k("from")], args=args)
         except redis.RedisError as exc:
             raise self._fail(exc) from exc
 

@@ -18,7 +18,22 @@ from pathlib import Path
 
 from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from .base import Store, insert_row, migrate
+from .base import (
+    INSERT_COLUMNS,
+    SELECT_COLUMNS,
+    UPDATE_SET,
+    Store,
+    Use,
+    decode,
+    decode_all,
+    insert_row,
+    live_sql,
+    migrate,
+    newly_counted,
+    update_row,
+)
+
+_LIVE_OTHERS = f"SELECT count(*) FROM keyguard_keys WHERE owner = ? AND id != ? AND {live_sql('?')}"
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -33,9 +48,11 @@ MIGRATIONS = {
             data TEXT NOT NULL)""",
         "CREATE INDEX IF NOT EXISTS keyguard_keys_owner ON keyguard_keys (owner, created_at)",
     ],
+    1: [
+        "ALTER TABLE keyguard_keys ADD COLUMN suspended_at REAL",
+        "ALTER TABLE keyguard_keys ADD COLUMN last_used_from TEXT",
+    ],
 }
-
-_COLUMNS = "data, last_used_at"
 
 
 BUSY_SECONDS = 10.0  # how long a statement waits for another connection's lock (busy timeout)
@@ -58,9 +75,8 @@ def _wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.005)
 
 
-def _record(row: tuple[str, float | None]) -> KeyRecord:
-    record = KeyRecord.from_json(row[0])
-    return record if row[1] is None else record.replace(last_used_at=row[1])
+def _record(row: tuple[str, str, float | None, str | None]) -> KeyRecord:
+    return decode(row[0], row[1], (row[2], row[3]))
 
 
 class SQLiteStore(Store):
@@ -120,39 +136,48 @@ class SQLiteStore(Store):
     def get(self, key_id: str) -> KeyRecord | None:
         with self._db() as db:
             row = db.execute(
-                f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
+                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
             ).fetchone()
         return None if row is None else _record(row)
 
+    @staticmethod
+    def _check_limit(
+        db: sqlite3.Connection, record: KeyRecord, limit: int | None, now: float
+    ) -> None:
+        # Inside BEGIN IMMEDIATE: no other writer (thread or process) runs meanwhile.
+        if limit is not None:
+            (live,) = db.execute(_LIVE_OTHERS, (record.owner, record.id, now)).fetchone()
+            if live >= limit:
+                raise KeyLimitExceeded(limit)
+
     def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
         with self._db(write=True) as db:
-            if max_live_per_owner is not None:
-                (live,) = db.execute(
-                    "SELECT count(*) FROM keyguard_keys WHERE owner = ? AND revoked_at IS NULL"
-                    " AND (expires_at IS NULL OR expires_at > ?)",
-                    (record.owner, now),
-                ).fetchone()
-                if live >= max_live_per_owner:
-                    raise KeyLimitExceeded(max_live_per_owner)
+            self._check_limit(db, record, max_live_per_owner, now)
             db.execute(
-                "INSERT INTO keyguard_keys"
-                " (id, owner, created_at, expires_at, revoked_at, last_used_at, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO keyguard_keys ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 insert_row(record),
             )
 
-    def modify(self, key_id: str, change: Callable[[KeyRecord], KeyRecord]) -> KeyRecord:
+    def modify(
+        self,
+        key_id: str,
+        change: Callable[[KeyRecord], KeyRecord],
+        max_live_per_owner: int | None = None,
+        now: float = 0.0,
+    ) -> KeyRecord:
         with self._db(write=True) as db:
             row = db.execute(
-                f"SELECT {_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
+                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
             ).fetchone()
             if row is None:
                 raise KeyNotFound(key_id)
-            new = change(_record(row))
+            old = _record(row)
+            new = change(old)
+            if newly_counted(old, new, now):
+                self._check_limit(db, new, max_live_per_owner, now)
             db.execute(
-                "UPDATE keyguard_keys SET owner = ?, expires_at = ?, revoked_at = ?, data = ?"
-                " WHERE id = ?",
-                (new.owner, new.expires_at, new.revoked_at, new.to_json(), key_id),
+                f"UPDATE keyguard_keys SET {UPDATE_SET.format('?')} WHERE id = ?",
+                (*update_row(new), key_id),
             )
             return new
 
@@ -161,7 +186,7 @@ class SQLiteStore(Store):
             return db.execute("DELETE FROM keyguard_keys WHERE id = ?", (key_id,)).rowcount > 0
 
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
-        sql = f"SELECT {_COLUMNS} FROM keyguard_keys WHERE 1 = 1"
+        sql = f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE 1 = 1"
         args: list[object] = []
         if owner is not None:
             sql += " AND owner = ?"
@@ -170,16 +195,16 @@ class SQLiteStore(Store):
             sql += " AND revoked_at IS NULL"
         with self._db() as db:
             rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return [_record(r) for r in rows]
+        return decode_all((r[0], r[1], (r[2], r[3])) for r in rows)
 
-    def touch(self, last_used: Mapping[str, float]) -> None:
+    def touch(self, last_used: Mapping[str, Use]) -> None:
         if not last_used:
             return
         with self._db(write=True) as db:
             db.executemany(
-                "UPDATE keyguard_keys SET last_used_at = ? WHERE id = ?"
+                "UPDATE keyguard_keys SET last_used_at = ?, last_used_from = ? WHERE id = ?"
                 " AND (last_used_at IS NULL OR last_used_at < ?)",
-                [(ts, key_id, ts) for key_id, ts in last_used.items()],
+                [(ts, ip, key_id, ts) for key_id, (ts, ip) in last_used.items()],
             )
 
     def get_meta(self, name: str) -> str | None:

@@ -1,0 +1,410 @@
+"""What keys may hold, and what a bad stored row may do (issue 15 items 2, 3, 5, 6).
+
+- Values the API could not render (NaN, lone surrogates, deep nesting, non-string
+  keys) are refused with `invalid_key_settings` naming the field, before storing,
+  through `guard.keys` and over HTTP.
+- A corrupt row, written straight into each backend (memory, sqlite, postgresql,
+  redis), is a `StoreError` naming the key id (never the row), so a request gets
+  503 `unavailable`; a listing leaves it out and shows the rest.
+- A token passed where a key id belongs is never echoed: only its hint.
+- `KeyInfo.metadata` is read-only: nothing one request does to it shows in another.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from keyguard import InvalidKeySettings, KeyGuard, KeyNotFound, StoreError
+from keyguard.admin import admin_app
+from keyguard.asgi import KeyGuardMiddleware
+from keyguard.exceptions import shown_id
+
+from .test_stores import BACKENDS, store_url
+
+
+def deep(levels: int) -> Any:
+    value: Any = 1
+    for _ in range(levels):
+        value = {"a": value}
+    return value
+
+
+def loop() -> dict[str, Any]:
+    d: dict[str, Any] = {}
+    d["self"] = d
+    return d
+
+
+BAD_METADATA = [
+    pytest.param({"x": math.nan}, id="nan"),
+    pytest.param({"x": math.inf}, id="infinity"),
+    pytest.param({"x": [1, {"y": -math.inf}]}, id="nested-infinity"),
+    pytest.param({"x": "\ud800"}, id="lone-surrogate-value"),
+    pytest.param({"\udfff": 1}, id="lone-surrogate-key"),
+    pytest.param({1: "x"}, id="int-key"),
+    pytest.param({("a",): "x"}, id="tuple-key"),
+    pytest.param({"x": b"bytes"}, id="bytes"),
+    pytest.param({"x": {1, 2}}, id="set"),
+    pytest.param({"x": 10**5000}, id="huge-int"),
+    pytest.param(deep(9), id="too-deep"),
+    pytest.param(loop(), id="self-reference"),
+    pytest.param({"x": "y" * 20_000}, id="too-large"),
+]
+BAD_TEXT = [
+    pytest.param("name", "a\ud800b", id="name-lone-surrogate"),
+    pytest.param("owner", "\udc00", id="owner-lone-surrogate"),
+    pytest.param("name", "a\x00b", id="name-nul"),
+    pytest.param("owner", "a\nb", id="owner-newline"),
+]
+
+
+# -- refused before storing ------
+
+
+@pytest.mark.parametrize("metadata", BAD_METADATA)
+def test_bad_metadata_is_refused_on_create_and_update(guard: KeyGuard, metadata: Any) -> None:
+    with pytest.raises(InvalidKeySettings) as caught:
+        guard.keys.create(owner="o", name="n", metadata=metadata)
+    assert caught.value.field == "metadata"
+    assert guard.keys.list(include_revoked=True) == []
+    key = guard.keys.create(owner="o", name="n", metadata={"ok": [1, 2.5, None, True]})
+    with pytest.raises(InvalidKeySettings) as caught:
+        guard.keys.update(key.id, metadata=metadata)
+    assert caught.value.field == "metadata"
+    assert guard.keys.get(key.id).metadata == {"ok": (1, 2.5, None, True)}
+
+
+def test_metadata_at_the_depth_bound_is_kept(guard: KeyGuard) -> None:
+    key = guard.keys.create(owner="o", name="n", metadata=deep(8))
+    assert guard.keys.get(key.id).to_dict()["metadata"] == deep(8)
+
+
+@pytest.mark.parametrize(("field", "value"), BAD_TEXT)
+def test_bad_names_and_owners_are_refused(guard: KeyGuard, field: str, value: str) -> None:
+    with pytest.raises(InvalidKeySettings) as caught:
+        guard.keys.create(**{"owner": "o", "name": "n", field: value})
+    assert caught.value.field == field
+    assert guard.keys.list(include_revoked=True) == []
+
+
+def test_a_passphrase_with_a_lone_surrogate_is_refused(guard: KeyGuard) -> None:
+    with pytest.raises(InvalidKeySettings) as caught:
+        guard.keys.create(owner="o", name="n", passphrase="long enough \ud800")
+    assert caught.value.field == "passphrase"
+
+
+RAW_BODIES = [
+    pytest.param(b'{"metadata": {"x": NaN}}', "metadata", id="nan"),
+    pytest.param(b'{"metadata": {"x": Infinity}}', "metadata", id="infinity"),
+    pytest.param(b'{"metadata": {"x": [-Infinity]}}', "metadata", id="minus-infinity"),
+    pytest.param(b'{"metadata": {"x": "\\ud800"}}', "metadata", id="surrogate-value"),
+    pytest.param(b'{"metadata": {"\\ud800": 1}}', "metadata", id="surrogate-key"),
+    pytest.param(b'{"metadata": ' + json.dumps(deep(30)).encode() + b"}", "metadata", id="deep"),
+    pytest.param(b'{"name": "\\ud800"}', "name", id="surrogate-name"),
+    pytest.param(b'{"owner": "x\\udfff"}', "owner", id="surrogate-owner"),
+    pytest.param(b'{"name": "a\\u0000"}', "name", id="nul-name"),
+    pytest.param(b'{"passphrase": "\\ud800\\ud800\\ud800\\ud800xxxx"}', "passphrase", id="phrase"),
+    pytest.param(b'{"scopes": ["\\ud800"]}', "scopes", id="surrogate-scope"),
+    pytest.param(b'{"allowed_ips": ["\\ud800"]}', "allowed_ips", id="surrogate-ip"),
+    pytest.param(b'{"rate_limit": "\\ud800"}', "rate_limit", id="surrogate-rate"),
+    pytest.param(b'{"expires_in": NaN}', "expires_in", id="nan-duration"),
+    pytest.param(b'{"expires_at": "\\ud800"}', "expires_at", id="surrogate-date"),
+    pytest.param(b'{"max_uses": Infinity}', "max_uses", id="infinite-uses"),
+]
+
+
+@pytest.fixture
+async def admin(guard: KeyGuard) -> Any:
+    token = guard.keys.create(owner="ops", name="root", scopes=["keyguard:admin"]).token
+    transport = httpx.ASGITransport(app=admin_app(guard), client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        c.headers["authorization"] = f"Bearer {token}"
+        yield c
+
+
+@pytest.mark.parametrize(("raw", "field"), RAW_BODIES)
+async def test_admin_refuses_unrenderable_json_naming_the_field(
+    admin: httpx.AsyncClient, guard: KeyGuard, raw: bytes, field: str
+) -> None:
+    target = guard.keys.create(owner="acme", name="target").id
+    ids = lambda: [k.id for k in guard.keys.list(include_revoked=True)]  # noqa: E731
+    before = ids()
+    body = json.loads(raw)
+    body = {"owner": "acme", "name": "ci", **body}
+    content = json.dumps(body, allow_nan=True).encode()
+    headers = {"content-type": "application/json"}
+    r = await admin.post("/api/keys", content=content, headers=headers)
+    assert r.status_code == 422, r.text
+    assert r.json()["code"] == "invalid_key_settings" and r.json()["field"] == field
+    assert ids() == before
+    if field in ("name", "metadata", "scopes", "allowed_ips", "rate_limit", "expires_at"):
+        unchanged = guard.keys.get(target)
+        patch = {k: v for k, v in body.items() if k == field}
+        r = await admin.patch(
+            f"/api/keys/{target}", content=json.dumps(patch).encode(), headers=headers
+        )
+        assert r.status_code == 422 and r.json()["field"] == field, r.text
+        assert guard.keys.get(target) == unchanged
+
+
+@pytest.mark.parametrize("depth", [2_000, 60_000])
+async def test_admin_answers_a_body_nested_past_any_bound_with_400(
+    admin: httpx.AsyncClient, depth: int
+) -> None:
+    raw = b'{"metadata": ' + b"[" * depth + b"]" * depth + b"}"
+    r = await admin.post("/api/keys", content=raw, headers={"content-type": "application/json"})
+    assert r.status_code in (400, 413) and r.json()["code"] in (
+        "invalid_request",
+        "payload_too_large",
+    )
+
+
+async def test_unknown_field_names_are_not_echoed_whole(
+    admin: httpx.AsyncClient, guard: KeyGuard
+) -> None:
+    issued = guard.keys.create(owner="o", name="n")
+    token = issued.token or ""
+    for name in (token, "\ud800bad"):
+        content = json.dumps({"owner": "o", "name": "n", name: 1}).encode()
+        r = await admin.post(
+            "/api/keys", content=content, headers={"content-type": "application/json"}
+        )
+        assert r.status_code == 422 and r.json()["detail"] == "unknown field"
+        assert token not in r.text
+
+
+# -- corrupt rows in every backend ------
+
+
+CORRUPT = [
+    pytest.param(lambda d: "{QQQ not json", id="bad-json"),
+    pytest.param(lambda d: '["QQQ"]', id="not-an-object"),
+    pytest.param(lambda d: json.dumps({k: v for k, v in d.items() if k != "owner"}), id="missing"),
+    pytest.param(lambda d: json.dumps({**d, "scopes": "read"}), id="scopes-a-string"),
+    pytest.param(lambda d: json.dumps({**d, "created_at": "QQQ"}), id="time-a-string"),
+    pytest.param(lambda d: json.dumps({**d, "expires_at": 1e300}), id="time-out-of-range"),
+    pytest.param(lambda d: json.dumps({**d, "kind": "QQQ"}), id="unknown-kind"),
+    pytest.param(lambda d: json.dumps({**d, "QQQ": "red"}), id="unknown-field"),
+    pytest.param(lambda d: json.dumps({**d, "id": "QQQelse000000000"}), id="other-id"),
+    pytest.param(lambda d: json.dumps({**d, "metadata": {"x": math.nan}}), id="nan-metadata"),
+    pytest.param(lambda d: json.dumps({**d, "name": "\ud800QQQ"}), id="surrogate-name"),
+    pytest.param(lambda d: json.dumps({**d, "metadata": {"\udc00": 1}}), id="surrogate-key"),
+    pytest.param(lambda d: json.dumps({**d, "metadata": deep(40)}), id="deep-metadata"),
+    pytest.param(lambda d: json.dumps({**d, "max_uses": 1.5}), id="uses-a-float"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend_guard(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[KeyGuard]:
+    for url in store_url(request.param, request, tmp_path):
+        g = KeyGuard({"store": url, "policy": {"allow_private_ips": True}, "cache": None})
+        yield g
+        g.close()
+
+
+def overwrite(guard: KeyGuard, key_id: str, doc: str) -> None:
+    """Replace a key's stored document behind keyguard's back, as another program might."""
+    store: Any = guard.store
+    kind = type(store).__name__
+    if kind == "MemoryStore":
+        store._docs[key_id] = doc
+    elif kind == "RedisStore":
+        store._client.set(store._k("key", key_id), doc)
+    else:
+        mark = "?" if kind == "SQLiteStore" else "%s"
+        with store._db(write=True) as db:
+            db.execute(f"UPDATE keyguard_keys SET data = {mark} WHERE id = {mark}", (doc, key_id))
+
+
+@pytest.mark.parametrize("corrupt", CORRUPT)
+async def test_a_corrupt_row_is_a_store_error_naming_the_key_and_listings_show_the_rest(
+    backend_guard: KeyGuard, corrupt: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = backend_guard
+    good = guard.keys.create(owner="acme", name="good", metadata={"team": "x"})
+    bad = guard.keys.create(owner="acme", name="bad", scopes=["read"])
+    admin = guard.keys.create(owner="ops", name="root", scopes=["keyguard:admin"])
+    doc = json.loads(guard.store.get(bad.id).to_json())  # type: ignore[union-attr]
+    row = corrupt(doc)
+    overwrite(guard, bad.id, row)
+    caplog.set_level(logging.ERROR, logger="keyguard")
+
+    with pytest.raises(StoreError) as caught:
+        guard.store.get(bad.id)
+    assert bad.id in str(caught.value) and "QQQ" not in str(caught.value)
+    assert any(bad.id in r.getMessage() for r in caplog.records) and "QQQ" not in caplog.text
+    with pytest.raises(StoreError):
+        guard.keys.get(bad.id)
+    assert [k.id for k in guard.keys.list(owner="acme")] == [good.id]
+    assert {k.id for k in guard.keys.list(include_revoked=True)} == {good.id, admin.id}
+
+    app = Starlette(routes=[Route("/v1/x", lambda request: JSONResponse({"ok": True}))])
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/v1/x", headers={"authorization": f"Bearer {bad.token}"})
+        assert r.status_code == 503 and r.json()["code"] == "unavailable"
+        assert (await c.get("/v1/x", headers={"authorization": f"Bearer {good.token}"})).json()
+    transport = httpx.ASGITransport(app=admin_app(guard), client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        c.headers["authorization"] = f"Bearer {admin.token}"
+        r = await c.get("/api/keys", params={"owner": "acme"})
+        assert r.status_code == 200 and [k["id"] for k in r.json()["keys"]] == [good.id]
+        for method, path in [("GET", ""), ("PATCH", ""), ("POST", "/revoke")]:
+            body = {"name": "x"} if method == "PATCH" else None
+            r = await c.request(method, f"/api/keys/{bad.id}{path}", json=body)
+            assert r.status_code == 503 and r.json()["code"] == "unavailable", r.text
+        # The bad row can still be deleted, and then nothing is left of it.
+        assert (await c.delete(f"/api/keys/{bad.id}")).status_code == 204
+        assert (await c.get(f"/api/keys/{bad.id}")).status_code == 404
+    # A corrupt row never makes room under the owner limit, nor breaks a create.
+    guard.keys.create(owner="acme", name="after")
+
+
+# -- a token where a key id belongs ------
+
+ID_METHODS = [
+    pytest.param("get", {}, id="get"),
+    pytest.param("update", {"name": "x"}, id="update"),
+    pytest.param("revoke", {}, id="revoke"),
+    pytest.param("suspend", {}, id="suspend"),
+    pytest.param("resume", {}, id="resume"),
+    pytest.param("rotate", {}, id="rotate"),
+    pytest.param("delete", {}, id="delete"),
+]
+
+
+@pytest.mark.parametrize(("method", "kwargs"), ID_METHODS)
+async def test_a_token_given_as_a_key_id_is_not_found_and_not_echoed(
+    guard: KeyGuard, caplog: pytest.LogCaptureFixture, method: str, kwargs: dict[str, Any]
+) -> None:
+    caplog.set_level(logging.INFO, logger="keyguard.audit")
+    issued = guard.keys.create(owner="o", name="n")
+    token = issued.token or ""
+    for call in (getattr(guard.keys, method), getattr(guard.keys, "a" + method)):
+        with pytest.raises(KeyNotFound) as caught:
+            result = call(token, **kwargs)
+            if hasattr(result, "__await__"):
+                await result
+        exc = caught.value
+        for text in (str(exc), repr(exc), exc.key_id, *map(str, exc.args)):
+            assert token not in text and token[3:-4] not in text
+        assert exc.key_id == f"kg_…{token[-4:]}"
+    assert token not in caplog.text
+    if method != "get":  # changes are audited, refusals too: with the hint
+        events = [r.audit for r in caplog.records if r.audit["action"] != "key.create"]  # type: ignore[attr-defined]
+        assert [e["key_id"] for e in events] == [f"kg_…{token[-4:]}"] * 2
+    info = guard.keys.get(issued.id)  # the id inside the token was not touched
+    assert info.revoked_at is None and info.suspended_at is None and info.name == "n"
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        pytest.param("AbCdEfGh12345678", "AbCdEfGh12345678", id="a-key-id"),
+        pytest.param("nope", "nope", id="short"),
+        pytest.param("kg_" + "A" * 16 + "_" + "s" * 30, "kg_…ssss", id="token"),
+        pytest.param("x" * 39 + "WXYZ", "…WXYZ", id="signing-secret"),
+        pytest.param("correct horse battery", "…tery", id="passphrase"),
+        pytest.param("a\ud800" * 5, "…a\\ud800a\\ud800", id="surrogates"),
+        pytest.param(12, "<int>", id="not-text"),
+    ],
+)
+def test_shown_id(given: object, shown: str) -> None:
+    assert shown_id(given) == shown
+
+
+async def test_a_token_in_the_admin_path_is_a_plain_404(
+    admin: httpx.AsyncClient, guard: KeyGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="keyguard.audit")
+    issued = guard.keys.create(owner="o", name="n")
+    token = issued.token or ""
+    for method, path in [("GET", ""), ("POST", "/revoke"), ("DELETE", ""), ("POST", "/suspend")]:
+        r = await admin.request(method, f"/api/keys/{token}{path}")
+        assert r.status_code == 404 and r.json()["code"] == "not_found"
+        assert token not in r.text
+    assert token not in caplog.text
+    assert guard.keys.get(issued.id).revoked_at is None
+
+
+def test_the_cli_never_echoes_a_token_given_as_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from keyguard.cli import main
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    g = KeyGuard({"store": url})
+    token = g.keys.create(owner="o", name="n").token or ""
+    g.close()
+    for command in ("revoke", "show", "suspend", "resume", "rotate"):
+        with pytest.raises(SystemExit) as exited:
+            main(["--store", url, "keys", command, token])
+        out, err = capsys.readouterr()
+        assert exited.value.code == 1 and token not in out + err
+        assert f"kg_…{token[-4:]}" in err
+
+
+# -- metadata handed to a request is read-only ------
+
+
+def test_key_info_metadata_is_read_only(guard: KeyGuard) -> None:
+    issued = guard.keys.create(owner="o", name="n", metadata={"team": "x", "tags": ["a"]})
+    nested = guard.keys.create(owner="o", name="m", metadata={"deep": {"k": "v"}})
+    info = guard.verify(issued.token or "")
+    with pytest.raises(TypeError):
+        info.metadata["team"] = "y"  # type: ignore[index]
+    with pytest.raises(AttributeError):
+        info.metadata["tags"].append("b")
+    with pytest.raises(TypeError):
+        guard.verify(nested.token or "").metadata["deep"]["k"] = "w"
+    with pytest.raises(AttributeError):
+        info.metadata = {}  # type: ignore[misc]
+    plain = info.to_dict()
+    plain["metadata"]["team"] = "changed"
+    plain["metadata"]["tags"].append("b")
+    again = guard.verify(issued.token or "")
+    assert again.to_dict()["metadata"] == {"team": "x", "tags": ["a"]}
+    assert json.loads(json.dumps(again.to_dict()))["metadata"] == {"team": "x", "tags": ["a"]}
+
+
+async def test_what_one_request_does_to_metadata_no_other_request_sees(guard: KeyGuard) -> None:
+    issued = guard.keys.create(owner="o", name="n", metadata={"plan": "free", "seen": []})
+
+    async def handler(request: Request) -> JSONResponse:
+        key = request.scope["keyguard.key"]
+        tried = []
+        for attempt in (
+            lambda: key.metadata.__setitem__("plan", "pro"),
+            lambda: key.metadata["seen"].append(1),
+            lambda: dict.__setitem__(key.metadata, "plan", "pro"),
+        ):
+            try:
+                attempt()
+                tried.append("changed")
+            except (TypeError, AttributeError):
+                tried.append("refused")
+        return JSONResponse({"tried": tried, "metadata": key.to_dict()["metadata"]})
+
+    app = Starlette(routes=[Route("/v1/x", handler)])
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+    transport = httpx.ASGITransport(app=app, client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        for _ in range(3):
+            r = await c.get("/v1/x", headers={"authorization": f"Bearer {issued.token}"})
+            assert r.json() == {
+                "tried": ["refused"] * 3,
+                "metadata": {"plan": "free", "seen": []},
+            }
