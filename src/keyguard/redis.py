@@ -111,12 +111,13 @@ class RedisURL:
     username: str | None = field(default=None, repr=False)
     password: str | None = field(default=None, repr=False)
     plain: str = field(default="", repr=False)  # redis://, rediss://: for redis-py's from_url
+    path: str = ""  # redis://, rediss://: the database part ("/0"), as written
 
     @property
     def where(self) -> str:
-        """For logs and errors: scheme, hosts and service, never a password."""
+        """For logs and errors: hosts, and the database or the service; never a password."""
         hosts = ",".join(f"{h}:{p}" for h, p in self.locations)
-        return f"{self.scheme}://{hosts}" + (f"/{self.service}" if self.service else "")
+        return hosts + (f"/{self.service}" if self.service else self.path)
 
 
 def parse_url(url: str) -> RedisURL:
@@ -140,7 +141,7 @@ def parse_url(url: str) -> RedisURL:
             host, port = parts.hostname or "localhost", parts.port or 6379
         except ValueError:
             raise ValueError("the port must be a number") from None
-        return RedisURL(scheme, ((host, port),), "", prefix, options, plain=plain)
+        return RedisURL(scheme, ((host, port),), "", prefix, options, plain=plain, path=parts.path)
     unknown = sorted(set(options) - _OPTIONS[scheme])
     if unknown:
         raise ValueError(f"unknown option {unknown[0][:40]!r} for {scheme}://")
