@@ -7,6 +7,11 @@ can be had, tests skip with the reason, or fail when KEYGUARD_REQUIRE_SERVERS=1.
 
 Isolation: Redis tests use a random key prefix (never FLUSHALL a server we did not
 start); PostgreSQL tests get a fresh database that they create and then drop.
+
+Redis Cluster and Sentinel are always throwaway (`throwaway_cluster`: three
+masters joined with `redis-cli --cluster create`; `throwaway_sentinel`: one
+master, one replica and three sentinels, quorum 2), on free ports in a temp dir,
+killed afterwards; tests may kill and restart their nodes.
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,6 +91,7 @@ class RedisServer:
     port: int
     directory: str
     process: subprocess.Popen[bytes] | None = None
+    extra: tuple[str, ...] = ()  # more redis-server options (cluster mode, replicaof)
 
     @property
     def url(self) -> str:
@@ -97,6 +104,7 @@ class RedisServer:
         self.process = subprocess.Popen(  # noqa: S603
             [
                 exe,
+                *self.extra,
                 "--port",
                 str(self.port),
                 "--bind",
@@ -219,6 +227,221 @@ def throwaway_redis() -> Iterator[RedisServer]:
             yield server
         finally:
             server.stop()
+
+
+def _client(port: int) -> Any:
+    import redis
+
+    return redis.Redis(port=port, socket_timeout=2, socket_connect_timeout=2)
+
+
+def _until(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
+    """Poll `predicate` (errors count as not yet) until it holds, or give up with `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if predicate():
+                return
+        time.sleep(0.05)
+    unavailable(f"{what} (waited {timeout:.0f} s)")
+
+
+def _answers(port: int, command: str, *args: str) -> Any:
+    client = _client(port)
+    try:
+        return client.execute_command(command, *args)
+    finally:
+        client.close()
+
+
+def _info(port: int) -> dict[str, Any]:
+    client = _client(port)
+    try:
+        return dict(client.info("replication"))
+    finally:
+        client.close()
+
+
+@dataclass
+class RedisClusterServers:
+    """Three cluster-mode masters (no replicas) joined with `redis-cli --cluster create`."""
+
+    nodes: list[RedisServer]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> RedisClusterServers:
+        for node in self.nodes:
+            node.start()
+        if not os.path.exists(os.path.join(self.nodes[0].directory, "created")):
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                unavailable("redis-cli is not on PATH (needed to create a Redis Cluster)")
+            joined = subprocess.run(  # noqa: S603
+                [
+                    cli,
+                    "--cluster",
+                    "create",
+                    *(f"127.0.0.1:{n.port}" for n in self.nodes),
+                    "--cluster-replicas",
+                    "0",
+                    "--cluster-yes",
+                ],
+                capture_output=True,
+                timeout=60,
+                check=False,
+            )
+            if joined.returncode != 0:
+                self.stop()
+                unavailable(f"redis-cli --cluster create failed: {joined.stdout[-300:]!r}")
+            Path(self.nodes[0].directory, "created").touch()
+        self.wait_ok()
+        return self
+
+    def wait_ok(self) -> None:
+        """Every node reports `cluster_state:ok` (all slots served, nodes agree)."""
+        for node in self.nodes:
+            _until(
+                lambda n=node: b"cluster_state:ok" in _answers(n.port, "CLUSTER", "INFO"),
+                f"Redis Cluster node {node.port} never reached cluster_state:ok",
+            )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+
+@dataclass
+class SentinelServers:
+    """One master, one replica, three sentinels (quorum 2) watching `service`."""
+
+    master: RedisServer
+    replica: RedisServer
+    sentinel_ports: list[int]
+    directory: str
+    service: str = "mymaster"
+    sentinels: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.service}"
+
+    def start(self) -> SentinelServers:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            unavailable("redis-server is not on PATH")
+        quick = ("--repl-diskless-sync-delay", "0")  # either node may become the master
+        self.master.extra = quick
+        self.master.start()
+        self.replica.extra = (*quick, "--replicaof", "127.0.0.1", str(self.master.port))
+        self.replica.start()
+        _until(
+            lambda: _info(self.replica.port).get("master_link_status") == "up",
+            "the Sentinel test replica never synced with its master",
+        )
+        for port in self.sentinel_ports:
+            conf = Path(self.directory, f"sentinel-{port}.conf")
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.directory}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel down-after-milliseconds {self.service} 1000\n"
+                f"sentinel failover-timeout {self.service} 2000\n"
+                f"sentinel parallel-syncs {self.service} 1\n"
+            )
+            self.sentinels.append(
+                subprocess.Popen(  # noqa: S603
+                    [exe, str(conf), "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        for port in self.sentinel_ports:
+            _until(
+                lambda p=port: _answers(p, "SENTINEL", "CKQUORUM", self.service).startswith(b"OK"),
+                f"sentinel {port} never saw a quorum",
+            )
+            _until(
+                lambda p=port: len(_answers(p, "SENTINEL", "REPLICAS", self.service)) == 1,
+                f"sentinel {port} never found the replica",
+            )
+        return self
+
+    def master_port(self) -> int:
+        return int(
+            _answers(self.sentinel_ports[0], "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]
+        )
+
+    def node(self, port: int) -> RedisServer:
+        return self.master if self.master.port == port else self.replica
+
+    def failover(self) -> int:
+        """`SENTINEL FAILOVER` and wait until the replica is the master everywhere; its port."""
+        old = self.master_port()
+        new = self.replica.port if old == self.master.port else self.master.port
+        _answers(self.sentinel_ports[0], "SENTINEL", "FAILOVER", self.service)
+        self.wait_master(new)
+        return new
+
+    def wait_master(self, port: int) -> None:
+        """Every sentinel names `port` as the master, and it says it is one."""
+        for sentinel in self.sentinel_ports:
+            _until(
+                lambda s=sentinel: (
+                    int(_answers(s, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1]) == port
+                ),
+                f"sentinel {sentinel} never switched to master {port}",
+            )
+        _until(
+            lambda: _info(port).get("role") == "master",
+            f"{port} never became a master",
+        )
+
+    def stop(self) -> None:
+        for process in self.sentinels:
+            kill(process)
+            process.wait(10)
+        self.sentinels.clear()
+        self.replica.stop()
+        self.master.stop()
+
+
+@contextlib.contextmanager
+def throwaway_cluster() -> Iterator[RedisClusterServers]:
+    with tempfile.TemporaryDirectory(prefix="kg-cluster-") as tmp:
+        nodes = []
+        for n in range(3):
+            directory = os.path.join(tmp, str(n))
+            os.mkdir(directory)
+            port, bus = free_port(), free_port()
+            extra = ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf")
+            extra += ("--cluster-port", str(bus), "--cluster-node-timeout", "1000")
+            nodes.append(RedisServer(port, directory, extra=extra))
+        cluster = RedisClusterServers(nodes)
+        try:
+            yield cluster.start()
+        finally:
+            cluster.stop()
+
+
+@contextlib.contextmanager
+def throwaway_sentinel() -> Iterator[SentinelServers]:
+    with tempfile.TemporaryDirectory(prefix="kg-sentinel-") as tmp:
+        dirs = [os.path.join(tmp, name) for name in ("master", "replica")]
+        for directory in dirs:
+            os.mkdir(directory)
+        setup = SentinelServers(
+            RedisServer(free_port(), dirs[0]),
+            RedisServer(free_port(), dirs[1]),
+            [free_port() for _ in range(3)],
+            tmp,
+        )
+        try:
+            yield setup.start()
+        finally:
+            setup.stop()
 
 
 @contextlib.contextmanager

@@ -342,3 +342,294 @@ def test_a_change_that_misses_redis_reaches_every_instance(
     finally:
         for guard in (one, two, script):
             guard.close()
+
+
+# -- the one Redis tier on Redis, Cluster and Sentinel: outages and failover --------
+#
+# Each test starts its own deployment (tests/servers.py) and kills it. "Right" for
+# a decision means what the store says: `good` passes, `revoked` gets revoked_key,
+# `narrow` insufficient_scope, an unknown id invalid_key.
+
+
+class Deployment:
+    """A throwaway Redis, Cluster or Sentinel setup that a test may kill and restart."""
+
+    def __init__(self, kind: str, stack: contextlib.ExitStack) -> None:
+        self.kind = kind
+        if kind == "redis":
+            self.servers: Any = stack.enter_context(servers.throwaway_redis())
+        elif kind == "cluster":
+            self.servers = stack.enter_context(servers.throwaway_cluster())
+        else:
+            self.servers = stack.enter_context(servers.throwaway_sentinel())
+        self.url = self.servers.url
+
+    def _nodes(self) -> list[servers.RedisServer]:
+        s = self.servers
+        return (
+            [s]
+            if self.kind == "redis"
+            else s.nodes
+            if self.kind == "cluster"
+            else [
+                s.master,
+                s.replica,
+            ]
+        )
+
+    def kill(self) -> None:
+        for node in self._nodes():
+            node.stop()
+
+    def restart(self) -> None:
+        for node in self._nodes():  # a Sentinel master first: the replica follows it
+            node.start()
+        if self.kind == "cluster":
+            self.servers.wait_ok()
+
+    def cached_keys(self, prefix: str) -> int:
+        """Keys under `prefix` on every node that holds data now."""
+        import redis
+
+        ports = [n.port for n in self._nodes()]
+        if self.kind == "sentinel":
+            ports = [self.servers.master_port()]
+        total = 0
+        for port in ports:
+            client = redis.Redis(port=port, socket_timeout=1)
+            try:
+                total += len(list(client.scan_iter(match=prefix + "*")))
+            finally:
+                client.close()
+        return total
+
+
+TIER_KINDS = [
+    pytest.param("redis", id="redis"),
+    pytest.param("cluster", id="cluster"),
+    pytest.param("sentinel", id="sentinel"),
+]
+
+
+@pytest.mark.parametrize("kind", TIER_KINDS)
+def test_tier_outage_decisions_stay_right_and_caching_resumes(kind: str, tmp_path: Any) -> None:
+    """Redis (every node of it) killed while two instances verify: every decision is
+    still the store's, a change made meanwhile reaches the other instance, and once
+    Redis is back the cache fills again by itself."""
+    with contextlib.ExitStack() as stack:
+        deployment = Deployment(kind, stack)
+        cache = f"{deployment.url}?prefix=kg:"
+        store = f"sqlite:///{tmp_path}/keys.db"
+        extra = {"local_cache_ttl": 0.05, "rate_limit": "1000/minute"}
+        one, two = (
+            KeyGuard(settings(store, cache, **extra)),
+            KeyGuard(settings(store, cache, **extra)),
+        )
+        stack.callback(two.close)
+        stack.callback(one.close)
+        good = one.keys.create(owner="o", name="good", scopes=["read"])
+        later = one.keys.create(owner="o", name="later", scopes=["read"])
+        revoked = one.keys.create(owner="o", name="gone", scopes=["read"])
+        one.keys.revoke(revoked.id)
+        narrow = one.keys.create(owner="o", name="narrow", scopes=["write"])
+        expected = {
+            good.token: "ok",
+            later.token: "ok",
+            revoked.token: "revoked_key",
+            narrow.token: "insufficient_scope",
+            well_formed_unknown(): "invalid_key",
+        }
+
+        def decisions(guard: KeyGuard) -> dict[str | None, str]:
+            time.sleep(0.06)  # past local_cache_ttl: Redis, or the store, answers
+            out = {}
+            for token in expected:
+                try:
+                    guard.verify(token or "", scopes=["read"])
+                    out[token] = "ok"
+                except RequestRejected as exc:
+                    out[token] = exc.code
+            return out
+
+        for guard in (one, two, one, two):
+            assert decisions(guard) == expected
+        assert deployment.cached_keys("kg:") > 0
+        deployment.kill()
+        for guard in (one, two, one, two):
+            assert decisions(guard) == expected
+        one.keys.revoke(later.id)  # cannot be published: the store's change marker carries it
+        expected[later.token] = "revoked_key"
+        for guard in (two, one, two):
+            assert decisions(guard) == expected
+        deployment.restart()
+        for _ in range(POLL_LIMIT // 10):
+            for guard in (one, two):
+                assert decisions(guard) == expected
+            if deployment.cached_keys("kg:cache:") > 0:
+                break
+        assert deployment.cached_keys("kg:cache:") > 0, "caching did not resume"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        pytest.param("redis://127.0.0.1:{port}/0", id="redis"),
+        pytest.param("redis+cluster://127.0.0.1:{port}", id="cluster"),
+        pytest.param("redis+sentinel://127.0.0.1:{port}/mymaster", id="sentinel"),
+    ],
+)
+def test_a_guard_starts_and_decides_while_its_redis_is_down(url: str, tmp_path: Any) -> None:
+    cache = url.format(port=servers.free_port())  # nothing listens there
+    guard = KeyGuard(settings(f"sqlite:///{tmp_path}/k.db", cache, rate_limit="2/minute"))
+    try:
+        issued = guard.keys.create(owner="o", name="n", scopes=["read"], max_uses=10)
+        token = issued.token or ""
+        answers = []
+        for _ in range(3):
+            try:
+                guard.verify(token)
+                answers.append("ok")
+            except RequestRejected as exc:
+                answers.append(exc.code)
+        assert answers == ["ok", "ok", "rate_limited"]  # counted in this process
+        guard.keys.revoke(issued.id)
+        with pytest.raises(RequestRejected) as info:
+            guard.verify(token)
+        assert info.value.code == "revoked_key"
+    finally:
+        guard.close()
+
+
+def test_sentinel_failover_under_load_makes_no_wrong_decision() -> None:
+    """Two instances on one Sentinel setup (the cache and the durable store both go
+    through Sentinel) while a thread verifies four keys in a loop, and the test
+    forces a failover (`SENTINEL FAILOVER`), revokes a key, then kills the new
+    master (the sentinels fail over back).
+
+    No wrong decision means, for every verification:
+    - `live` passes, or is refused 503 `unavailable` (the master was away and the
+      key was not cached: fail closed); never another refusal (its rate limit,
+      100000/minute, cannot be reached, and counting per instance only counts less);
+    - `gone` (revoked before the load began) is refused `revoked_key` or 503, never
+      passes;
+    - `doomed` (revoked during the load) may pass only if the verification began
+      less than local_cache_ttl + STORE_TIMEOUT after `revoke` returned (a copy cached
+      in process lives local_cache_ttl; a load that read the store just before the
+      revocation may take the store's timeout to land); otherwise as `gone`;
+    - an unknown key id is refused `invalid_key` or 503;
+    - nothing raises anything but a `RequestRejected` (no 500).
+    Afterwards, with the failovers done, every key is decided right again within a
+    bounded poll, and the record cache is on the new master."""
+    import threading
+
+    local_ttl, store_timeout = 0.2, 2.0
+    with servers.throwaway_sentinel() as sentinel:
+        extra = {"local_cache_ttl": local_ttl, "rate_limit": "100000/minute"}
+        store, cache = f"{sentinel.url}?prefix=kgs:", f"{sentinel.url}?prefix=kg:"
+        writer, reader = (
+            KeyGuard(settings(store, cache, **extra)),
+            KeyGuard(settings(store, cache, **extra)),
+        )
+        try:
+            live = writer.keys.create(owner="o", name="live", scopes=["read"])
+            gone = writer.keys.create(owner="o", name="gone", scopes=["read"])
+            doomed = writer.keys.create(owner="o", name="doomed", scopes=["read"])
+            writer.keys.revoke(gone.id)
+            keys = {
+                "live": live.token or "",
+                "gone": gone.token or "",
+                "doomed": doomed.token or "",
+                "unknown": well_formed_unknown(),
+            }
+            results: list[tuple[float, str, str]] = []
+            stop = threading.Event()
+
+            def load() -> None:
+                for _ in range(20_000):  # bounded, whatever happens to the servers
+                    if stop.is_set():
+                        return
+                    for name, token in keys.items():
+                        began = time.monotonic()
+                        try:
+                            reader.verify(token, scopes=["read"])
+                            outcome = "ok"
+                        except RequestRejected as exc:
+                            outcome = exc.code
+                        except Exception as exc:  # noqa: BLE001 - any other error is wrong
+                            outcome = f"error: {type(exc).__name__}"
+                        results.append((began, name, outcome))
+                    time.sleep(0.002)
+
+            worker = threading.Thread(target=load, name="load")
+            worker.start()
+            try:
+                assert at_least(results, 40)
+                first = sentinel.master_port()
+                second = sentinel.failover()  # the replica is the master now
+                revoked_at = None
+                for _ in range(POLL_LIMIT):  # the store may still be switching over
+                    try:
+                        writer.keys.revoke(doomed.id)
+                        revoked_at = time.monotonic()
+                        break
+                    except Exception:  # noqa: BLE001 - StoreError/503 while it switches
+                        time.sleep(POLL)
+                assert revoked_at is not None, "the revocation never reached the store"
+                seen = len(results)
+                assert at_least(results, seen + 40)
+                sentinel.node(second).stop()  # the new master dies: back to the first
+                sentinel.wait_master(first)
+                seen = len(results)
+                assert at_least(results, seen + 40)
+            finally:
+                stop.set()
+                worker.join(60)
+            allowed = {
+                "live": {"ok", "unavailable"},
+                "gone": {"revoked_key", "unavailable"},
+                "unknown": {"invalid_key", "unavailable"},
+            }
+            wrong = []
+            for began, name, outcome in results:
+                may_pass = name == "doomed" and began < revoked_at + local_ttl + store_timeout
+                ok = allowed.get(
+                    name, {"revoked_key", "unavailable"} | ({"ok"} if may_pass else set())
+                )
+                if outcome not in ok:
+                    wrong.append((round(began - revoked_at, 3), name, outcome))
+            assert not wrong, (
+                f"wrong decisions (s after the revocation, key, outcome): {wrong[:10]}"
+            )
+            assert {name for _, name, outcome in results if outcome == "ok"} >= {"live"}
+
+            from .test_redis_tier import code
+
+            def settled() -> bool:
+                codes = [code(lambda t=t: reader.verify(t, scopes=["read"])) for t in keys.values()]
+                return codes == ["ok", "revoked_key", "revoked_key", "invalid_key"]
+
+            assert poll_until(settled), "decisions did not settle after the failovers"
+            import redis
+
+            client = redis.Redis(port=sentinel.master_port(), socket_timeout=1)
+            try:
+                assert list(client.scan_iter(match="kg:cache:*")), "no cache on the new master"
+            finally:
+                client.close()
+        finally:
+            writer.close()
+            reader.close()
+
+
+def poll_until(check: Callable[[], bool]) -> bool:
+    """Poll `check` until it holds (bounded)."""
+    for _ in range(POLL_LIMIT):
+        if check():
+            return True
+        time.sleep(POLL)
+    return False
+
+
+def at_least(results: list[Any], count: int) -> bool:
+    """Wait (bounded) until the load thread has recorded `count` results."""
+    return poll_until(lambda: len(results) >= count)

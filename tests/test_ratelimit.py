@@ -391,19 +391,44 @@ async def test_redis_unreachable_falls_back_to_memory_never_5xx(door: str, caplo
 
 
 def test_memory_counter_windows_and_sweep(monkeypatch: pytest.MonkeyPatch) -> None:
-    import time
+    from keyguard import ratelimit
 
-    from keyguard.ratelimit import _MemoryStorage
+    counters = ratelimit._Counters()
+    one = (("k", 2, 2, 60),)  # key, threshold, amount, seconds
+    assert counters.hit(one) is None and counters.hit(one) is None
+    full = counters.hit(one)
+    assert full is not None and full[0] == one[0] and 0 < full[1] <= 60
+    short = (("s", 5, 5, 0),)  # a window that has always just ended
+    counters.hit(short)
+    assert counters.hit(short) is None  # a new window starts with each hit
+    monkeypatch.setattr(ratelimit, "MAX_WINDOWS", 3)
+    for n in range(5):
+        counters.hit(((f"other{n}", 9, 9, 60),))
+    assert len(counters._windows) == 3  # bounded: the oldest were dropped
+    monkeypatch.setattr(counters, "_next_sweep", 0.0)
+    counters.hit(one)
+    assert "s" not in counters._windows  # ended windows are swept
 
-    storage = _MemoryStorage()
-    assert [storage.incr("k", 0.05) for _ in range(3)] == [1, 2, 3]
-    assert storage.get("k") == 3 and storage.get_expiry("k") > time.time()
-    for n in range(100):
-        storage.incr(f"other{n}", 0.05)
-    time.sleep(0.06)
-    assert storage.incr("k", 0.05) == 1  # a new window starts with this hit
-    monkeypatch.setattr(_MemoryStorage, "SWEEP_SECONDS", 0.0)
-    storage._next_sweep = 0.0
-    storage.incr("k", 0.05)
-    assert set(storage.expirations) == {"k"}  # the expired windows were swept
-    assert set(storage.storage) == {"k"}
+
+def test_redis_quota_survives_redis_losing_its_counter(
+    two_instances: tuple[KeyGuard, KeyGuard], redis_url: str
+) -> None:
+    """Redis restarted empty (or evicted the counter): the next use goes on from
+    the count this process knows, never from zero."""
+    import redis
+
+    a, b = two_instances
+    issued = a.keys.create(owner="o", name="trial", max_uses=4)
+    token = issued.token or ""
+    a.verify(token)
+    b.verify(token)
+    a.verify(token)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.delete(f"keyguard:uses:{{{issued.id}}}") == 1
+    finally:
+        client.close()
+    a.verify(token)  # the 4th: Redis re-seeded from `a`'s count (3), not from zero
+    with pytest.raises(RequestRejected) as exc:
+        a.verify(token)
+    assert code(exc) == "quota_exhausted"

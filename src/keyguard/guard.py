@@ -28,12 +28,13 @@ from . import audit
 from .cache import KeyCache
 from .check import Drivers
 from .decision import Entry, Facts, Parts, Verdict
-from .exceptions import ConfigurationError, StoreError
+from .exceptions import StoreError
 from .hashing import Hasher
 from .keys import KeyManager
 from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
+from .redis import RedisTier, open_tier
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import SignedRequests
@@ -72,7 +73,8 @@ class KeyGuard:
         self._hasher: Hasher | None = None
         self._ready_lock = threading.Lock()
         self.signing = SignedRequests(self)  # checks signing.master_keys now, not on first use
-        self.abuse = Abuse(s, self.store)
+        self._redis = open_tier(s.cache)  # the one Redis tier: the shared cache and the limits
+        self.abuse = Abuse(s, self.store, self._redis)
         self.cache = KeyCache(
             self.store,
             self._prepare,
@@ -81,7 +83,7 @@ class KeyGuard:
             ttl=s.local_cache_ttl,
             cache_positive=s.cache is not None,
             shared=lambda on_change, on_reset: _shared_cache(
-                s, on_change, on_reset, lambda: self.store.get_meta("changed")
+                s, self._redis, on_change, on_reset, lambda: self.store.get_meta("changed")
             ),
         )
         self.header_names = (
@@ -237,6 +239,8 @@ class KeyGuard:
         self.signing.close()
         self.cache.close()
         self.abuse.close()
+        if self._redis is not None:
+            self._redis.close()
         self.store.close()
 
 
@@ -269,16 +273,13 @@ def _flush_at_exit(ref: weakref.ref[KeyGuard]) -> None:
 
 def _shared_cache(
     s: Settings,
+    tier: RedisTier | None,
     on_change: Callable[[str], None],
     on_reset: Callable[[], None],
     changed: Callable[[], str | None],
 ) -> SharedCache | None:
-    if s.cache is None or not s.cache.startswith(("redis://", "rediss://")):
+    if tier is None:
         return None
-    try:
-        from .shared import SharedCache
-    except ImportError as exc:
-        raise ConfigurationError(
-            f"cache: a redis:// cache needs its driver: pip install 'keyguard[redis]' ({exc.name})"
-        ) from None
-    return SharedCache(s.cache, s.cache_ttl, on_change, on_reset, changed, s.local_cache_ttl)
+    from .shared import SharedCache
+
+    return SharedCache(tier, s.cache_ttl, on_change, on_reset, changed, s.local_cache_ttl)

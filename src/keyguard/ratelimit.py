@@ -2,10 +2,13 @@
 IP, and usage quotas (SPEC section 4 step 8; settings `rate_limit`,
 `abuse.max_failures`; the key field `max_uses`).
 
-Owns the counting, on the `limits` library (fixed windows): `limits`'
-MemoryStorage by default (with a leaner `incr`, see `_MemoryStorage`), its
-Redis storage when the `cache` setting is a redis:// URL, so every instance
-shares one budget.
+Owns the counting: fixed windows that start with their first hit. `limits`
+parses the limit strings (`parse_many`; each `RateLimitItem`'s `amount` and
+`get_expiry()`, its public API only); the counters are keyguard's own: in
+this process one small lock-protected dict, with the guard's `RedisTier` one
+Lua script per request (INCR, PEXPIRE on a new window, PTTL for the reset)
+over every window of the limit, whose keys `<prefix>rate:{<key id>}:<n>/<s>s`
+share one Cluster hash tag. Every instance then shares one budget.
 Must not: decide anything of steps 1-7 (decision.py does), or ever turn a
 counting failure into a 5xx.
 
@@ -14,29 +17,30 @@ counting failure into a 5xx.
   Several windows ("10/second;1000/hour") are hit in order; the first window
   that is full refuses the request (windows hit before it keep the hit).
 - Failed authentications (every 401 except `missing_credentials`, which is no
-  guess) count per client IP (IPv6 per /64). Once an IP is over
-  `abuse.max_failures`, this instance remembers it until the window resets
-  and refuses it with 429 `too_many_failures` *before* parsing or looking up
-  anything - a correct key from that IP too. The check is one dict lookup, so
-  the warm path pays nothing for it. With Redis the count is shared; each
-  instance starts refusing after it has itself seen one over-limit failure.
-- Quotas (`max_uses`): with a Redis cache an INCR per use on
-  `<prefix>:uses:<key id>` (atomic across instances; seeded once per process
-  from the durable count with SET NX). Otherwise an in-process counter under a
+  guess) count per client IP (IPv6 per /64; a client with no address is never
+  counted). The failure that fills a window blocks at once ("30/minute" = 30
+  failures, then 429): this instance remembers the client until the window
+  resets and refuses it with 429 `too_many_failures` *before* parsing or
+  looking up anything - a correct key from that IP too. The check is one dict
+  lookup, so the warm path pays nothing for it. With Redis the count is
+  shared; each instance starts refusing after it has itself seen one
+  over-limit failure.
+- Quotas (`max_uses`): with Redis a script per use on `<prefix>uses:{<key id>}`
+  (atomic across instances; never below the count this process knows, which
+  is seeded from the durable count). Otherwise an in-process counter under a
   lock, seeded from the durable count. The durable count lives in the store's
   meta table (`uses:<key id>`) and is written with the `last_used_at` batch
   (every 60 s and on `close()`): after a crash of a process without Redis up
   to one batch of uses is forgotten, and several processes without Redis each
   count on their own. Configure a Redis cache where a quota must be exact.
-- Redis unreachable: counting falls back to this process's memory for 5 s at
-  a time (limits stay on, but per instance); never a 5xx, and a warning is
-  logged once per outage.
+- Redis unavailable (the tier's breaker is open): counting falls back to this
+  process's memory, a breaker period at a time (limits stay on, but per
+  instance); never a 5xx. The tier warns once an outage.
 - Async callers: memory counting is a few dict operations and runs inline;
   Redis counting (and the first, seeding use of a quota key) runs in a worker
   thread, so the event loop never waits on a socket.
 
-Windows use the wall clock (`time.time`, as `limits` does), not the guard's
-injected clock.
+Windows use the wall clock (`time.time`), not the guard's injected clock.
 """
 
 from __future__ import annotations
@@ -46,62 +50,97 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio.to_thread
 from limits import RateLimitItem, parse_many
-from limits.storage import MemoryStorage, Storage, storage_from_string
-from limits.strategies import FixedWindowRateLimiter
 
 from .exceptions import TooManyRequests
 from .network import IPAddress, parse_ip
-from .settings import split_redis_url
+from .redis import Unavailable
 
 if TYPE_CHECKING:
     from .decision import Entry
     from .models import KeyRecord
+    from .redis import RedisTier
     from .settings import Settings
     from .stores import Store
 
 log = logging.getLogger("keyguard.ratelimit")
 
-REDIS_RETRY_SECONDS = 5.0
-REDIS_TIMEOUT = 0.25
 USES_TTL = 30 * 86_400  # a Redis use counter idle this long is reseeded from the store
 MAX_BLOCKED = 100_000
 MAX_PLANS = 100_000
+MAX_WINDOWS = 1_000_000  # in-process counters; past it the oldest are dropped
+
+# (counter key, hits allowed before the window is full, amount, window seconds)
+Window = tuple[str, int, int, int]
+# (windows in order, their keys, the script's ARGV: threshold, window ms per window)
+Plan = tuple[tuple[Window, ...], list[str], list[int]]
+
+# KEYS: one counter per window, in order (one hash tag). ARGV: threshold, window ms, ...
+# Returns {index of the first window over its threshold (0: none), its ms left}.
+_HIT = """
+for i, key in ipairs(KEYS) do
+  local hits = redis.call('INCR', key)
+  local left = redis.call('PTTL', key)
+  if left < 0 then
+    left = tonumber(ARGV[2 * i])
+    redis.call('PEXPIRE', key, left)
+  end
+  if hits > tonumber(ARGV[2 * i - 1]) then return {i, left} end
+end
+return {0, 0}
+"""
+
+# KEYS: a key's use counter. ARGV: the uses this process knows of, ttl s. Returns the uses.
+_SPEND = """
+local known = tonumber(ARGV[1])
+if (tonumber(redis.call('GET', KEYS[1]) or '') or -1) < known then
+  redis.call('SET', KEYS[1], known)
+end
+local used = redis.call('INCR', KEYS[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return used
+"""
 
 
-class _MemoryStorage(MemoryStorage):
-    """`limits`' in-process storage with a leaner `incr`, the call every counted
-    request makes: `limits` takes a per-key lock, expires the key and checks (and
-    often restarts) its 10 ms clean-up timer thread on every call, about 15,000
-    CPU instructions, more than keyguard's whole warm check. Here one lock, the
-    window reset on use, and expired windows swept at most once a second. The
-    data stays `limits`' own (`storage`, `expirations`), so `get`, `get_expiry`
-    and the limiter's `test` and window stats read it as before."""
+class _Counters:
+    """Fixed windows in this process: counter key -> [hits, time.time() it ends].
+    One lock; a window restarts on its first hit after it ended; ended windows
+    are swept at most once a second."""
 
     SWEEP_SECONDS = 1.0
 
     def __init__(self) -> None:
-        super().__init__()
-        self._counting = threading.Lock()
+        self._windows: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
         self._next_sweep = 0.0
 
-    def incr(self, key: str, expiry: float, amount: int = 1) -> int:
+    def hit(self, windows: tuple[Window, ...]) -> tuple[Window, float] | None:
+        """Hit each window in order; the first over its threshold and its seconds
+        left, or None when all had room."""
         now = time.time()
-        with self._counting:
-            if self.expirations.get(key, 0.0) <= now:  # a new window starts with this hit
-                self.storage[key] = 0
-                self.expirations[key] = now + expiry
-            value = self.storage[key] = self.storage[key] + amount
+        counters = self._windows
+        with self._lock:
             if now >= self._next_sweep:
-                self._next_sweep = now + self.SWEEP_SECONDS
-                for stale in [k for k, until in self.expirations.items() if until <= now]:
-                    self.storage.pop(stale, None)
-                    self.expirations.pop(stale, None)
-        return value
+                self._sweep(now)
+            for window in windows:
+                counter = counters.get(window[0])
+                if counter is None or counter[1] <= now:
+                    if counter is None and len(counters) >= MAX_WINDOWS:
+                        del counters[next(iter(counters))]
+                    counter = counters[window[0]] = [0, now + window[3]]
+                counter[0] += 1
+                if counter[0] > window[1]:
+                    return window, counter[1] - now
+        return None
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self.SWEEP_SECONDS
+        counters = self._windows
+        for key in [k for k, c in counters.items() if c[1] <= now]:
+            del counters[key]
 
 
 class QuotaExhausted(TooManyRequests):
@@ -125,103 +164,53 @@ def bucket(ip: IPAddress) -> str:
 
 
 class Abuse:
-    """The counters of one guard. `admit` and `failed` may do I/O (Redis)."""
+    """The counters of one guard: in this process, or through `tier` (the guard's
+    Redis tier; None: this process only). `admit` and `failed` may do I/O then."""
 
-    def __init__(self, settings: Settings, store: Store, prefix: str = "keyguard") -> None:
+    def __init__(self, settings: Settings, store: Store, tier: RedisTier | None = None) -> None:
         self._store = store
-        url, url_prefix = split_redis_url(settings.cache or "")
-        self._prefix = url_prefix + prefix
+        self._tier = tier
+        self.counts_remotely = tier is not None  # failed() and admit() talk to Redis
         self.default_limit = settings.rate_limit
         text = self._fail_text = settings.abuse.max_failures or ""
         self._fail_items: tuple[RateLimitItem, ...] = tuple(parse_many(text)) if text else ()
-        self.throttling = bool(self._fail_items)
-        self._memory = FixedWindowRateLimiter(_MemoryStorage())
-        self._redis_url = url if url.startswith("redis") else None
-        self.shared = self._redis_url is not None
-        self._redis: FixedWindowRateLimiter | None = None
-        self._redis_client: Any = None
-        self._down_until = 0.0
+        self.throttling = bool(self._fail_items)  # are failed authentications counted at all?
+        self._memory = _Counters()
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
-        self._plans: dict[tuple[str, ...], tuple[tuple[RateLimitItem, str, int], ...]] = {}
+        self._plans: dict[tuple[str, str], Plan] = {}  # (limit text, key id) -> its plan
         self.blocked: dict[str, float] = {}  # client bucket -> wall time it may try again
         self._lock = threading.Lock()
         self._uses: dict[str, int] = {}  # key id -> uses known to this process
-        self._seeded: set[str] = set()  # key ids whose Redis counter this process seeded
         self._dirty: set[str] = set()
         self._warned_unknown = False
 
-    # -- storage ----------------------------------------------------------
+    # -- counting -----------------------------------------------------------
 
-    def _limiter(self) -> FixedWindowRateLimiter:
-        """Redis when configured and reachable, else this process's memory."""
-        if self._redis_url is None or time.monotonic() < self._down_until:
-            return self._memory
-        if self._redis is None:
-            storage: Storage = storage_from_string(  # type: ignore[assignment]
-                self._redis_url,
-                key_prefix=self._prefix,
-                wrap_exceptions=True,
-                socket_timeout=REDIS_TIMEOUT,
-                socket_connect_timeout=REDIS_TIMEOUT,
-            )
-            self._redis = FixedWindowRateLimiter(storage)
-        return self._redis
+    def _plan(self, items: tuple[RateLimitItem, ...], use: str, ident: str, slack: int) -> Plan:
+        """The counters of `items` for one key id (or client): a window is full
+        once it holds more than `amount - slack` hits."""
+        tier = self._tier
+        windows: dict[str, Window] = {}
+        for item in items:
+            seconds = item.get_expiry()
+            name = f"{item.amount}/{seconds}s"
+            key = f"{use}:{ident}:{name}" if tier is None else tier.key(use, ident, name)
+            windows.setdefault(key, (key, item.amount - slack, item.amount, seconds))
+        plan = tuple(windows.values())
+        return plan, [w[0] for w in plan], [n for w in plan for n in (w[1], w[3] * 1000)]
 
-    def _down(self, exc: BaseException) -> None:
-        if time.monotonic() >= self._down_until:
-            log.warning(
-                "keyguard: Redis unreachable for limits (%s); counting in this process for %.0f s",
-                type(exc).__name__,
-                REDIS_RETRY_SECONDS,
-            )
-        self._down_until = time.monotonic() + REDIS_RETRY_SECONDS
-
-    def _hit(self, text: str, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
-        """Hit every window of `items` (parsed from `text`) in order; the first full
-        one, or None when all had room.
-
-        This is `FixedWindowRateLimiter.hit` (`storage.incr(key, expiry) <= amount`)
-        with each window's storage key built once per (limit, caller) instead of
-        once per request: the warm path's largest saving. The plans are found by
-        the limit's text (strings hash in C; `RateLimitItem`s hash in Python)."""
-        limiter = self._limiter()
-        name = (text, *ids)
-        plan = self._plans.get(name)
-        if plan is None:
-            if len(self._plans) >= MAX_PLANS:
-                self._plans.clear()
-            plan = self._plans[name] = tuple(
-                (item, item.key_for(*ids), item.get_expiry()) for item in items
-            )
-        incr = limiter.storage.incr
-        try:
-            for item, key, expiry in plan:
-                if incr(key, expiry) > item.amount:
-                    return item
-            return None
-        except Exception as exc:  # a storage failure must never become a 5xx
-            if limiter is self._memory:
-                raise
-            self._down(exc)
-            return self._hit(text, items, *ids)
-
-    def _full(self, items: Sequence[RateLimitItem], *ids: str) -> RateLimitItem | None:
-        """The first window with no room left (without spending from it)."""
-        limiter = self._limiter()
-        try:
-            return next((item for item in items if not limiter.test(item, *ids)), None)
-        except Exception as exc:
-            self._down(exc)
-            return None
-
-    def _reset_in(self, item: RateLimitItem, *ids: str) -> float:
-        limiter = self._limiter()
-        try:
-            reset = limiter.get_window_stats(item, *ids).reset_time
-        except Exception as exc:
-            self._down(exc)
-            reset = time.time() + item.get_expiry()
-        return max(0.0, reset - time.time())
+    def _hit(self, plan: Plan) -> tuple[Window, float] | None:
+        """Hit every window of `plan` in order: the first one full and its seconds
+        left, or None. Through Redis when there is one and it answers."""
+        tier = self._tier
+        if tier is not None:
+            try:
+                index, left = tier.script(_HIT, plan[1], plan[2])
+            except Unavailable:
+                pass
+            else:
+                return (plan[0][index - 1], left / 1000) if index else None
+        return self._memory.hit(plan[0])
 
     # -- failed authentications, per client IP ------------------------------
 
@@ -261,9 +250,8 @@ class Abuse:
                 )
             return
         key = bucket(ip)
-        # The failure that fills a window blocks at once: "30/minute" = 30 failures, then 429.
-        items = self._fail_items
-        full = self._hit(self._fail_text, items, "fail", key) or self._full(items, "fail", key)
+        # slack 1: the failure that fills a window blocks at once ("30/minute" = 30, then 429)
+        full = self._hit(self._plan(self._fail_items, "fail", key, 1))
         if full is None:
             return
         blocked = self.blocked
@@ -273,10 +261,10 @@ class Abuse:
                 blocked.pop(stale, None)
             if len(blocked) >= MAX_BLOCKED:
                 blocked.pop(next(iter(blocked)), None)
-        blocked[key] = time.time() + self._reset_in(full, "fail", key)
+        blocked[key] = time.time() + full[1]
 
     async def afailed(self, ip: IPAddress | None) -> None:
-        if self.shared and self._fail_items:
+        if self.counts_remotely and self._fail_items:
             await anyio.to_thread.run_sync(self.failed, ip)
         else:
             self.failed(ip)
@@ -292,43 +280,39 @@ class Abuse:
         record = entry.record
         text = record.rate_limit or self.default_limit
         if text is not None:
-            items = self._parsed.get(text)
-            if items is None:
-                items = self._parsed[text] = _parse(text)
-            if not items:
+            plan = self._plans.get((text, record.id)) or self._limit_plan(text, record.id)
+            if not plan[0]:
                 raise TooManyRequests(
                     "rate_limited", "The API key's rate limit is not valid.", retry_after=60
                 )
-            full = self._hit(text, items, "key", record.id)
+            full = self._hit(plan)
             if full is not None:
-                self._refuse(full, record.id)
+                _refuse(*full)
         if record.max_uses is not None:
             self._spend(record.id, record.max_uses)
 
+    def _limit_plan(self, text: str, key_id: str) -> Plan:
+        items = self._parsed.get(text)
+        if items is None:
+            if len(self._parsed) >= MAX_PLANS:
+                self._parsed.clear()
+            items = self._parsed[text] = _parse(text)
+        if len(self._plans) >= MAX_PLANS:
+            self._plans.clear()
+        plan = self._plans[text, key_id] = self._plan(items, "rate", key_id, 0)
+        return plan
+
     def admits_now(self, entry: Entry) -> bool:
         """Can `admit` run on an event loop: memory counters, the quota already seeded?"""
-        return not self.shared and (entry.record.max_uses is None or entry.record.id in self._uses)
+        return not self.counts_remotely and (
+            entry.record.max_uses is None or entry.record.id in self._uses
+        )
 
     async def aadmit(self, entry: Entry) -> None:
         if self.applies(entry.record) and not self.admits_now(entry):  # Redis, or the store's count
             await anyio.to_thread.run_sync(self.admit, entry)
         else:
             self.admit(entry)
-
-    def _refuse(self, full: RateLimitItem, key_id: str) -> None:
-        seconds = math.ceil(self._reset_in(full, "key", key_id)) or 1
-        window = int(full.get_expiry())
-        raise TooManyRequests(
-            "rate_limited",
-            "The API key's rate limit is exceeded.",
-            retry_after=seconds,
-            headers=[
-                ("ratelimit-limit", str(full.amount)),
-                ("ratelimit-remaining", "0"),
-                ("ratelimit-reset", str(seconds)),
-                ("ratelimit-policy", f"{full.amount};w={window}"),
-            ],
-        )
 
     def _durable_uses(self, key_id: str) -> int:
         try:
@@ -338,7 +322,7 @@ class Abuse:
             return 0
 
     def _spend(self, key_id: str, max_uses: int) -> None:
-        used = self._incr_shared(key_id) if self.shared else None
+        used = self._spend_shared(key_id) if self._tier is not None else None
         if used is None:
             if key_id not in self._uses:
                 seed = self._durable_uses(key_id)
@@ -351,36 +335,22 @@ class Abuse:
                     self._dirty.add(key_id)
         else:
             with self._lock:
-                self._uses[key_id] = min(used, max_uses)
+                self._uses[key_id] = max(self._uses.get(key_id, 0), min(used, max_uses))
                 self._dirty.add(key_id)
         if used > max_uses:
             raise QuotaExhausted()
 
-    def _incr_shared(self, key_id: str) -> int | None:
-        """INCR the shared use counter; None when Redis is down (count in memory)."""
-        if time.monotonic() < self._down_until:
-            return None
+    def _spend_shared(self, key_id: str) -> int | None:
+        """One use on the shared counter; None when Redis is unavailable (count in memory)."""
+        assert self._tier is not None
+        known = self._uses.get(key_id)
+        if known is None:
+            known = self._durable_uses(key_id)
         try:
-            if self._redis_client is None:
-                import redis
-
-                self._redis_client = redis.Redis.from_url(
-                    self._redis_url or "",
-                    socket_timeout=REDIS_TIMEOUT,
-                    socket_connect_timeout=REDIS_TIMEOUT,
-                )
-            name = f"{self._prefix}:uses:{key_id}"
-            pipe = self._redis_client.pipeline(transaction=False)
-            if key_id not in self._seeded:
-                seed = self._uses.get(key_id) or self._durable_uses(key_id)
-                pipe.set(name, seed, nx=True, ex=USES_TTL)
-            pipe.incr(name)
-            pipe.expire(name, USES_TTL)
-            result = pipe.execute()
-            self._seeded.add(key_id)
-            return int(result[-2])
-        except Exception as exc:
-            self._down(exc)
+            return int(
+                self._tier.script(_SPEND, [self._tier.key("uses", key_id)], [known, USES_TTL])
+            )
+        except Unavailable:
             return None
 
     def flush(self) -> None:
@@ -396,9 +366,23 @@ class Abuse:
                     self._dirty.add(key_id)
 
     def close(self) -> None:
+        """Write the use counts out (the tier is closed by its owner, the guard)."""
         self.flush()
-        if self._redis_client is not None:
-            self._redis_client.close()
+
+
+def _refuse(window: Window, seconds: float) -> None:
+    reset = math.ceil(seconds) or 1
+    raise TooManyRequests(
+        "rate_limited",
+        "The API key's rate limit is exceeded.",
+        retry_after=reset,
+        headers=[
+            ("ratelimit-limit", str(window[2])),
+            ("ratelimit-remaining", "0"),
+            ("ratelimit-reset", str(reset)),
+            ("ratelimit-policy", f"{window[2]};w={window[3]}"),
+        ],
+    )
 
 
 def _parse(text: str) -> tuple[RateLimitItem, ...]:

@@ -27,6 +27,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .exceptions import ConfigurationError
+from .redis import parse_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -121,8 +122,17 @@ class Settings(_Section):
     @classmethod
     def _store(cls, value: str) -> str:
         scheme = value.split("://", 1)[0]
-        if scheme not in {"memory", "sqlite", "postgresql", "postgres", "redis", "rediss"}:
-            raise ValueError("must be a memory://, sqlite:///, postgresql:// or redis:// URL")
+        if scheme == "redis+cluster":
+            raise ValueError(
+                "a Redis store needs one master (its scripts span many keys): use redis://, "
+                "rediss:// or redis+sentinel://; redis+cluster:// is for the cache"
+            )
+        if scheme in {"redis", "rediss", "redis+sentinel"}:
+            parse_url(value)  # ValueError says what is wrong
+        elif scheme not in {"memory", "sqlite", "postgresql", "postgres"}:
+            raise ValueError(
+                "must be a memory://, sqlite:///, postgresql://, redis:// or redis+sentinel:// URL"
+            )
         if scheme == "sqlite" and value.removeprefix("sqlite://").strip("/") == "":
             raise ValueError("a sqlite URL needs a path, as in sqlite:///keyguard.db")
         return value
@@ -130,8 +140,12 @@ class Settings(_Section):
     @field_validator("cache")
     @classmethod
     def _cache(cls, value: str | None) -> str | None:
-        if value is not None and value.split("://", 1)[0] not in {"memory", "redis", "rediss"}:
-            raise ValueError("must be memory://, a redis:// URL or None")
+        if value is None or value.split("://", 1)[0] == "memory":
+            return value
+        try:
+            parse_url(value)
+        except ValueError as exc:
+            raise ValueError(f"must be memory://, None or a Redis URL: {exc}") from None
         return value
 
     @field_validator("pepper")
@@ -405,7 +419,7 @@ def absolute_sqlite(url: str) -> str:
 
 
 _URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@")
-_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|sslpassword)=)[^&#]*")
+_QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|sslpassword|sentinel_password)=)[^&#]*")
 
 
 def mask_url(url: str | None) -> str:

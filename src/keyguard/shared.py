@@ -2,9 +2,15 @@
 
 Owns: the record JSON cached in Redis for `cache_ttl` (unknown ids for a few
 seconds), the change channel every instance subscribes to, and what happens
-when Redis is away. It must never decide a request and never fail one: any
-Redis error trips a short circuit breaker and the caller is answered from the
-store, so a dead Redis costs at most one short timeout per breaker period.
+when Redis is away. It must never decide a request and never fail one: it
+talks to Redis only through the guard's `RedisTier` (keyguard.redis: one
+client, one prefix, one breaker, whose docstring has the outage table), and
+when the tier is unavailable the caller is answered from the store, so a dead
+Redis costs at most one short timeout per breaker period.
+
+Keys: `<prefix>cache:{<id>}` (the record) and `<prefix>gen:{<id>}` share the
+hash tag `{<id>}`, so the scripts that touch both stay in one Cluster slot;
+the channel is `<prefix>changes` (PUBLISH reaches every Cluster node).
 
 Why a generation counter: a loader that read the store just before another
 instance changed the key must not put the old record back into Redis after the
@@ -12,7 +18,8 @@ change deleted it. Every change bumps `gen:<id>`; a loader stores its result
 only if the generation is still the one it saw before reading the store.
 
 The listener thread (one per process, started lazily on the first miss so a
-forking server starts it in each worker) drops local copies named on the
+forking server starts it in each worker, on a subscription Redis confirmed
+before that miss looked anything up) drops local copies named on the
 channel. It resubscribes by itself after an outage and then drops every local
 copy, since messages sent meanwhile were lost. Changes made while Redis was
 unreachable are re-published once it answers again.
@@ -33,26 +40,24 @@ block on this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import threading
 import time
 from collections.abc import Callable
-from typing import cast
-
-import redis
+from typing import Any, cast
 
 from .exceptions import StoreError
 from .models import KeyRecord
-from .stores.redis import client_from_url
+from .redis import RedisTier, Unavailable
 
 log = logging.getLogger("keyguard.shared")
 
-SOCKET_TIMEOUT = 0.25  # loopback/LAN Redis answers in well under a millisecond
-BREAKER_SECONDS = 1.0  # after an error, leave Redis alone this long
 NEGATIVE_TTL = 5.0  # unknown ids
 GEN_TTL = 3600  # far longer than any store read may take
+CONFIRM_SECONDS = 1.0  # Redis confirms a subscription in about a round trip
 _NEGATIVE = b""
 
 # KEYS: entry, generation. ARGV: generation seen before the store read, value, ttl ms.
@@ -63,29 +68,39 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 """
 
+# KEYS: entry, generation. ARGV: channel, key id, generation ttl s. One change, told to all.
+_CHANGED = """
+redis.call('DEL', KEYS[1])
+redis.call('INCR', KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return 1
+"""
+
 
 class SharedCache:
+    """`tier` is the guard's `RedisTier` (closed by its owner), or a URL for a tier
+    of this cache's own (closed with it)."""
+
     def __init__(
         self,
-        url: str,
+        tier: RedisTier | str,
         ttl: float,
         on_change: Callable[[str], None],
         on_reset: Callable[[], None],
         changed: Callable[[], str | None] = lambda: None,
         local_ttl: float = 5.0,
     ) -> None:
-        self._client, prefix = client_from_url(url, SOCKET_TIMEOUT)
-        self._entry = prefix + "cache:"
-        self._gen = prefix + "gen:"
-        self.channel = prefix + "changes"
+        self._owns_tier = isinstance(tier, str)
+        self._tier = RedisTier(tier) if isinstance(tier, str) else tier
+        self.channel = self._tier.channel
         self._ttl_ms = max(1, int(ttl * 1000))
         self._negative_ms = max(1, int(min(ttl, NEGATIVE_TTL) * 1000))
-        self._set = self._client.register_script(_SET_IF_SAME_GEN)
         self._on_change = on_change
         self._on_reset = on_reset
-        self._down_until = 0.0
         self._pending: set[str] = set()  # changes not yet published (Redis was away)
         self._lock = threading.Lock()
+        self._starting = threading.Lock()  # one subscription per process
         self._listener: threading.Thread | None = None
         self._pid = 0
         self._closed = threading.Event()
@@ -94,15 +109,8 @@ class SharedCache:
         self._marker = b""
         self._marker_read = -float("inf")  # time.monotonic() of the last read
 
-    # -- health -------------------------------------------------------------
-
-    def _up(self) -> bool:
-        return time.monotonic() >= self._down_until
-
-    def _trip(self, exc: Exception) -> None:
-        if self._up():
-            log.warning("redis cache unavailable, answering from the store: %s", type(exc).__name__)
-        self._down_until = time.monotonic() + BREAKER_SECONDS
+    def _keys(self, key_id: str) -> list[str]:
+        return [self._tier.key("cache", key_id), self._tier.key("gen", key_id)]
 
     # -- lookups ------------------------------------------------------------
 
@@ -125,15 +133,12 @@ class SharedCache:
         """The record from Redis, else from `fetch` (the store), then shared in Redis;
         with the `time.monotonic()` until which it may be kept in process."""
         self._ensure_listener()
-        if not self._up():
+        keys = self._keys(key_id)
+        try:
+            doc, gen = self._tier.call(lambda client: client.mget(keys))
+        except Unavailable:
             return fetch(key_id), math.inf
         marker, keep_until = self._marker_now()
-        entry, gen_key = self._entry + key_id, self._gen + key_id
-        try:
-            doc, gen = self._client.mget(entry, gen_key)
-        except redis.RedisError as exc:
-            self._trip(exc)
-            return fetch(key_id), math.inf
         tag, _, body = cast(bytes, doc or b"").partition(b"|")  # redis-py gives bytes
         if doc is not None and tag == marker:  # written under the marker this reader knows
             if body == _NEGATIVE:
@@ -148,10 +153,8 @@ class SharedCache:
             if record is None
             else (record.to_json().encode(), self._ttl_ms)
         )
-        try:
-            self._set(keys=[entry, gen_key], args=[gen or b"", marker + b"|" + value, ttl])
-        except redis.RedisError as exc:
-            self._trip(exc)
+        with contextlib.suppress(Unavailable):
+            self._tier.script(_SET_IF_SAME_GEN, keys, [gen or b"", marker + b"|" + value, ttl])
         return record, math.inf
 
     # -- changes ------------------------------------------------------------
@@ -162,48 +165,69 @@ class SharedCache:
         self._ensure_listener()  # it re-publishes what could not be sent now
         with self._lock:
             self._pending.add(key_id)
-        return self._up() and self._flush_pending()
+        return self._flush_pending()
 
     def _flush_pending(self) -> bool:
         with self._lock:
             ids, self._pending = self._pending, set()
-        if not ids:
-            return True
+        unsent = set(ids)
         try:
-            pipe = self._client.pipeline(transaction=False)
             for key_id in ids:
-                pipe.delete(self._entry + key_id)
-                pipe.incr(self._gen + key_id)
-                pipe.expire(self._gen + key_id, GEN_TTL)
-                pipe.publish(self.channel, key_id)
-            pipe.execute()
-        except redis.RedisError as exc:
-            self._trip(exc)
+                self._tier.script(_CHANGED, self._keys(key_id), [self.channel, key_id, GEN_TTL])
+                unsent.discard(key_id)
+        except Unavailable:
             with self._lock:
-                self._pending |= ids
+                self._pending |= unsent
             return False
         return True
 
     # -- the listener -------------------------------------------------------
 
     def _ensure_listener(self) -> None:
+        """Subscribe (in this process, before its first lookup, so no change can be
+        missed before it), then start the listener thread on that subscription."""
         if self._pid == os.getpid() or self._closed.is_set():
             return
-        with self._lock:
+        with self._starting:
             if self._pid != os.getpid():
                 self._pid = os.getpid()
+                try:
+                    first = self._tier.call(self._subscribe)
+                except Unavailable:
+                    first = None  # the listener subscribes when Redis answers
                 self._listener = threading.Thread(
-                    target=self._listen, name="keyguard-invalidation", daemon=True
+                    target=self._listen, args=(first,), name="keyguard-invalidation", daemon=True
                 )
                 self._listener.start()
 
-    def _listen(self) -> None:
+    def _subscribe(self, client: Any) -> Any:
+        """A subscription to the channel, confirmed by Redis (so it hears what is
+        published from now on)."""
+        pubsub = client.pubsub()
+        try:
+            pubsub.subscribe(self.channel)
+            confirmed = pubsub.get_message(timeout=CONFIRM_SECONDS)
+            if confirmed is None or confirmed["type"] != "subscribe":
+                raise TimeoutError("the subscription was not confirmed")
+        except BaseException:
+            pubsub.close()
+            raise
+        return pubsub
+
+    def _listen(self, pubsub: Any) -> None:
         delay = 0.05
+        tier = self._tier
+        errors: tuple[type[BaseException], ...] = (*tier.errors, ValueError)
         while not self._closed.is_set():
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-untyped-call]
+            if pubsub is None:
+                try:
+                    pubsub = tier.call(self._subscribe)
+                except Unavailable:
+                    self._closed.wait(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+                self._on_reset()  # whatever was published while unsubscribed was missed
             try:
-                pubsub.subscribe(self.channel)
-                self._on_reset()  # whatever was published before now was missed
                 delay = 0.05
                 while not self._closed.is_set():
                     message = pubsub.get_message(timeout=0.2)
@@ -212,16 +236,18 @@ class SharedCache:
                         self._on_change(data.decode() if isinstance(data, bytes) else str(data))
                     if self._pending:
                         self._flush_pending()
-            except (redis.RedisError, OSError, ValueError) as exc:
-                self._trip(exc)
+            except errors as exc:
+                tier.failed(exc)
                 self._closed.wait(delay)
                 delay = min(delay * 2, 1.0)
             finally:
                 pubsub.close()
+                pubsub = None
 
     def close(self) -> None:
         self._closed.set()
         listener = self._listener
         if listener is not None and listener is not threading.current_thread():
             listener.join(2)
-        self._client.close()
+        if self._owns_tier:
+            self._tier.close()

@@ -20,6 +20,7 @@ _SCHEMES = {
     "postgres": "keyguard.stores.postgresql:PostgreSQLStore",
     "redis": "keyguard.stores.redis:RedisStore",
     "rediss": "keyguard.stores.redis:RedisStore",
+    "redis+sentinel": "keyguard.stores.redis:RedisStore",
 }
 
 
@@ -32,7 +33,7 @@ def open_store(url: str) -> Store:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        extra = "postgresql" if scheme.startswith("postgres") else scheme
+        extra = "postgresql" if scheme.startswith("postgres") else "redis"
         raise ConfigurationError(
             f"store: the {scheme}:// backend needs its driver:"
             f" pip install 'keyguard[{extra}]' ({exc.name})"

@@ -24,15 +24,12 @@ import random
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from ..exceptions import KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
-from ..settings import split_redis_url
+from ..redis import connect, parse_url
 from .base import SCHEMA_VERSION, Store, Use, decode, decode_all, newly_counted
 
 DEFAULT_PREFIX = "keyguard:"
@@ -142,25 +139,19 @@ def _use(ts: bytes | None, ip: bytes | None) -> Use | None:
 
 
 def client_from_url(url: str, timeout: float) -> tuple[redis.Redis, str]:
-    """A redis-py client for `url` and the `prefix` query parameter (taken out)."""
-    url, prefix = split_redis_url(url)
-    prefix = prefix or DEFAULT_PREFIX
-    parts = urlsplit(url)
-    query = dict(parse_qsl(parts.query))
-    query.setdefault("socket_timeout", str(timeout))
-    query.setdefault("socket_connect_timeout", str(timeout))
-    clean = urlunsplit(parts._replace(query=urlencode(query)))
-    # One quick retry survives a connection the server closed (restart); no backoff sleeps.
-    client = redis.Redis.from_url(clean, retry=Retry(NoBackoff(), 1), health_check_interval=10)
-    return client, prefix
+    """A redis-py client for `url` (redis://, rediss://, or redis+sentinel://, which
+    follows a failover by itself) and its `prefix` query parameter, parsed as the
+    cache's tier parses it (keyguard.redis)."""
+    parsed = parse_url(url)
+    client: redis.Redis = connect(parsed, timeout)
+    return client, parsed.prefix
 
 
 class RedisStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         self._client, self.prefix = client_from_url(url, 2.0)
-        parts = urlsplit(url)
-        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 6379}{parts.path}"
+        self._where = parse_url(url).where  # hosts (several, under Sentinel), no password
         c = self._client
         self._insert = c.register_script(_INSERT)
         self._replace = c.register_script(_REPLACE)
