@@ -18,7 +18,7 @@ from starlette.authentication import AuthCredentials, BaseUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import audit
-from .body import asgi_body, asgi_target
+from .body import asgi_body, asgi_fields, asgi_target
 from .exceptions import ConfigurationError, RequestRejected, problem
 from .guard import Facts, KeyGuard
 from .models import KeyInfo
@@ -110,6 +110,8 @@ class KeyGuardMiddleware:
                     facts = Facts(method, path, peer, headers)
                     if guard.signing.is_signed(headers):  # only signed requests have a body read
                         facts.raw_path, facts.query = asgi_target(scope)
+                        if guard.signing.wants_fields:
+                            facts.scheme, facts.fields = asgi_fields(scope)
                         limit = guard.signing.max_body_bytes
                         lengths = headers.get("content-length", ())
                         facts.body, receive = await asgi_body(scope, receive, limit, lengths)

@@ -60,6 +60,13 @@ def asgi_target(scope: Scope) -> tuple[str, str]:
     return path, query.decode("latin-1") if query else ""
 
 
+def asgi_fields(scope: Scope) -> tuple[str, list[tuple[str, str]]]:
+    """(scheme, every header line) of an ASGI request, for a signature that may
+    cover any header (rfc9421)."""
+    lines = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    return scope.get("scheme", "http"), lines
+
+
 async def asgi_body(
     scope: Scope, receive: Receive, limit: int, lengths: Sequence[str] = ()
 ) -> tuple[bytes, Receive]:
@@ -121,6 +128,18 @@ def wsgi_target(environ: WSGIEnvironment) -> tuple[str, str]:
         text = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         path = quote(text.encode("latin-1", "replace"), safe=_PATH_SAFE) or "/"
     return path, environ.get("QUERY_STRING", "")
+
+
+def wsgi_fields(environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]]]:
+    """(scheme, every header line) of a WSGI request (PEP 3333 has joined repeated
+    headers with ", ", which is how RFC 9421 combines them too)."""
+    lines = [
+        (k[5:].lower().replace("_", "-"), v) for k, v in environ.items() if k.startswith("HTTP_")
+    ]
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        if environ.get(key):
+            lines.append((name, environ[key]))
+    return environ.get("wsgi.url_scheme", "http"), lines
 
 
 def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:

@@ -70,6 +70,10 @@ class Facts:
     # Signed requests only (the door reads them when `guard.signing.is_signed`):
     body: bytes | None = None
     raw_path: str | None = None
+    # ... and only when `guard.signing.wants_fields` (rfc9421, whose signature may
+    # cover any header): every header line (names lower-case) and the URL scheme.
+    fields: Sequence[tuple[str, str]] = ()
+    scheme: str = "http"
 
 
 class KeyGuard:

@@ -64,8 +64,11 @@ class Policy(_Section):
 
 
 class Signing(_Section):
-    profile: Literal["kg", "bitget", "okx"] = "kg"
-    headers: dict[Literal["key", "timestamp", "signature", "passphrase"], str] = {}
+    """Signed requests (SPEC section 6); the profiles themselves are `keyguard.signing.PROFILES`."""
+
+    profile: Literal["kg", "bitget", "okx", "bybit", "rfc9421"] = "kg"
+    # single header names replaced; `recv_window` is bybit's, rfc9421 takes only `passphrase`
+    headers: dict[Literal["key", "timestamp", "signature", "passphrase", "recv_window"], str] = {}
     max_skew_seconds: PositiveInt = 30
     max_body_bytes: PositiveInt = 1_048_576
     master_keys: tuple[str, ...] = ()

@@ -1,14 +1,28 @@
 """Signed requests (SPEC section 6): header profiles, the string to sign, the
 signature check, freshness and replay protection.
 
-    signature = base64(HMAC-SHA256(secret, timestamp + METHOD + path
-                                           + ("?" + raw query if any) + body))
+`PROFILES` is the one table of signing schemes; each row (`Profile`) says all
+that differs between them: header names, how the timestamp is written, how
+the string to sign is built (`to_sign`) and how the MAC is written:
 
-`path` and the query are the raw bytes of the request target, as the client
-sent them (not percent-decoded). The pure functions (`message`, `sign`,
-`format_timestamp`, `parse_timestamp`) are shared with `keyguard.client`.
+    profile  key header        timestamp  string to sign                              MAC
+    kg       KG-ACCESS-KEY     Unix ms    timestamp + METHOD + path + ?query + body   base64
+    bitget   ACCESS-KEY        Unix ms    the same, the query percent-decoded         base64
+    okx      OK-ACCESS-KEY     ISO 8601   timestamp + METHOD + path + ?query + body   base64
+    bybit    X-BAPI-API-KEY    Unix ms    timestamp + key + recv window +             hex
+                                          (GET: decoded query; otherwise: body)
+    rfc9421  Signature-Input   created    the RFC 9421 signature base                 base64
 
-`SignedRequests` (`guard.signing`) is what the guard uses. Order of checks:
+`path` and the query are the request target as the client sent it (not
+percent-decoded), except where a row says decoded: Bitget's and Bybit's own
+clients (ccxt, python-bitget, pybit) sign the query text they wrote and let
+their HTTP library percent-encode it afterwards. The pure functions
+(`message`, `decoded_message`, `bybit_message`, `sign`, `format_timestamp`,
+`parse_timestamp`) are shared with `keyguard.client`.
+
+`SignedRequests` (`guard.signing`) is what the guard uses; `begin` reads any
+profile into one `Signed` (key id, timestamp, MAC, the bytes the MAC covers),
+so `prove` and `remember` never look at the profile. Order of checks:
 headers well-formed (400) -> timestamp fresh (401 `stale_request`, no I/O) ->
 key found (401 `invalid_key`) -> signature matches, the previous secret too
 during a rotate grace (401 `invalid_signature`) -> the rest of `decide()` ->
@@ -21,15 +35,18 @@ instance is then not caught until Redis is back. It does not fail closed
 there, since that would turn a cache outage into a full outage of signed
 traffic; it does not fail silently either.
 
-Two identical requests signed in the same millisecond have the same
-signature: the second one is refused as a replay (clients must vary the
-timestamp, the path or the body).
+Two identical requests signed in the same millisecond (the same second for
+rfc9421's `created`) have the same signature: the second one is refused as a
+replay. Clients must vary what they sign (a later timestamp, a nonce: rfc9421's
+`nonce` parameter, which `SignedAuth` always sends) or not send identical
+requests at once.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -37,10 +54,11 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
 
@@ -53,84 +71,183 @@ from .tokens import ID_LEN
 if TYPE_CHECKING:
     from .decision import Entry
     from .guard import Facts, KeyGuard
+    from .rfc9421 import Reading
 
 log = logging.getLogger("keyguard.signing")
 
 FUTURE_SKEW = 5.0  # seconds a timestamp may be ahead of our clock
+BYBIT_FUTURE = 1.0  # Bybit's rule: server - recv_window <= timestamp < server + 1000 ms
+BYBIT_RECV_WINDOW = 5000  # ms, Bybit's default when X-BAPI-RECV-WINDOW is not sent
 MAC_SIZE = hashlib.sha256().digest_size  # 32 bytes
 REPLAY_LIMIT = 1_000_000  # remembered signatures per process before refusing (fail closed)
 REDIS_RETRY_AFTER = 1.0  # seconds to skip Redis after it failed, so requests don't each time out
 _ISO = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
 ).fullmatch
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*").fullmatch
+
+
+# -- the strings to sign (one function per layout; `Profile.to_sign`) ------------
+# All take (timestamp, method, path, query, body, access key, recv window), so the
+# server and `SignedAuth` call whichever the profile names the same way.
+
+
+def message(
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    key_id: str = "",
+    recv_window: str = "",
+) -> bytes:
+    """timestamp + METHOD + path + ("?" + query if any) + body (`kg`, `okx`)."""
+    target = path + "?" + query if query else path
+    return (timestamp + method.upper() + target).encode("utf-8") + body
+
+
+def decoded_message(
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    key_id: str = "",
+    recv_window: str = "",
+) -> bytes:
+    """`message` with the query percent-decoded (`bitget`): Bitget's clients sign
+    the text they wrote (`coin=USDT,BTC`) and send it encoded (`coin=USDT%2CBTC`)."""
+    head = timestamp + method.upper() + path
+    if not query:
+        return head.encode("utf-8") + body
+    return (head + "?").encode("utf-8") + unquote_to_bytes(query) + body
+
+
+def bybit_message(
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    key_id: str = "",
+    recv_window: str = "",
+) -> bytes:
+    """timestamp + access key + recv window + (the decoded query for GET, the body
+    otherwise) (`bybit`, as pybit and ccxt sign Bybit v5 requests). Neither the
+    method nor the path is signed: see `SignedRequests._begin_headers`."""
+    head = (timestamp + key_id + recv_window).encode("utf-8")
+    return head + (unquote_to_bytes(query) if method.upper() == "GET" else body)
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """Header names of one signing scheme, and how its timestamp is written."""
+    """One signing scheme, one row of `PROFILES`.
 
+    `key`, `timestamp`, `signature`, `passphrase` (None: no passphrase header)
+    and `recv_window` (Bybit's) are header names; `iso_time`: the timestamp is
+    ISO 8601 UTC with milliseconds (else Unix ms); `to_sign` builds the string
+    to sign; `hex_mac`: the MAC is lowercase hex (else base64). `structured`:
+    RFC 9421, where the key id and timestamp are parameters of Signature-Input
+    and the string to sign is the signature base (`keyguard.rfc9421`)."""
+
+    name: str
     key: str
     timestamp: str
     signature: str
-    passphrase: str
+    passphrase: str | None
+    recv_window: str | None = None
     iso_time: bool = False
+    to_sign: Callable[[str, str, str, str, bytes, str, str], bytes] = message
+    hex_mac: bool = False
+    structured: bool = False
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        """Every header this profile reads, as named."""
+        names = (self.key, self.timestamp, self.signature, self.passphrase, self.recv_window)
+        return tuple(dict.fromkeys(n for n in names if n))
 
 
 PROFILES: dict[str, Profile] = {
-    "kg": Profile("KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE", "KG-PASSPHRASE"),
-    "bitget": Profile("ACCESS-KEY", "ACCESS-TIMESTAMP", "ACCESS-SIGN", "ACCESS-PASSPHRASE"),
+    "kg": Profile("kg", "KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE", "KG-PASSPHRASE"),
+    "bitget": Profile(
+        "bitget",
+        "ACCESS-KEY",
+        "ACCESS-TIMESTAMP",
+        "ACCESS-SIGN",
+        "ACCESS-PASSPHRASE",
+        to_sign=decoded_message,
+    ),
     "okx": Profile(
+        "okx",
         "OK-ACCESS-KEY",
         "OK-ACCESS-TIMESTAMP",
         "OK-ACCESS-SIGN",
         "OK-ACCESS-PASSPHRASE",
         iso_time=True,
     ),
+    # Bybit has no passphrase: a key with one needs `signing.headers.passphrase` to name a header.
+    "bybit": Profile(
+        "bybit",
+        "X-BAPI-API-KEY",
+        "X-BAPI-TIMESTAMP",
+        "X-BAPI-SIGN",
+        None,
+        recv_window="X-BAPI-RECV-WINDOW",
+        to_sign=bybit_message,
+        hex_mac=True,
+    ),
+    # The key id (`keyid`) and timestamp (`created`) are parameters of Signature-Input.
+    "rfc9421": Profile(
+        "rfc9421", "Signature-Input", "Signature-Input", "Signature", None, structured=True
+    ),
 }
+_ROLES = ("key", "timestamp", "signature", "passphrase", "recv_window")
 
 
 def profile(name: str, headers: Mapping[str, str] | None = None) -> Profile:
     """The named profile, with single header names replaced by `headers`
-    (keys `key`, `timestamp`, `signature`, `passphrase`)."""
+    (keys `key`, `timestamp`, `signature`, `passphrase`, and `recv_window` for
+    bybit; only `passphrase` for rfc9421, whose field names the RFC fixes)."""
     if name not in PROFILES:
         raise ConfigurationError(f"signing.profile: must be one of {', '.join(PROFILES)}")
     base = PROFILES[name]
-    names = {
-        "key": base.key,
-        "timestamp": base.timestamp,
-        "signature": base.signature,
-        "passphrase": base.passphrase,
-    }
-    for field, value in (headers or {}).items():
-        if field not in names:
+    if not headers:
+        return base
+    roles = (
+        ("passphrase",)
+        if base.structured
+        else _ROLES[:4] + (("recv_window",) if base.recv_window else ())
+    )
+    for field, value in headers.items():
+        if field not in roles:
             raise ConfigurationError(
-                f"signing.headers.{field}: unknown (use key, timestamp, signature, passphrase)"
+                f"signing.headers.{field}: unknown for profile {name} (use {', '.join(roles)})"
             )
-        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", value):
+        if not isinstance(value, str) or not _HEADER_NAME(value):
             raise ConfigurationError(f"signing.headers.{field}: must be a header name")
-        names[field] = value
-    if len({n.lower() for n in names.values()}) != 4:
-        raise ConfigurationError("signing.headers: the four header names must differ")
-    return Profile(**names, iso_time=base.iso_time)
-
-
-def message(timestamp: str, method: str, path: str, query: str = "", body: bytes = b"") -> bytes:
-    """The string to sign: timestamp + METHOD + path + ("?" + query if any) + body."""
-    target = path + "?" + query if query else path
-    return (timestamp + method.upper() + target).encode("utf-8") + body
+    names: dict[str, Any] = {role: getattr(base, role) for role in _ROLES}
+    names.update(headers)
+    chosen = dataclasses.replace(base, **names)
+    named = [names[role] for role in _ROLES if names[role]]
+    if base.structured:
+        named = named[1:]  # key and timestamp are both Signature-Input there
+    if len({n.lower() for n in named}) != len(named):
+        raise ConfigurationError("signing.headers: the header names must differ")
+    return chosen
 
 
 def sign(
     secret: str | bytes, timestamp: str, method: str, path: str, query: str = "", body: bytes = b""
 ) -> str:
-    """base64(HMAC-SHA256(secret, message(...))), as a client sends it."""
+    """base64(HMAC-SHA256(secret, message(...))), as a `kg` or `okx` client sends it."""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     mac = hmac.digest(key, message(timestamp, method, path, query, body), "sha256")
     return base64.b64encode(mac).decode("ascii")
 
 
 def format_timestamp(now: float, iso: bool = False) -> str:
-    """Unix milliseconds (`kg`, `bitget`) or ISO 8601 UTC with milliseconds (`okx`)."""
+    """Unix milliseconds (`kg`, `bitget`, `bybit`) or ISO 8601 UTC with milliseconds (`okx`)."""
     if iso:
         text = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")
@@ -158,9 +275,16 @@ def invalid_signature() -> AuthenticationError:
     return AuthenticationError("invalid_signature", "The request signature does not match.")
 
 
+def _stale() -> AuthenticationError:
+    return AuthenticationError(
+        "stale_request", "The request timestamp is outside the allowed window."
+    )
+
+
 @dataclass(slots=True)  # not frozen: made per request, and frozen __init__ is slower
 class Signed:
-    """A signed request whose headers parsed and whose timestamp is fresh."""
+    """A signed request whose headers parsed and whose timestamp is fresh, under
+    any profile: `message` is what `mac` must be the HMAC of."""
 
     key_id: str
     ts: float
@@ -177,22 +301,31 @@ class SignedRequests:
         s = guard.settings.signing
         self._guard = guard
         self.ring = MasterKeyRing(s.master_keys)
-        self.profile = profile(s.profile, {str(k): v for k, v in s.headers.items()})
-        p = self.profile
-        self._key, self._ts, self._sig, self._pass = (
-            p.key.lower(),
-            p.timestamp.lower(),
-            p.signature.lower(),
-            p.passphrase.lower(),
-        )
-        if {self._key, self._ts, self._sig, self._pass} & {"authorization", guard.header}:
+        self.profile = p = profile(s.profile, {str(k): v for k, v in s.headers.items()})
+        self._key, self._ts, self._sig = p.key.lower(), p.timestamp.lower(), p.signature.lower()
+        self._pass = (p.passphrase or "").lower()  # "": no passphrase header (h.get finds none)
+        self._window = (p.recv_window or "").lower()
+        own = frozenset(n.lower() for n in p.header_names)
+        if own & {"authorization", guard.header}:
             raise ConfigurationError(
                 "signing.headers: may not reuse Authorization or the API key header"
             )
-        self.names = frozenset({self._key, self._ts, self._sig})
-        self.header_names = self.names | {self._pass}
+        self.names = own - {self._pass}  # any of them makes a request a signed one
+        self.header_names = own
+        self._iso, self._hex, self._to_sign = p.iso_time, p.hex_mac, p.to_sign
         self.max_skew = float(s.max_skew_seconds)
+        self._max_window = s.max_skew_seconds * 1000  # ms, the longest recv window (bybit)
         self.max_body_bytes = s.max_body_bytes
+        # rfc9421: the door also gathers every header line and the scheme (`Facts.fields`)
+        self.wants_fields = p.structured
+        if p.structured:
+            try:
+                from . import rfc9421  # noqa: F401 - the library, checked at start-up
+            except ImportError as exc:
+                raise ConfigurationError(
+                    "signing.profile: rfc9421 needs http-message-signatures: "
+                    f"pip install 'keyguard[signing]' ({exc.name})"
+                ) from None
         # ciphertext -> the secret's HMAC, keyed once (decrypt once, never per request)
         self._secrets: dict[str, HmacSha256 | None] = {}
         self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
@@ -222,21 +355,30 @@ class SignedRequests:
             and any(v.strip().partition(" ")[0].lower() == "bearer" for v in authorization)
         ):
             raise _bad("Send either a signed request or an API key, not both.")
+        if self.wants_fields:
+            return self._begin_rfc9421(facts)
         key_id, timestamp, signature = self._one(h)
         if facts.body is None:  # a door that cannot give the body cannot check a signature
             raise _bad("This endpoint does not accept signed requests.")
-        ts = parse_timestamp(timestamp, self.profile.iso_time)
+        ts = parse_timestamp(timestamp, self._iso)
         if ts is None:
             raise _bad(f"{self.profile.timestamp} is not a valid timestamp.")
         now = guard.clock()
-        if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
-            raise AuthenticationError(
-                "stale_request", "The request timestamp is outside the allowed window."
-            )
+        if not self._window:
+            if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
+                raise _stale()
+            window = ""
+        else:
+            window, past = self._recv_window(facts)
+            if not now - past <= ts < now + BYBIT_FUTURE:  # Bybit's rule, inside max_skew
+                raise _stale()
         if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
             raise AuthenticationError("invalid_key", "The API key is not valid.")
-        try:  # strict base64 (no stray characters), decoded in C (ASCII text only)
-            mac = binascii.a2b_base64(signature, strict_mode=True)
+        try:  # strict base64 or hex (no stray characters), decoded in C (ASCII text only)
+            if self._hex:
+                mac = binascii.a2b_hex(signature)
+            else:
+                mac = binascii.a2b_base64(signature, strict_mode=True)
         except (binascii.Error, ValueError):
             mac = b""
         if len(mac) != MAC_SIZE:
@@ -247,10 +389,76 @@ class SignedRequests:
             key_id,
             ts,
             mac,
-            message(timestamp, facts.method, path, facts.query, facts.body),
+            self._to_sign(timestamp, facts.method, path, facts.query, facts.body, key_id, window),
             guard.router.required(facts.method, facts.path),
             passphrases[0] if passphrases else None,
         )
+
+    def _recv_window(self, facts: Facts) -> tuple[str, float]:
+        """bybit: the recv window as sent ("" when not: it is then not signed either)
+        and in seconds: 1 ms to `max_skew_seconds`, else 400. Bybit signs the query
+        of a GET and the body of anything else: the other one must be empty (400),
+        since nothing would vouch for it."""
+        values = facts.headers.get(self._window, ())
+        text = values[0].strip() if len(values) == 1 else ""
+        if len(values) > 1 or (values and not text):
+            raise _bad(f"Send one {self.profile.recv_window} header.")
+        if not text:
+            past = min(BYBIT_RECV_WINDOW, self._max_window) / 1000
+        elif (
+            len(text) <= 15
+            and text.isascii()
+            and text.isdigit()
+            and 0 < int(text) <= self._max_window
+        ):
+            past = int(text) / 1000
+        else:
+            raise _bad(f"{self.profile.recv_window} must be 1 to {self._max_window} milliseconds.")
+        if facts.body if facts.method.upper() == "GET" else facts.query:
+            raise _bad(
+                "Under this signing profile a GET signs its query and other methods their "
+                "body: send no body with a GET, and no query with other methods."
+            )
+        return text, past
+
+    def _begin_rfc9421(self, facts: Facts) -> Signed:
+        """`begin` for rfc9421: the RFC's reading, then SPEC section 6's policy."""
+        from .rfc9421 import require
+
+        signed, reading = self.read_rfc9421(facts)
+        require(reading, facts)
+        key_id = signed.key_id
+        if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
+            raise AuthenticationError("invalid_key", "The API key is not valid.")
+        if len(signed.mac) != MAC_SIZE:
+            raise invalid_signature()
+        return signed
+
+    def read_rfc9421(self, facts: Facts) -> tuple[Signed, Reading]:
+        """RFC 9421 alone, before keyguard's policy (`rfc9421.require`, the key id's
+        form): the signature read by the library, `created` (and `expires`)
+        inside the window by this guard's clock."""
+        from .rfc9421 import read
+
+        if facts.body is None:  # a door that cannot give the body cannot check a signature
+            raise _bad("This endpoint does not accept signed requests.")
+        reading = read(facts)
+        now = self._guard.clock()
+        created = reading.created
+        if created < now - self.max_skew or created > now + FUTURE_SKEW:
+            raise _stale()
+        if reading.expires is not None and reading.expires <= now:
+            raise _stale()
+        passphrases = facts.headers.get(self._pass)
+        signed = Signed(
+            reading.key_id,
+            float(created),
+            reading.mac,
+            reading.base,
+            self._guard.router.required(facts.method, facts.path),
+            passphrases[0] if passphrases else None,
+        )
+        return signed, reading
 
     def _one(self, h: Mapping[str, Sequence[str]]) -> tuple[str, str, str]:
         """The one non-blank value of each of the three signing headers (400 otherwise)."""

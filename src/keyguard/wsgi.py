@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import audit
 from .asgi import guard_from
-from .body import wsgi_body, wsgi_target
+from .body import wsgi_body, wsgi_fields, wsgi_target
 from .exceptions import RequestRejected, problem
 from .guard import Facts, KeyGuard
 
@@ -69,6 +69,8 @@ class KeyGuardMiddleware:
                 facts = Facts(method, path, peer, headers)
                 if self.guard.signing.is_signed(headers):  # only signed requests have a body read
                     facts.raw_path, facts.query = wsgi_target(environ)
+                    if self.guard.signing.wants_fields:
+                        facts.scheme, facts.fields = wsgi_fields(environ)
                     facts.body = wsgi_body(environ, self.guard.signing.max_body_bytes)
                     entry = self.guard.warm_signed(facts)
                 if entry is None:
