@@ -89,8 +89,6 @@ def exchange_app(guard: KeyGuard, shape: str, recorder: Recorder) -> Any:
         data = {"key": scope["keyguard.key"].id, "params": params, "body": body.decode()}
         return JSONResponse(SHAPES[shape](data))
 
-    app = Starlette(
-        routes=[Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "DELETE"])]
-    )
+    app = Starlette(routes=[Route("/{path:path}", echo, methods=["GET", "POST", "PUT", "DELETE"])])
     app.add_middleware(KeyGuardMiddleware, guard=guard)
     return app

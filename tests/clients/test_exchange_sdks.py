@@ -237,9 +237,10 @@ async def test_ccxt_async_identical_requests_in_one_millisecond(bitget: Site) ->
 
 @pytest.mark.parametrize("value", VALUES)
 def test_python_bitget(bitget: Site, value: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    pybitget = pytest.importorskip(
+    pytest.importorskip(
         "pybitget", reason="python-bitget is not installed (pip install python-bitget)"
     )
+    import pybitget
     import pybitget.client
 
     monkeypatch.setattr(pybitget.client, "API_URL", bitget.base)  # its only host setting
@@ -274,7 +275,12 @@ def test_pybit_get_and_post(bybit: Site, value: str) -> None:
     assert seen.headers["x-bapi-recv-window"] == "5000"
     bybit.refuses_replay_and_tampering(seen)
     answer = session.place_order(
-        category="spot", symbol="BTCUSDT", side="Buy", orderType="Market", qty="1", orderLinkId=value
+        category="spot",
+        symbol="BTCUSDT",
+        side="Buy",
+        orderType="Market",
+        qty="1",
+        orderLinkId=value,
     )
     assert answer["result"]["key"] == bybit.key_id
     bybit.refuses_replay_and_tampering(bybit.recorder.last)
