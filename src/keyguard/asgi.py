@@ -83,13 +83,27 @@ class KeyGuardMiddleware:
         names = {*self.guard.header_names, "content-length"}  # the length for signed bodies
         self._wanted = {n.encode(): n for n in names}
         self._is_public = self.guard.router.is_public
-        fastapi_helpers = sys.modules.get("keyguard.fastapi")
-        if fastapi_helpers is not None:  # so the docs page's Authorize button sends our header
-            fastapi_helpers.document_header(self.guard.settings.header)
+        self._undocumented = True  # see `_document`
+
+    def _document(self, scope: Scope) -> None:
+        """Once, on the first lifespan event or request the warm path does not answer
+        (so before any schema is served, and never on the warm path): the FastAPI
+        app this middleware runs in gets keyguard's OpenAPI additions."""
+        self._undocumented = False
+        if "fastapi" in sys.modules:  # only an app that imported it can be a FastAPI one
+            from fastapi import FastAPI
+
+            from .fastapi import install_openapi
+
+            app = scope.get("app")
+            if isinstance(app, FastAPI):
+                install_openapi(app, self.guard)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
+            if self._undocumented:
+                self._document(scope)
             await self.app(scope, receive, send)
             return
         path = scope["path"]
@@ -107,6 +121,8 @@ class KeyGuardMiddleware:
             try:
                 entry = guard.warm(method, path, peer, headers)
                 if entry is None:  # not the usual warm request: the whole check, which may await
+                    if self._undocumented:
+                        self._document(scope)
                     facts = Facts(method, path, peer, headers)
                     if guard.signing.is_signed(headers):  # only signed requests have a body read
                         facts.raw_path, facts.query = asgi_target(scope)
@@ -127,6 +143,8 @@ class KeyGuardMiddleware:
             if entry.door is None:  # Starlette's view of the key, made once per cached entry
                 entry.door = (AuthCredentials(sorted(entry.scopes)), KeyUser(entry.info))
             scope["auth"], scope["user"] = entry.door
+        elif self._undocumented:
+            self._document(scope)
 
         # A route dependency (require_scopes, or current_key on a public path) may still
         # refuse; render that here too, unless an answer has started (when the app, or

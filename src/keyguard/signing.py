@@ -148,7 +148,8 @@ class Profile:
     ISO 8601 UTC with milliseconds (else Unix ms); `to_sign` builds the string
     to sign; `hex_mac`: the MAC is lowercase hex (else base64). `structured`:
     RFC 9421, where the key id and timestamp are parameters of Signature-Input
-    and the string to sign is the signature base (`keyguard.rfc9421`)."""
+    and the string to sign is the signature base (`keyguard.rfc9421`).
+    `summary`: the string to sign in words (OpenAPI documents, messages)."""
 
     name: str
     key: str
@@ -160,6 +161,7 @@ class Profile:
     to_sign: Callable[[str, str, str, str, bytes, str, str], bytes] = message
     hex_mac: bool = False
     structured: bool = False
+    summary: str = "timestamp + METHOD + path + ('?' + query, if any) + body"  # for documents
 
     @property
     def header_names(self) -> tuple[str, ...]:
@@ -177,6 +179,7 @@ PROFILES: dict[str, Profile] = {
         "ACCESS-SIGN",
         "ACCESS-PASSPHRASE",
         to_sign=decoded_message,
+        summary="timestamp + METHOD + path + ('?' + percent-decoded query, if any) + body",
     ),
     "okx": Profile(
         "okx",
@@ -196,10 +199,18 @@ PROFILES: dict[str, Profile] = {
         recv_window="X-BAPI-RECV-WINDOW",
         to_sign=bybit_message,
         hex_mac=True,
+        summary="timestamp + access key + recv window + (GET: percent-decoded query; else body)",
     ),
     # The key id (`keyid`) and timestamp (`created`) are parameters of Signature-Input.
     "rfc9421": Profile(
-        "rfc9421", "Signature-Input", "Signature-Input", "Signature", None, structured=True
+        "rfc9421",
+        "Signature-Input",
+        "Signature-Input",
+        "Signature",
+        None,
+        structured=True,
+        summary="the RFC 9421 signature base of @method, @authority, @path, @query (with a "
+        "query) and content-digest (with a body); alg hmac-sha256, keyid the access key",
     ),
 }
 _ROLES = ("key", "timestamp", "signature", "passphrase", "recv_window")
