@@ -19,7 +19,9 @@ from keyguard.asgi import KeyGuardMiddleware
 
 from .live import serve
 
-openai = pytest.importorskip("openai", reason="the openai SDK is not installed (pip install openai)")
+openai = pytest.importorskip(
+    "openai", reason="the openai SDK is not installed (pip install openai)"
+)
 
 
 @pytest.fixture(scope="module")
