@@ -89,7 +89,8 @@ _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*").fullmatch
 
 # -- the strings to sign (one function per layout; `Profile.to_sign`) ------------
 # All take (timestamp, method, path, query, body, access key, recv window), so the
-# server and `SignedAuth` call whichever the profile names the same way.
+# server and `SignedAuth` call whichever the profile names the same way. Each spells
+# out the parameters it ignores: `*args` would allocate a tuple per request.
 
 
 def message(
