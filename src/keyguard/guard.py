@@ -72,8 +72,10 @@ class Facts:
     raw_path: str | None = None
     # ... and only when `guard.signing.wants_fields` (rfc9421, whose signature may
     # cover any header): every header line (names lower-case) and the URL scheme.
-    fields: Sequence[tuple[str, str]] = ()
-    scheme: str = "http"
+    # Not set otherwise (read them only then): two defaulted fields would cost every
+    # request's Facts about 10% more instructions.
+    fields: Sequence[tuple[str, str]] = field(init=False, repr=False)
+    scheme: str = field(init=False, repr=False)
 
 
 class KeyGuard:

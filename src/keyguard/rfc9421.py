@@ -120,7 +120,10 @@ def read(facts: Facts) -> Reading:
     """Parse the Signature-Input/Signature pair and build the signature base (400
     when the library cannot: malformed fields, several signatures, a covered
     field the request lacks, another `alg`, no `keyid` or `created`)."""
-    host = next((v.strip() for k, v in facts.fields if k.lower() == "host"), "")
+    fields = getattr(facts, "fields", None)  # set by the doors for this profile only
+    if fields is None:
+        raise _bad("This endpoint does not accept RFC 9421 signed requests.")
+    host = next((v.strip() for k, v in fields if k.lower() == "host"), "")
     if not host:
         raise _bad("An RFC 9421 signed request needs a Host header.")
     path = facts.raw_path or facts.path
@@ -129,7 +132,7 @@ def read(facts: Facts) -> Reading:
     verifier = _Verifier(signature_algorithm=_Capture, key_resolver=seen)
     try:
         (result,) = verifier.verify(
-            _Request(facts.method.upper(), url, _Fields(facts.fields)), max_age=None
+            _Request(facts.method.upper(), url, _Fields(fields)), max_age=None
         )
     except Exception:  # the library's refusals of malformed input, whatever their type: a 400
         raise _bad(
