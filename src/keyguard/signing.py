@@ -54,10 +54,10 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 import anyio.to_thread
@@ -142,6 +142,21 @@ def bybit_message(
     return head + (unquote_to_bytes(query) if method.upper() == "GET" else body)
 
 
+class ToSign(Protocol):
+    """The shape of `message`, `decoded_message` and `bybit_message`."""
+
+    def __call__(
+        self,
+        timestamp: str,
+        method: str,
+        path: str,
+        query: str = "",
+        body: bytes = b"",
+        key_id: str = "",
+        recv_window: str = "",
+    ) -> bytes: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Profile:
     """One signing scheme, one row of `PROFILES`.
@@ -161,7 +176,7 @@ class Profile:
     passphrase: str | None
     recv_window: str | None = None
     iso_time: bool = False
-    to_sign: Callable[[str, str, str, str, bytes, str, str], bytes] = message
+    to_sign: ToSign = message
     hex_mac: bool = False
     structured: bool = False
     summary: str = "timestamp + METHOD + path + ('?' + query, if any) + body"  # for documents
@@ -379,27 +394,33 @@ class SignedRequests:
         if ts is None:
             raise _bad(f"{self.profile.timestamp} is not a valid timestamp.")
         now = guard.clock()
+        path = facts.raw_path if facts.raw_path is not None else facts.path
         if self._plain:  # kg, bitget, okx: the usual window, a base64 MAC
             if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
                 raise _stale()
-            window = ""
             try:  # strict base64 (no stray characters), decoded in C (ASCII text only)
                 mac = binascii.a2b_base64(signature, strict_mode=True)
             except (binascii.Error, ValueError):
                 mac = b""
+            # A function kept on the instance: fetched as an attribute, then called
+            # (`self._to_sign(...)` would take CPython's unspecialised method path).
+            to_sign = self._to_sign
+            string = to_sign(timestamp, facts.method, path, facts.query, facts.body)
         else:
             window, mac = self._special(facts, ts, now, signature)
+            string = self._to_sign(
+                timestamp, facts.method, path, facts.query, facts.body, key_id, window
+            )
         if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
             raise AuthenticationError("invalid_key", "The API key is not valid.")
         if len(mac) != MAC_SIZE:
             raise invalid_signature()
         passphrases = h.get(self._pass)
-        path = facts.raw_path if facts.raw_path is not None else facts.path
         return Signed(  # key_id, ts, mac, message, needed, passphrase
             key_id,
             ts,
             mac,
-            self._to_sign(timestamp, facts.method, path, facts.query, facts.body, key_id, window),
+            string,
             guard.router.required(facts.method, facts.path),
             passphrases[0] if passphrases else None,
         )
