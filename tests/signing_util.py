@@ -21,8 +21,8 @@ from werkzeug.wrappers import Response as WResponse
 
 from keyguard import KeyGuard
 from keyguard.asgi import KeyGuardMiddleware as ASGIGuard
+from keyguard.client import SignedAuth
 from keyguard.crypto import generate_master_key
-from keyguard.signing import PROFILES, format_timestamp, sign
 from keyguard.wsgi import KeyGuardMiddleware as WSGIGuard
 
 MASTER = generate_master_key()
@@ -68,17 +68,10 @@ def signed(
     profile: str = "kg",
     passphrase: str | None = None,
 ) -> dict[str, str]:
-    """Headers for a request signed under `profile` at `now`."""
-    p = PROFILES[profile]
-    ts = format_timestamp(time.time() if now is None else now, p.iso_time)
-    headers = {
-        p.key: key_id,
-        p.timestamp: ts,
-        p.signature: sign(secret, ts, method, path, query, body),
-    }
-    if passphrase is not None:
-        headers[p.passphrase] = passphrase
-    return headers
+    """Headers for a request signed under `profile` at `now` (as `SignedAuth` signs)."""
+    at = time.time() if now is None else now
+    auth = SignedAuth(key_id, secret, passphrase, profile, clock=lambda: at)
+    return auth.headers(method, path + ("?" + query if query else ""), body)
 
 
 async def _asgi_echo(request: Request) -> JSONResponse:

@@ -14,10 +14,18 @@ from keyguard.client import SignedAuth
 
 from .signing_util import Clock, asgi_app, make_guard, wsgi_app, wsgi_server
 
-PROFILES = [pytest.param(p, id=p) for p in ("kg", "bitget", "okx")]
+PROFILES = [pytest.param(p, id=p) for p in ("kg", "bitget", "okx", "bybit", "rfc9421")]
+# bybit and rfc9421 have no passphrase header of their own: name one (server and client alike)
+PASSPHRASE_HEADER = {
+    "bybit": {"passphrase": "X-KG-Passphrase"},
+    "rfc9421": {"passphrase": "X-KG-Passphrase"},
+}
 REQUESTS = [
     pytest.param("GET", "/items", {}, id="get"),
     pytest.param("GET", "/items/a%20b", {"params": {"q": "x/y", "z": "1"}}, id="get-encoded"),
+    pytest.param(
+        "GET", "/assets", {"params": {"coin": "USDT,BTC", "n": "a b ü"}}, id="get-decoded"
+    ),
     pytest.param("POST", "/orders", {"json": {"side": "buy", "size": "8"}}, id="post-json"),
     pytest.param("POST", "/orders", {"content": b""}, id="post-empty"),
     pytest.param("PUT", "/blob", {"content": bytes(range(256))}, id="put-bytes"),
@@ -27,7 +35,8 @@ REQUESTS = [
 
 @pytest.fixture(params=PROFILES)
 def setup(request: pytest.FixtureRequest) -> Iterator[tuple[KeyGuard, Any]]:
-    guard = make_guard(signing={"profile": request.param})
+    headers = PASSPHRASE_HEADER.get(request.param, {})
+    guard = make_guard(signing={"profile": request.param, "headers": headers})
     issued = guard.keys.create(
         owner="acme", name="client", kind="signing", passphrase="open sesame!"
     )
@@ -36,8 +45,14 @@ def setup(request: pytest.FixtureRequest) -> Iterator[tuple[KeyGuard, Any]]:
 
 
 def _auth(guard: KeyGuard, issued: Any, **kw: Any) -> SignedAuth:
+    profile = guard.settings.signing.profile
     return SignedAuth(
-        issued.info.id, issued.secret, "open sesame!", guard.settings.signing.profile, **kw
+        issued.info.id,
+        issued.secret,
+        "open sesame!",
+        profile,
+        headers=PASSPHRASE_HEADER.get(profile),
+        **kw,
     )
 
 

@@ -10,7 +10,9 @@ from fastapi import Depends, FastAPI, Security
 
 from keyguard import KeyGuard, KeyInfo
 from keyguard.asgi import KeyGuardMiddleware
-from keyguard.fastapi import current_key, document_header, require_scopes
+from keyguard.fastapi import current_key, install_openapi, require_scopes
+
+from .signing_util import MASTER
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,7 @@ async def test_routes(
     assert len(calls) == before
     assert resp.headers["content-type"] == "application/problem+json"
     assert resp.json()["code"] == code and resp.json()["status"] == status
+    assert resp.json()["message"] == resp.json()["detail"]  # what SDKs show
     if status == 403:
         www = resp.headers["www-authenticate"]
         assert www.startswith('Bearer realm="api", error="insufficient_scope", scope="')
@@ -151,4 +154,142 @@ async def test_openapi_shows_the_configured_header() -> None:
         assert (
             await client.get("/me", headers={"X-API-Key": issued.token or ""})
         ).status_code == 401
-    document_header("X-API-Key")  # module-level scheme: leave it as other tests expect
+
+
+# -- OpenAPI: what the middleware enforces, per app -----------------------------------
+
+
+def _app(header: str = "X-API-Key", **settings: Any) -> tuple[FastAPI, KeyGuard]:
+    guard = KeyGuard(
+        {
+            "store": "memory://",
+            "header": header,
+            "public_paths": ["/docs", "/openapi.json", "/health"],
+            "rules": [
+                {"path": "/v1/chat/*", "methods": ["POST"], "scopes": ["inference"]},
+                {"path": "/v1/*", "scopes": ["api"]},
+            ],
+            **settings,
+        }
+    )
+    app = FastAPI()
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+
+    @app.post("/v1/chat/{model}")
+    def chat(model: str) -> dict[str, str]:  # guarded by the rules alone
+        return {"model": model}
+
+    @app.get("/v1/models")
+    def models(key: KeyInfo = Security(require_scopes, scopes=["models:list"])) -> list[str]:
+        return []
+
+    @app.get("/health")
+    def health() -> str:
+        return "ok"
+
+    @app.get("/me", responses={403: {"description": "the app's own words"}})
+    def me(key: KeyInfo = Depends(current_key)) -> str:
+        return key.id
+
+    return app, guard
+
+
+async def _schema(app: FastAPI) -> dict[str, Any]:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as c:
+        resp = await c.get("/openapi.json")
+    assert resp.status_code == 200
+    return dict(resp.json())
+
+
+def _required(operation: dict[str, Any]) -> dict[str, list[str]]:
+    return {name: scopes for entry in operation["security"] for name, scopes in entry.items()}
+
+
+async def test_rule_guarded_routes_get_security_with_their_scopes() -> None:
+    app, guard = _app()
+    schema = await _schema(app)
+    paths = schema["paths"]
+    chat = paths["/v1/chat/{model}"]["post"]
+    assert _required(chat) == {
+        "APIKeyBearer": ["inference", "api"],
+        "APIKeyHeader": ["inference", "api"],
+    }
+    models = paths["/v1/models"]["get"]  # the route's own Security scopes, and the rule's
+    assert _required(models) == {
+        "APIKeyBearer": ["models:list", "api"],
+        "APIKeyHeader": ["models:list", "api"],
+    }
+    assert _required(paths["/me"]["get"]) == {"APIKeyBearer": [], "APIKeyHeader": []}
+    assert "security" not in paths["/health"]["get"]  # a public path stays as it was
+    assert set(paths["/health"]["get"]["responses"]) == {"200"}
+    for operation in (chat, models):
+        for status in ("401", "403", "429"):
+            content = operation["responses"][status]["content"]
+            assert content == {
+                "application/problem+json": {
+                    "schema": {"$ref": "#/components/schemas/KeyguardProblem"}
+                }
+            }
+    assert paths["/me"]["get"]["responses"]["403"] == {"description": "the app's own words"}
+    problem = schema["components"]["schemas"]["KeyguardProblem"]
+    assert {"code", "detail", "message", "status"} <= set(problem["required"])
+    guard.close()
+
+
+async def test_two_apps_in_one_process_each_document_their_own_header() -> None:
+    one, g1 = _app("X-One-Key")
+    two, g2 = _app("X-Two-Key")
+    for _ in range(2):  # interleaved, and again: neither sees the other's
+        for app, name in ((one, "X-One-Key"), (two, "X-Two-Key"), (one, "X-One-Key")):
+            schemes = (await _schema(app))["components"]["securitySchemes"]
+            assert schemes["APIKeyHeader"]["name"] == name
+    g1.close()
+    g2.close()
+
+
+def test_install_openapi_before_any_request_and_after_routes_change() -> None:
+    app, guard = _app("X-Early")
+    install_openapi(app, guard)
+    install_openapi(app, guard)  # idempotent
+    schema = app.openapi()
+    assert schema["components"]["securitySchemes"]["APIKeyHeader"]["name"] == "X-Early"
+
+    @app.get("/v1/late")
+    def late() -> str:
+        return "late"
+
+    again = app.openapi()  # FastAPI builds the schema again for the new route: completed too
+    assert _required(again["paths"]["/v1/late"]["get"])["APIKeyHeader"] == ["api"]
+    guard.close()
+
+
+@pytest.mark.parametrize(
+    ("profile", "headers"),
+    [
+        pytest.param("kg", ["KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE"], id="kg"),
+        pytest.param("okx", ["OK-ACCESS-KEY", "OK-ACCESS-TIMESTAMP", "OK-ACCESS-SIGN"], id="okx"),
+        pytest.param("bybit", ["X-BAPI-API-KEY", "X-BAPI-TIMESTAMP", "X-BAPI-SIGN"], id="bybit"),
+        pytest.param("rfc9421", ["Signature-Input", "Signature"], id="rfc9421"),
+    ],
+)
+async def test_signed_request_headers_of_the_profile_are_documented(
+    profile: str, headers: list[str]
+) -> None:
+    app, guard = _app(signing={"profile": profile, "master_keys": [MASTER]})
+    schema = await _schema(app)
+    schemes = schema["components"]["securitySchemes"]
+    names = [f"Signed-{h}" for h in headers]
+    assert [schemes[n]["name"] for n in names] == headers
+    assert all(schemes[n]["in"] == "header" for n in names)
+    chat = schema["paths"]["/v1/chat/{model}"]["post"]
+    together = [entry for entry in chat["security"] if names[0] in entry]
+    assert together == [dict.fromkeys(names, ["inference", "api"])]
+    assert guard.signing.profile.summary in str(schemes)
+    guard.close()
+
+
+async def test_without_signing_configured_no_signed_headers_are_documented() -> None:
+    app, guard = _app()
+    schemes = (await _schema(app))["components"]["securitySchemes"]
+    assert set(schemes) == {"APIKeyBearer", "APIKeyHeader"}
+    guard.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hmac
 import json
 import logging
 import socket
@@ -15,7 +16,7 @@ import pytest
 
 from keyguard import ConfigurationError, InvalidKeySettings, KeyGuard
 from keyguard.crypto import generate_master_key
-from keyguard.signing import message, sign
+from keyguard.signing import bybit_message, decoded_message, message, sign
 
 from . import servers
 from .signing_util import MASTER, Clock, Door, asgi_app, make_guard, signed, wsgi_app, wsgi_server
@@ -367,7 +368,7 @@ async def test_replay_within_and_after_the_window(door: Door, key: Any, clock: C
 async def test_replay_cache_is_bounded_and_forgets_expired_signatures(
     door: Door, key: Any, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("keyguard.signing.REPLAY_LIMIT", 3)
+    monkeypatch.setattr("keyguard.replay.REPLAY_LIMIT", 3)
 
     async def send(n: int) -> httpx.Response:
         headers = signed(key.info.id, key.secret, "GET", f"/x{n}", now=clock.now)
@@ -501,6 +502,186 @@ async def test_header_names_can_be_overridden(clock: Clock) -> None:
     finally:
         await d.aclose()
         guard.close()
+
+
+# -- bitget: the query as Bitget's clients sign it ---------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "signed_as"),
+    [
+        pytest.param("coin=USDT%2CBTC", b"coin=USDT,BTC", id="comma"),
+        pytest.param("n=a%20b", b"n=a b", id="space-as-%20"),
+        pytest.param("n=a+b", b"n=a+b", id="plus-stays"),
+        pytest.param("n=%E6%AF%94%C3%BC", "n=比ü".encode(), id="unicode"),
+        pytest.param("symbol=btcusdt_spbl&limit=20", b"symbol=btcusdt_spbl&limit=20", id="plain"),
+        pytest.param("", b"", id="none"),
+    ],
+)
+def test_bitget_signs_the_decoded_query(query: str, signed_as: bytes) -> None:
+    head = b"1591089508404GET/api/v2/spot/account/assets"
+    expected = head + (b"?" + signed_as if query else b"")
+    assert decoded_message("1591089508404", "GET", "/api/v2/spot/account/assets", query) == expected
+
+
+# -- bybit ----------------------------------------------------------------------------
+# Bybit's v5 guide documents the strings to sign (no secret): for a GET
+# 1658384314791 + XXXXXXXXXX + 5000 + category=option&symbol=BTC-29JUL22-25000-C,
+# for a POST 1658385579423 + XXXXXXXXXX + 5000 + its body (written here on one
+# line). The expected MACs were computed once with OpenSSL under DOC_SECRET:
+#   printf '%s' "$STRING" | openssl dgst -sha256 -hmac "$SECRET"
+BYBIT_VECTORS = [
+    pytest.param(
+        "1658384314791",
+        "GET",
+        "category=option&symbol=BTC-29JUL22-25000-C",
+        b"",
+        b"1658384314791XXXXXXXXXX5000category=option&symbol=BTC-29JUL22-25000-C",
+        "6ffe92d55e809d8723ee51ed95f03ba8174b905fcdfc37542d56aa0d03b8ffbc",
+        id="get",
+    ),
+    pytest.param(
+        "1658385579423",
+        "POST",
+        "",
+        b'{"category": "option"}',
+        b'1658385579423XXXXXXXXXX5000{"category": "option"}',
+        "cab54947d603681df4a804818aad076ce9b80a8bf616546812ae61d22ef0dff7",
+        id="post",
+    ),
+]
+
+
+@pytest.mark.parametrize(("ts", "method", "query", "body", "string", "mac"), BYBIT_VECTORS)
+def test_bybit_known_answer(
+    ts: str, method: str, query: str, body: bytes, string: bytes, mac: str
+) -> None:
+    built = bybit_message(ts, method, "/v5/order/x", query, body, "XXXXXXXXXX", "5000")
+    assert built == string
+    assert hmac.digest(DOC_SECRET.encode(), built, "sha256").hex() == mac
+
+
+def _bybit(
+    key: Any,
+    now: float,
+    method: str = "GET",
+    query: str = "",
+    body: bytes = b"",
+    window: str | None = "5000",
+) -> dict[str, str]:
+    """Bybit v5 headers as pybit writes them (`window` None: no recv-window header)."""
+    ts = str(int(now * 1000))
+    string = bybit_message(ts, method, "/v5/x", query, body, key.info.id, window or "")
+    headers = {
+        "X-BAPI-API-KEY": key.info.id,
+        "X-BAPI-TIMESTAMP": ts,
+        "X-BAPI-SIGN": hmac.digest(key.secret.encode(), string, "sha256").hex(),
+    }
+    if window is not None:
+        headers["X-BAPI-RECV-WINDOW"] = window
+    return headers
+
+
+@pytest.mark.parametrize(
+    ("when", "window", "status"),
+    [
+        pytest.param(-4.9, "5000", 200, id="inside-recv-window"),
+        pytest.param(-5.1, "5000", 401, id="older-than-recv-window"),
+        pytest.param(-4.9, None, 200, id="no-header-means-5000"),
+        pytest.param(-5.1, None, 401, id="no-header-older-than-5000"),
+        pytest.param(-29.0, "30000", 200, id="recv-window-up-to-max-skew"),
+        pytest.param(+0.9, "5000", 200, id="0.9s-ahead"),
+        pytest.param(+1.001, "5000", 401, id="1s-ahead"),
+        pytest.param(0, "30001", 400, id="recv-window-over-max-skew"),
+        pytest.param(0, "0", 400, id="recv-window-zero"),
+        pytest.param(0, "5s", 400, id="recv-window-malformed"),
+        pytest.param(0, "9" * 5000, 400, id="recv-window-huge"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_bybit_freshness_follows_the_recv_window(
+    kind: str, clock: Clock, when: float, window: str | None, status: int
+) -> None:
+    guard = make_guard(clock, signing={"profile": "bybit"})
+    d = Door(kind, guard)
+    try:
+        k = guard.keys.create(owner="acme", name="bybit", kind="signing")
+        headers = _bybit(k, clock.now + when, "GET", "coin=USDT", window=window)
+        r = await d.request("GET", "/v5/x?coin=USDT", headers=headers)
+        assert r.status_code == status, r.text
+        if status == 401:
+            assert _code(r) == "stale_request"
+        elif status == 400:
+            assert _code(r) == "invalid_request" and "X-BAPI-RECV-WINDOW" in r.json()["detail"]
+    finally:
+        await d.aclose()
+        guard.close()
+
+
+@pytest.mark.parametrize(
+    ("sent", "status", "code"),
+    [
+        pytest.param({}, 200, None, id="as-signed"),
+        pytest.param({"query": "coin=BTC"}, 401, "invalid_signature", id="query"),
+        pytest.param({"upper_hex": True}, 200, None, id="upper-case-hex"),
+        pytest.param({"sign": "abc"}, 401, "invalid_signature", id="not-hex"),
+        pytest.param({"method": "POST"}, 400, "invalid_request", id="post-with-a-query"),
+        pytest.param({"body": b"{}"}, 400, "invalid_request", id="get-with-a-body"),
+        pytest.param({"two_windows": True}, 400, "invalid_request", id="two-recv-windows"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_bybit_what_is_refused(
+    kind: str, clock: Clock, sent: dict[str, Any], status: int, code: str | None
+) -> None:
+    guard = make_guard(clock, signing={"profile": "bybit"})
+    d = Door(kind, guard)
+    try:
+        k = guard.keys.create(owner="acme", name="bybit", kind="signing")
+        headers = _bybit(k, clock.now, "GET", "coin=USDT")
+        if sent.get("upper_hex"):
+            headers["X-BAPI-SIGN"] = headers["X-BAPI-SIGN"].upper()
+        if "sign" in sent:
+            headers["X-BAPI-SIGN"] = sent["sign"]
+        extra: dict[str, Any] = {}
+        if sent.get("two_windows"):
+            if kind == "wsgi":  # WSGI joins them into one value, which is refused the same way
+                headers["X-BAPI-RECV-WINDOW"] = "5000, 5000"
+            else:
+                extra["headers"] = [*headers.items(), ("X-BAPI-RECV-WINDOW", "5000")]
+        url = "/v5/x?" + sent.get("query", "coin=USDT")
+        r = await d.request(
+            sent.get("method", "GET"),
+            url,
+            headers=extra.get("headers", headers),
+            content=sent.get("body", b""),
+        )
+        assert r.status_code == status, r.text
+        if code:
+            assert _code(r) == code
+    finally:
+        await d.aclose()
+        guard.close()
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_bybit_has_no_passphrase_header_unless_one_is_named(kind: str, clock: Clock) -> None:
+    plain = make_guard(clock, signing={"profile": "bybit"})
+    named = make_guard(
+        clock, signing={"profile": "bybit", "headers": {"passphrase": "X-Passphrase"}}
+    )
+    for guard, status in ((plain, 401), (named, 200)):
+        d = Door(kind, guard)
+        try:
+            k = guard.keys.create(owner="a", name="pp", kind="signing", passphrase="open sesame!")
+            headers = {**_bybit(k, clock.now), "X-Passphrase": "open sesame!"}
+            r = await d.request("GET", "/v5/x", headers=headers)
+            assert r.status_code == status, r.text
+            if status == 401:
+                assert _code(r) == "invalid_passphrase"
+        finally:
+            await d.aclose()
+            guard.close()
 
 
 # -- master keys --------------------------------------------------------------------
@@ -821,8 +1002,7 @@ async def test_replay_to_another_instance_is_refused_through_redis(
 ) -> None:
     settings = {
         "store": f"sqlite:///{tmp_path}/k.db",
-        "cache": redis_url,
-        "signing": {"replay_prefix": redis_prefix},
+        "cache": f"{redis_url}?prefix={redis_prefix}",
     }
     one, two = make_guard(**settings), make_guard(**settings)
     d1, d2 = Door(kind, one), Door(kind, two)
@@ -852,7 +1032,7 @@ async def test_redis_down_falls_back_to_the_local_replay_cache_and_says_so(
     try:
         k = guard.keys.create(owner="a", name="n", kind="signing")
         headers = signed(k.info.id, k.secret, "GET", "/x")
-        with caplog.at_level(logging.WARNING, logger="keyguard.signing"):
+        with caplog.at_level(logging.WARNING, logger="keyguard.replay"):
             assert (await d.request("GET", "/x", headers=headers)).status_code == 200
         assert any("replay cache unreachable" in rec.getMessage() for rec in caplog.records)
         r = await d.request("GET", "/x", headers=headers)

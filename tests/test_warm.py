@@ -383,7 +383,7 @@ async def test_signed_requests_with_the_replay_cache_in_redis_are_checked_whole(
     from .signing_util import Door, make_guard, signed
     from .test_signing import _cleanup
 
-    guard = make_guard(cache=redis_url, signing={"replay_prefix": redis_prefix})
+    guard = make_guard(cache=f"{redis_url}?prefix={redis_prefix}")
     calls = _count_whole_checks(guard)
     key = guard.keys.create(owner="o", name="s", kind="signing")
     door, start = Door("asgi", guard), guard.clock()
@@ -393,7 +393,7 @@ async def test_signed_requests_with_the_replay_cache_in_redis_are_checked_whole(
     assert len(calls) == 1  # the key is looked up once; each signature is remembered in Redis
     await door.aclose()
     guard.close()
-    _cleanup(redis_url, guard.signing.replay_prefix)
+    _cleanup(redis_url, redis_prefix)
 
 
 async def test_throttling_an_ipv6_client_covers_its_64_on_the_warm_path_too() -> None:

@@ -70,15 +70,31 @@ class KeyGuardMiddleware:
         names = {*self.guard.header_names, "content-length"}  # the length for signed bodies
         self._wanted = {n.encode(): n for n in names}
         self._start, self._finish = self.guard.drivers.start, self.guard.drivers.finish
-        fastapi_helpers = sys.modules.get("keyguard.fastapi")
-        if fastapi_helpers is not None:  # so the docs page's Authorize button sends our header
-            fastapi_helpers.document_header(self.guard.settings.header)
+        self._undocumented = True  # see `_document`
+
+    def _document(self, scope: Scope) -> None:
+        """Once, on the first lifespan event or request (so before any schema is
+        served): the FastAPI app this middleware runs in gets keyguard's OpenAPI
+        additions (`keyguard.fastapi.install_openapi`)."""
+        self._undocumented = False
+        if "fastapi" in sys.modules:  # only an app that imported it can be a FastAPI one
+            from fastapi import FastAPI
+
+            from .fastapi import install_openapi
+
+            app = scope.get("app")
+            if isinstance(app, FastAPI):
+                install_openapi(app, self.guard)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
+            if self._undocumented:
+                self._document(scope)
             await self.app(scope, receive, send)
             return
+        if self._undocumented:
+            self._document(scope)
         headers: dict[str, list[str]] = {}
         wanted = self._wanted
         for name, value in scope["headers"]:

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from _typeshed.wsgi import WSGIEnvironment
 
     from .decision import Facts
+    from .signing import SignedRequests
 
 _CHUNK = 65_536
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": left as is by clients
@@ -66,6 +67,13 @@ def asgi_target(scope: Scope) -> tuple[str, str]:
         path = quote(scope["path"], safe=_PATH_SAFE)
     query = scope.get("query_string")
     return path, query.decode("latin-1") if query else ""
+
+
+def asgi_fields(scope: Scope) -> tuple[str, list[tuple[str, str]]]:
+    """(scheme, every header line) of an ASGI request, for a signature that may
+    cover any header (rfc9421)."""
+    lines = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in scope["headers"]]
+    return scope.get("scheme", "http"), lines
 
 
 async def asgi_body(
@@ -131,6 +139,18 @@ def wsgi_target(environ: WSGIEnvironment) -> tuple[str, str]:
     return path, environ.get("QUERY_STRING", "")
 
 
+def wsgi_fields(environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]]]:
+    """(scheme, every header line) of a WSGI request (PEP 3333 has joined repeated
+    headers with ", ", which is how RFC 9421 combines them too)."""
+    lines = [
+        (k[5:].lower().replace("_", "-"), v) for k, v in environ.items() if k.startswith("HTTP_")
+    ]
+    for key, name in (("CONTENT_TYPE", "content-type"), ("CONTENT_LENGTH", "content-length")):
+        if environ.get(key):
+            lines.append((name, environ[key]))
+    return environ.get("wsgi.url_scheme", "http"), lines
+
+
 def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
     """Read the whole body (at most `limit` bytes) and put it back for the app."""
     stream = environ.get("wsgi.input")
@@ -168,17 +188,24 @@ def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
 # -- the step's body need -------------------------------------------------------
 
 
-def read(facts: Facts, limit: int) -> None:
-    """The WSGI door's signed body and target, into `facts`."""
+def read(facts: Facts, signing: SignedRequests) -> None:
+    """The WSGI door's signed body and target (and for rfc9421 every header
+    line), into `facts`."""
     environ = facts.source
     facts.raw_path, facts.query = wsgi_target(environ)
-    facts.body = wsgi_body(environ, limit)
+    if signing.wants_fields:
+        facts.fields = wsgi_fields(environ)[1]
+    facts.body = wsgi_body(environ, signing.max_body_bytes)
 
 
-async def aread(facts: Facts, limit: int) -> None:
-    """The ASGI door's signed body and target, into `facts` (and a `receive` that
-    replays the body into `facts.receive`)."""
+async def aread(facts: Facts, signing: SignedRequests) -> None:
+    """The ASGI door's signed body and target (and for rfc9421 every header
+    line), into `facts`, and a `receive` that replays the body into
+    `facts.receive`."""
     scope = facts.source
     facts.raw_path, facts.query = asgi_target(scope)
+    if signing.wants_fields:
+        facts.fields = asgi_fields(scope)[1]
     lengths = facts.headers.get("content-length", ())
+    limit = signing.max_body_bytes
     facts.body, facts.receive = await asgi_body(scope, facts.receive, limit, lengths)

@@ -30,7 +30,7 @@ from .exceptions import RequestRejected
 if TYPE_CHECKING:
     from .decision import Parts
     from .ratelimit import Abuse
-    from .signing import SignedRequests
+    from .replay import ReplayCache
 
 SLOW_THREADS = 2  # worker threads that may run argon2 for requests at once
 FLUSH_INTERVAL = 60.0  # seconds between writes of the buffered last uses
@@ -48,7 +48,7 @@ class Drivers:
         parts: Parts,
         cache: Any,
         abuse: Abuse,
-        replay: SignedRequests,
+        replay: ReplayCache,
         clock: Callable[[], float],
         flush: Callable[[], None],
     ) -> None:
@@ -84,7 +84,7 @@ class Drivers:
                     self.abuse.admit(arg)
                     known.admitted = True
                 elif kind is REMEMBER:
-                    self.replay.remember(arg)
+                    self.replay.remember(arg.key_id, arg.mac, arg.ts)
                     known.remembered = True
                 else:  # FAILED
                     known.counted = True
@@ -131,7 +131,11 @@ class Drivers:
                     await self.abuse.aadmit(arg)
                     known.admitted = True
                 elif kind is REMEMBER:
-                    await self.replay.aremember(arg)
+                    remember = self.replay.remember
+                    if self.replay.shared:  # Redis: in a worker thread
+                        await anyio.to_thread.run_sync(remember, arg.key_id, arg.mac, arg.ts)
+                    else:
+                        remember(arg.key_id, arg.mac, arg.ts)
                     known.remembered = True
                 else:  # FAILED
                     known.counted = True

@@ -110,6 +110,7 @@ class Facts:
     body: bytes | None = None
     raw_path: str | None = None
     query: str = ""
+    fields: Sequence[tuple[str, str]] | None = None  # every header line, for rfc9421 only
 
     def __init__(
         self,
@@ -143,7 +144,7 @@ class Need(NamedTuple):
 
 
 FETCH = "fetch"  # arg: key id -> known.entry = Entry | ABSENT
-BODY = "body"  # arg: byte limit -> facts.body, .raw_path, .query
+BODY = "body"  # arg: the signed-request checker -> facts.body, .raw_path, .query (.fields)
 SLOW = "slow"  # arg: (stored hash, presented) -> known.slow[stored] = matched?
 ADMIT = "admit"  # arg: Entry -> known.admitted (step 8: spend the rate limit and quota)
 REMEMBER = "remember"  # arg: Signed -> known.remembered (the replay cache)
@@ -301,7 +302,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
         else:
             # 2. A signed request: headers well-formed, timestamp fresh, body read once.
             if f.body is None:
-                return Need(BODY, p.signing.max_body_bytes, k or Known())
+                return Need(BODY, p.signing, k or Known())
             signed = p.signing.begin(f)  # pure: run again on each call, as cheap as keeping it
             key_id = signed.key_id
             # 3. The key is found (a signing key), and the signature matches.

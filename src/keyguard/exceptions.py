@@ -22,11 +22,13 @@
 
 A `RequestRejected` carries `.code`, `.status_code`, `.title`, `.detail` and the
 extra headers it needs, and renders itself (werkzeug's pattern): `problem()` is
-the one renderer (RFC 9457 problem+json), `wsgi(start_response)` and
-`await asgi(scope, send)` send it through either door. Messages never carry a
-token, secret or passphrase: callers pass fixed text, and a key id a caller
-gave is shown through `shown_id` (a token pasted where an id belongs is shown
-only as its hint).
+the one renderer (RFC 9457 problem+json, with `message` beside `detail` for
+SDKs that show it), `wsgi(start_response)` and `await asgi(scope, send)` send
+it through either door, and `PROBLEM_SCHEMA` is the JSON Schema of what it
+renders (for OpenAPI documents). Messages never carry a token, secret or
+passphrase: callers pass fixed text, and a key id a caller gave is shown
+through `shown_id` (a token pasted where an id belongs is shown only as its
+hint).
 """
 
 from __future__ import annotations
@@ -264,13 +266,16 @@ class ServiceUnavailable(RequestRejected):
 
 
 def problem(exc: RequestRejected) -> tuple[int, list[tuple[str, str]], bytes]:
-    """Render a rejection as RFC 9457 problem+json: (status, headers, body)."""
+    """Render a rejection as RFC 9457 problem+json: (status, headers, body). The
+    body also carries `message`, the same text as `detail`: SDKs such as openai's
+    and the exchanges' show that member (SPEC section 5)."""
     doc: dict[str, object] = {
         "type": "about:blank",
         "title": exc.title,
         "status": exc.status_code,
         "detail": exc.detail,
         "code": exc.code,
+        "message": exc.detail,
         **exc.extra,
     }
     body = json.dumps(doc, separators=(",", ":")).encode()
@@ -281,3 +286,19 @@ def problem(exc: RequestRejected) -> tuple[int, list[tuple[str, str]], bytes]:
         *exc.headers(),
     ]
     return exc.status_code, headers, body
+
+
+PROBLEM_SCHEMA: dict[str, object] = {
+    "type": "object",
+    "description": "RFC 9457 problem details, as keyguard renders every rejection",
+    "required": ["type", "title", "status", "detail", "code", "message"],
+    "properties": {
+        "type": {"type": "string", "examples": ["about:blank"]},
+        "title": {"type": "string", "examples": ["Unauthorized"]},
+        "status": {"type": "integer", "examples": [401]},
+        "detail": {"type": "string", "examples": ["The API key is not valid."]},
+        "code": {"type": "string", "examples": ["invalid_key"]},
+        "message": {"type": "string", "description": "the same text as detail"},
+        "required_scopes": {"type": "array", "items": {"type": "string"}},
+    },
+}

@@ -35,6 +35,7 @@ from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
 from .ratelimit import Abuse
 from .redis import RedisTier, open_tier
+from .replay import ReplayCache
 from .scopes import Router, Scopes
 from .settings import Settings, load_settings
 from .signing import SignedRequests
@@ -72,9 +73,12 @@ class KeyGuard:
         self.passphrase_header = "kg-passphrase"
         self._hasher: Hasher | None = None
         self._ready_lock = threading.Lock()
-        self.signing = SignedRequests(self)  # checks signing.master_keys now, not on first use
-        self._redis = open_tier(s.cache)  # the one Redis tier: the shared cache and the limits
-        self.abuse = Abuse(s, self.store, self._redis)
+        self.signing = SignedRequests(s, clock)  # checks signing.master_keys now
+        # The one Redis tier (None without a Redis cache): the shared cache, the
+        # invalidation channel, the replay cache, rate limits, failures and quotas.
+        self.redis = open_tier(s.cache)
+        self.abuse = Abuse(s, self.store, self.redis)
+        self.replay = ReplayCache(self.redis, s.signing.max_skew_seconds, clock)
         self.cache = KeyCache(
             self.store,
             self._prepare,
@@ -83,7 +87,7 @@ class KeyGuard:
             ttl=s.local_cache_ttl,
             cache_positive=s.cache is not None,
             shared=lambda on_change, on_reset: _shared_cache(
-                s, self._redis, on_change, on_reset, lambda: self.store.get_meta("changed")
+                s, self.redis, on_change, on_reset, lambda: self.store.get_meta("changed")
             ),
         )
         self.header_names = (
@@ -107,7 +111,7 @@ class KeyGuard:
             signed=self.signing.names,  # empty unless signed requests can be checked
         )
         self.drivers = Drivers(
-            self.parts, self.cache, self.abuse, self.signing, clock, lambda: self.flush()
+            self.parts, self.cache, self.abuse, self.replay, clock, lambda: self.flush()
         )
         self.drivers.refusals.append(audit.observe)
         self.keys = KeyManager(
@@ -236,11 +240,11 @@ class KeyGuard:
 
     def close(self) -> None:
         self.flush()
-        self.signing.close()
+        self.replay.close()
         self.cache.close()
         self.abuse.close()
-        if self._redis is not None:
-            self._redis.close()
+        if self.redis is not None:
+            self.redis.close()
         self.store.close()
 
 

@@ -22,7 +22,6 @@ import re
 import types
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -74,12 +73,14 @@ class Policy(_Section):
 
 
 class Signing(_Section):
-    profile: Literal["kg", "bitget", "okx"] = "kg"
-    headers: dict[Literal["key", "timestamp", "signature", "passphrase"], str] = {}
+    """Signed requests (SPEC section 6); the profiles themselves are `keyguard.signing.PROFILES`."""
+
+    profile: Literal["kg", "bitget", "okx", "bybit", "rfc9421"] = "kg"
+    # single header names replaced; `recv_window` is bybit's, rfc9421 takes only `passphrase`
+    headers: dict[Literal["key", "timestamp", "signature", "passphrase", "recv_window"], str] = {}
     max_skew_seconds: PositiveInt = 30
     max_body_bytes: PositiveInt = 1_048_576
     master_keys: tuple[str, ...] = ()
-    replay_prefix: str = "keyguard:replay:"
 
 
 class Abuse(_Section):
@@ -198,17 +199,6 @@ class Settings(_Section):
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         return _check_rate(value)
-
-
-def split_redis_url(url: str) -> tuple[str, str]:
-    """A redis:// URL without keyguard's own `prefix` query option, and that prefix
-    ("" when absent). Every Redis user in keyguard (store, cache, replay cache,
-    rate limits) puts its keys under it."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query)
-    prefix = "".join(v for k, v in query if k == "prefix")
-    clean = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=clean)), prefix
 
 
 def _listish_to_tuple(value: Any) -> Any:

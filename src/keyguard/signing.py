@@ -1,29 +1,39 @@
 """Signed requests (SPEC section 6): header profiles, the string to sign, the
-signature check, freshness and replay protection.
+signature check and freshness. No I/O here.
 
-    signature = base64(HMAC-SHA256(secret, timestamp + METHOD + path
-                                           + ("?" + raw query if any) + body))
+`PROFILES` is the one table of signing schemes; each row (`Profile`) says all
+that differs between them: header names, how the timestamp is written, how
+the string to sign is built (`to_sign`) and how the MAC is written:
 
-`path` and the query are the raw bytes of the request target, as the client
-sent them (not percent-decoded). The pure functions (`message`, `sign`,
-`format_timestamp`, `parse_timestamp`) are shared with `keyguard.client`.
+    profile  key header        timestamp  string to sign                              MAC
+    kg       KG-ACCESS-KEY     Unix ms    timestamp + METHOD + path + ?query + body   base64
+    bitget   ACCESS-KEY        Unix ms    the same, the query percent-decoded         base64
+    okx      OK-ACCESS-KEY     ISO 8601   timestamp + METHOD + path + ?query + body   base64
+    bybit    X-BAPI-API-KEY    Unix ms    timestamp + key + recv window +             hex
+                                          (GET: decoded query; otherwise: body)
+    rfc9421  Signature-Input   created    the RFC 9421 signature base                 base64
 
-`SignedRequests` (`guard.signing`) is what the guard uses. Order of checks:
-headers well-formed (400) -> timestamp fresh (401 `stale_request`, no I/O) ->
-key found (401 `invalid_key`) -> signature matches, the previous secret too
-during a rotate grace (401 `invalid_signature`) -> the rest of `decide()` ->
-signature not seen before (401 `replayed_request`). A signature is remembered
-until its timestamp leaves the window, in this process always, and in Redis
-(`SET NX PX`) when `cache` is a redis:// URL, so another instance refuses it
-too. If Redis cannot be reached the check falls back to this process's cache
-alone and logs a warning (at most once a minute): a replay to *another*
-instance is then not caught until Redis is back. It does not fail closed
-there, since that would turn a cache outage into a full outage of signed
-traffic; it does not fail silently either.
+`path` and the query are the request target as the client sent it (not
+percent-decoded), except where a row says decoded: Bitget's and Bybit's own
+clients (ccxt, python-bitget, pybit) sign the query text they wrote and let
+their HTTP library percent-encode it afterwards. The pure functions
+(`message`, `decoded_message`, `bybit_message`, `sign`, `format_timestamp`,
+`parse_timestamp`) are shared with `keyguard.client`.
 
-Two identical requests signed in the same millisecond have the same
-signature: the second one is refused as a replay (clients must vary the
-timestamp, the path or the body).
+`SignedRequests` (`guard.signing`) reads any profile into one `Signed` (key id,
+timestamp, MAC, the bytes the MAC covers), so `prove` never looks at the
+profile. In the step (decision.py) the order is: headers well-formed (400) ->
+timestamp fresh (401 `stale_request`, no I/O) -> key found (401
+`invalid_key`) -> signature matches, the previous secret too during a rotate
+grace (401 `invalid_signature`) -> the rest of SPEC section 4 -> signature not
+seen before (401 `replayed_request`, the replay cache: replay.py, asked last
+so that a refused request does not use its signature up).
+
+Two identical requests signed in the same millisecond (the same second for
+rfc9421's `created`) have the same signature: the second one is refused as a
+replay. Clients must vary what they sign (a later timestamp, a nonce: rfc9421's
+`nonce` parameter, which `SignedAuth` always sends) or not send identical
+requests at once.
 """
 
 from __future__ import annotations
@@ -33,105 +43,227 @@ import binascii
 import dataclasses
 import hashlib
 import hmac
-import logging
 import re
-import threading
-import time
-from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
-
-import anyio.to_thread
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import unquote_to_bytes
 
 from .crypto import MasterKeyRing
-from .exceptions import AuthenticationError, BadRequest, ConfigurationError, ServiceUnavailable
+from .exceptions import AuthenticationError, BadRequest, ConfigurationError
 from .hashing import HmacSha256
-from .settings import split_redis_url
 from .tokens import ID_LEN
 
 if TYPE_CHECKING:
-    from .decision import Entry, Facts
-    from .guard import KeyGuard
+    from .rfc9421 import Facts as _Facts  # what is read of decision.Facts
+    from .rfc9421 import Reading
+    from .settings import Settings
 
-log = logging.getLogger("keyguard.signing")
+    class _Entry(Protocol):  # what `prove` reads of decision.Entry
+        record: Any
+
 
 FUTURE_SKEW = 5.0  # seconds a timestamp may be ahead of our clock
+BYBIT_FUTURE = 1.0  # Bybit's rule: server - recv_window <= timestamp < server + 1000 ms
+BYBIT_RECV_WINDOW = 5000  # ms, Bybit's default when X-BAPI-RECV-WINDOW is not sent
 MAC_SIZE = hashlib.sha256().digest_size  # 32 bytes
-REPLAY_LIMIT = 1_000_000  # remembered signatures per process before refusing (fail closed)
-REDIS_RETRY_AFTER = 1.0  # seconds to skip Redis after it failed, so requests don't each time out
 _ISO = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
 ).fullmatch
+_HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*").fullmatch
+
+
+# -- the strings to sign (one function per layout; `Profile.to_sign`) ------------
+# All take (timestamp, method, path, query, body, access key, recv window), so the
+# server and `SignedAuth` call whichever the profile names the same way. Each spells
+# out the parameters it ignores: `*args` would allocate a tuple per request.
+
+
+def message(
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    key_id: str = "",
+    recv_window: str = "",
+) -> bytes:
+    """timestamp + METHOD + path + ("?" + query if any) + body (`kg`, `okx`)."""
+    target = path + "?" + query if query else path
+    return (timestamp + method.upper() + target).encode("utf-8") + body
+
+
+def decoded_message(
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    key_id: str = "",
+    recv_window: str = "",
+) -> bytes:
+    """`message` with the query percent-decoded (`bitget`): Bitget's clients sign
+    the text they wrote (`coin=USDT,BTC`) and send it encoded (`coin=USDT%2CBTC`)."""
+    if "%" not in query:  # nothing to decode: `message`'s string (no call to unquote)
+        target = path + "?" + query if query else path
+        return (timestamp + method.upper() + target).encode("utf-8") + body
+    return (
+        (timestamp + method.upper() + path + "?").encode("utf-8") + unquote_to_bytes(query) + body
+    )
+
+
+def bybit_message(
+    timestamp: str,
+    method: str,
+    path: str,
+    query: str = "",
+    body: bytes = b"",
+    key_id: str = "",
+    recv_window: str = "",
+) -> bytes:
+    """timestamp + access key + recv window + (the decoded query for GET, the body
+    otherwise) (`bybit`, as pybit and ccxt sign Bybit v5 requests). Neither the
+    method nor the path is signed: see `SignedRequests._begin_headers`."""
+    head = (timestamp + key_id + recv_window).encode("utf-8")
+    return head + (unquote_to_bytes(query) if method.upper() == "GET" else body)
+
+
+class ToSign(Protocol):
+    """The shape of `message`, `decoded_message` and `bybit_message`."""
+
+    def __call__(
+        self,
+        timestamp: str,
+        method: str,
+        path: str,
+        query: str = "",
+        body: bytes = b"",
+        key_id: str = "",
+        recv_window: str = "",
+    ) -> bytes: ...
 
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """Header names of one signing scheme, and how its timestamp is written."""
+    """One signing scheme, one row of `PROFILES`.
 
+    `key`, `timestamp`, `signature`, `passphrase` (None: no passphrase header)
+    and `recv_window` (Bybit's) are header names; `iso_time`: the timestamp is
+    ISO 8601 UTC with milliseconds (else Unix ms); `to_sign` builds the string
+    to sign; `hex_mac`: the MAC is lowercase hex (else base64). `structured`:
+    RFC 9421, where the key id and timestamp are parameters of Signature-Input
+    and the string to sign is the signature base (`keyguard.rfc9421`).
+    `summary`: the string to sign in words (OpenAPI documents, messages)."""
+
+    name: str
     key: str
     timestamp: str
     signature: str
-    passphrase: str
+    passphrase: str | None
+    recv_window: str | None = None
     iso_time: bool = False
+    to_sign: ToSign = message
+    hex_mac: bool = False
+    structured: bool = False
+    summary: str = "timestamp + METHOD + path + ('?' + query, if any) + body"  # for documents
+
+    @property
+    def header_names(self) -> tuple[str, ...]:
+        """Every header this profile reads, as named."""
+        names = (self.key, self.timestamp, self.signature, self.passphrase, self.recv_window)
+        return tuple(dict.fromkeys(n for n in names if n))
 
 
 PROFILES: dict[str, Profile] = {
-    "kg": Profile("KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE", "KG-PASSPHRASE"),
-    "bitget": Profile("ACCESS-KEY", "ACCESS-TIMESTAMP", "ACCESS-SIGN", "ACCESS-PASSPHRASE"),
+    "kg": Profile("kg", "KG-ACCESS-KEY", "KG-TIMESTAMP", "KG-SIGNATURE", "KG-PASSPHRASE"),
+    "bitget": Profile(
+        "bitget",
+        "ACCESS-KEY",
+        "ACCESS-TIMESTAMP",
+        "ACCESS-SIGN",
+        "ACCESS-PASSPHRASE",
+        to_sign=decoded_message,
+        summary="timestamp + METHOD + path + ('?' + percent-decoded query, if any) + body",
+    ),
     "okx": Profile(
+        "okx",
         "OK-ACCESS-KEY",
         "OK-ACCESS-TIMESTAMP",
         "OK-ACCESS-SIGN",
         "OK-ACCESS-PASSPHRASE",
         iso_time=True,
     ),
+    # Bybit has no passphrase: a key with one needs `signing.headers.passphrase` to name a header.
+    "bybit": Profile(
+        "bybit",
+        "X-BAPI-API-KEY",
+        "X-BAPI-TIMESTAMP",
+        "X-BAPI-SIGN",
+        None,
+        recv_window="X-BAPI-RECV-WINDOW",
+        to_sign=bybit_message,
+        hex_mac=True,
+        summary="timestamp + access key + recv window + (GET: percent-decoded query; else body)",
+    ),
+    # The key id (`keyid`) and timestamp (`created`) are parameters of Signature-Input.
+    "rfc9421": Profile(
+        "rfc9421",
+        "Signature-Input",
+        "Signature-Input",
+        "Signature",
+        None,
+        structured=True,
+        summary="the RFC 9421 signature base of @method, @authority, @path, @query (with a "
+        "query) and content-digest (with a body); alg hmac-sha256, keyid the access key",
+    ),
 }
+_ROLES = ("key", "timestamp", "signature", "passphrase", "recv_window")
 
 
 def profile(name: str, headers: Mapping[str, str] | None = None) -> Profile:
     """The named profile, with single header names replaced by `headers`
-    (keys `key`, `timestamp`, `signature`, `passphrase`)."""
+    (keys `key`, `timestamp`, `signature`, `passphrase`, and `recv_window` for
+    bybit; only `passphrase` for rfc9421, whose field names the RFC fixes)."""
     if name not in PROFILES:
         raise ConfigurationError(f"signing.profile: must be one of {', '.join(PROFILES)}")
     base = PROFILES[name]
-    names = {
-        "key": base.key,
-        "timestamp": base.timestamp,
-        "signature": base.signature,
-        "passphrase": base.passphrase,
-    }
-    for field, value in (headers or {}).items():
-        if field not in names:
+    if not headers:
+        return base
+    roles = (
+        ("passphrase",)
+        if base.structured
+        else _ROLES[:4] + (("recv_window",) if base.recv_window else ())
+    )
+    for field, value in headers.items():
+        if field not in roles:
             raise ConfigurationError(
-                f"signing.headers.{field}: unknown (use key, timestamp, signature, passphrase)"
+                f"signing.headers.{field}: unknown for profile {name} (use {', '.join(roles)})"
             )
-        if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9-]*", value):
+        if not isinstance(value, str) or not _HEADER_NAME(value):
             raise ConfigurationError(f"signing.headers.{field}: must be a header name")
-        names[field] = value
-    if len({n.lower() for n in names.values()}) != 4:
-        raise ConfigurationError("signing.headers: the four header names must differ")
-    return Profile(**names, iso_time=base.iso_time)
-
-
-def message(timestamp: str, method: str, path: str, query: str = "", body: bytes = b"") -> bytes:
-    """The string to sign: timestamp + METHOD + path + ("?" + query if any) + body."""
-    target = path + "?" + query if query else path
-    return (timestamp + method.upper() + target).encode("utf-8") + body
+    names: dict[str, Any] = {role: getattr(base, role) for role in _ROLES}
+    names.update(headers)
+    chosen = dataclasses.replace(base, **names)
+    named = [names[role] for role in _ROLES if names[role]]
+    if base.structured:
+        named = named[1:]  # key and timestamp are both Signature-Input there
+    if len({n.lower() for n in named}) != len(named):
+        raise ConfigurationError("signing.headers: the header names must differ")
+    return chosen
 
 
 def sign(
     secret: str | bytes, timestamp: str, method: str, path: str, query: str = "", body: bytes = b""
 ) -> str:
-    """base64(HMAC-SHA256(secret, message(...))), as a client sends it."""
+    """base64(HMAC-SHA256(secret, message(...))), as a `kg` or `okx` client sends it."""
     key = secret.encode("utf-8") if isinstance(secret, str) else secret
     mac = hmac.digest(key, message(timestamp, method, path, query, body), "sha256")
     return base64.b64encode(mac).decode("ascii")
 
 
 def format_timestamp(now: float, iso: bool = False) -> str:
-    """Unix milliseconds (`kg`, `bitget`) or ISO 8601 UTC with milliseconds (`okx`)."""
+    """Unix milliseconds (`kg`, `bitget`, `bybit`) or ISO 8601 UTC with milliseconds (`okx`)."""
     if iso:
         text = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
         return text.replace("+00:00", "Z")
@@ -159,58 +291,67 @@ def invalid_signature() -> AuthenticationError:
     return AuthenticationError("invalid_signature", "The request signature does not match.")
 
 
+def _stale() -> AuthenticationError:
+    return AuthenticationError(
+        "stale_request", "The request timestamp is outside the allowed window."
+    )
+
+
 @dataclass(slots=True)  # not frozen: made per request, and frozen __init__ is slower
 class Signed:
-    """A signed request whose headers parsed and whose timestamp is fresh.
-    The signature, the signed text (it holds the body) and the passphrase stay
-    out of `repr`."""
+    """A signed request whose headers parsed and whose timestamp is fresh, under
+    any profile: `message` is what `mac` must be the HMAC of. The signature, the
+    signed text (it holds the body) and the passphrase stay out of `repr`."""
 
     key_id: str
     ts: float
     mac: bytes = dataclasses.field(repr=False)
     message: bytes = dataclasses.field(repr=False)
-    needed: tuple[str, ...]
     passphrase: str | None = dataclasses.field(repr=False)
 
 
 class SignedRequests:
-    """`guard.signing`: recognises, checks and remembers signed requests."""
+    """`guard.signing`: recognises signed requests, parses them under the profile
+    and proves them with the key's secret. Built from the settings, the clock and
+    the bearer `header` (which no signing header may reuse); the replay cache is
+    apart (replay.py), asked by the drivers after the step."""
 
-    def __init__(self, guard: KeyGuard) -> None:
-        s = guard.settings.signing
-        self._guard = guard
+    def __init__(self, settings: Settings, clock: Callable[[], float]) -> None:
+        s = settings.signing
+        self._clock = clock
         self.ring = MasterKeyRing(s.master_keys)
-        self.profile = profile(s.profile, {str(k): v for k, v in s.headers.items()})
-        p = self.profile
-        self._key, self._ts, self._sig, self._pass = (
-            p.key.lower(),
-            p.timestamp.lower(),
-            p.signature.lower(),
-            p.passphrase.lower(),
-        )
-        if {self._key, self._ts, self._sig, self._pass} & {"authorization", guard.header}:
+        self.profile = p = profile(s.profile, {str(k): v for k, v in s.headers.items()})
+        self._key, self._ts, self._sig = p.key.lower(), p.timestamp.lower(), p.signature.lower()
+        self._pass = (p.passphrase or "").lower()  # "": no passphrase header (h.get finds none)
+        self._window = (p.recv_window or "").lower()
+        own = frozenset(n.lower() for n in p.header_names)
+        if own & {"authorization", settings.header.lower()}:
             raise ConfigurationError(
                 "signing.headers: may not reuse Authorization or the API key header"
             )
         # Without a master key no signed request can be checked: its headers are then
         # no credential, not gathered, and no body is ever read for them.
         self.enabled = self.ring.enabled
-        self.names = frozenset({self._key, self._ts, self._sig} if self.enabled else ())
-        self.header_names = self.names | {self._pass} if self.enabled else frozenset()
+        self.names = own - {self._pass} if self.enabled else frozenset()  # any: a signed one
+        self.header_names = own if self.enabled else frozenset()
+        self._iso, self._hex, self._to_sign = p.iso_time, p.hex_mac, p.to_sign
+        self._plain = not (p.recv_window or p.hex_mac)  # `begin` needs no `_special`
         self.max_skew = float(s.max_skew_seconds)
+        self._max_window = s.max_skew_seconds * 1000  # ms, the longest recv window (bybit)
         self.max_body_bytes = s.max_body_bytes
+        # rfc9421: the body need also gathers every header line (`Facts.fields`)
+        self.wants_fields = p.structured
+        if p.structured:
+            try:
+                from . import rfc9421  # noqa: F401 - the library, checked at start-up
+            except ImportError as exc:
+                raise ConfigurationError(
+                    "signing.profile: rfc9421 needs http-message-signatures: "
+                    f"pip install 'keyguard[signing]' ({exc.name})"
+                ) from None
         # ciphertext -> the secret's HMAC, keyed once (decrypt once, never per request)
         self._secrets: dict[str, HmacSha256 | None] = {}
-        self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
-        self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
-        self._seen_lock = threading.Lock()
-        url, url_prefix = split_redis_url(guard.settings.cache or "")
-        self._redis_url: str | None = url if _is_redis(url) else None
-        self._redis: Any = None
-        self._redis_lock = threading.Lock()
-        self._redis_skip_until = 0.0
-        self._redis_warned = 0.0
-        self.replay_prefix = url_prefix + s.replay_prefix
+        self._secrets_bound = 2 * settings.local_cache_size
 
     # -- recognise and parse (no I/O) ---------------------------------------
 
@@ -218,45 +359,120 @@ class SignedRequests:
         """Does the request carry any signing header (so it is a signed credential)?"""
         return not self.names.isdisjoint(headers)
 
-    def begin(self, facts: Facts) -> Signed:
+    def begin(self, facts: _Facts) -> Signed:
         """Step 1 and freshness for a signed request; raises the rejection."""
-        h = facts.headers
-        guard = self._guard
-        authorization = h.get("authorization")
-        if h.get(guard.header) or (
-            authorization
-            and any(v.strip().partition(" ")[0].lower() == "bearer" for v in authorization)
-        ):
-            raise _bad("Send either a signed request or an API key, not both.")
+        h = facts.headers  # (a bearer credential beside it: refused by the step's rule 1)
+        if self.wants_fields:
+            return self._begin_rfc9421(facts)
         key_id, timestamp, signature = self._one(h)
         if facts.body is None:  # a door that cannot give the body cannot check a signature
             raise _bad("This endpoint does not accept signed requests.")
-        ts = parse_timestamp(timestamp, self.profile.iso_time)
+        ts = parse_timestamp(timestamp, self._iso)
         if ts is None:
             raise _bad(f"{self.profile.timestamp} is not a valid timestamp.")
-        now = guard.clock()
-        if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
-            raise AuthenticationError(
-                "stale_request", "The request timestamp is outside the allowed window."
+        now = self._clock()
+        path = facts.raw_path if facts.raw_path is not None else facts.path or ""
+        if self._plain:  # kg, bitget, okx: the usual window, a base64 MAC
+            if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
+                raise _stale()
+            try:  # strict base64 (no stray characters), decoded in C (ASCII text only)
+                mac = binascii.a2b_base64(signature, strict_mode=True)
+            except (binascii.Error, ValueError):
+                mac = b""
+            # A function kept on the instance: fetched as an attribute, then called
+            # (`self._to_sign(...)` would take CPython's unspecialised method path).
+            to_sign = self._to_sign
+            string = to_sign(timestamp, facts.method, path, facts.query, facts.body)
+        else:
+            window, mac = self._special(facts, ts, now, signature)
+            string = self._to_sign(
+                timestamp, facts.method, path, facts.query, facts.body, key_id, window
             )
         if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
             raise AuthenticationError("invalid_key", "The API key is not valid.")
-        try:  # strict base64 (no stray characters), decoded in C (ASCII text only)
-            mac = binascii.a2b_base64(signature, strict_mode=True)
-        except (binascii.Error, ValueError):
-            mac = b""
         if len(mac) != MAC_SIZE:
             raise invalid_signature()
         passphrases = h.get(self._pass)
-        path = facts.raw_path if facts.raw_path is not None else facts.path or ""
-        return Signed(  # key_id, ts, mac, message, needed, passphrase
-            key_id,
-            ts,
-            mac,
-            message(timestamp, facts.method, path, facts.query, facts.body),
-            guard.router.required(facts.method, facts.path) if facts.path is not None else (),
+        return Signed(key_id, ts, mac, string, passphrases[0] if passphrases else None)
+
+    def _special(self, facts: _Facts, ts: float, now: float, signature: str) -> tuple[str, bytes]:
+        """`begin`'s freshness and MAC for a profile with a recv window or a hex MAC
+        (bybit): (the recv window as signed, the MAC)."""
+        window, past = self._recv_window(facts) if self._window else ("", self.max_skew)
+        future = BYBIT_FUTURE if self._window else FUTURE_SKEW
+        if not now - past <= ts < now + future:  # Bybit's rule, inside max_skew
+            raise _stale()
+        try:  # strict hex or base64, decoded in C (ASCII text only)
+            if self._hex:
+                return window, binascii.a2b_hex(signature)
+            return window, binascii.a2b_base64(signature, strict_mode=True)
+        except (binascii.Error, ValueError):
+            return window, b""
+
+    def _recv_window(self, facts: _Facts) -> tuple[str, float]:
+        """bybit: the recv window as sent ("" when not: it is then not signed either)
+        and in seconds: 1 ms to `max_skew_seconds`, else 400. Bybit signs the query
+        of a GET and the body of anything else: the other one must be empty (400),
+        since nothing would vouch for it."""
+        values = facts.headers.get(self._window, ())
+        text = values[0].strip() if len(values) == 1 else ""
+        if len(values) > 1 or (values and not text):
+            raise _bad(f"Send one {self.profile.recv_window} header.")
+        if not text:
+            past = min(BYBIT_RECV_WINDOW, self._max_window) / 1000
+        elif (
+            len(text) <= 15
+            and text.isascii()
+            and text.isdigit()
+            and 0 < int(text) <= self._max_window
+        ):
+            past = int(text) / 1000
+        else:
+            raise _bad(f"{self.profile.recv_window} must be 1 to {self._max_window} milliseconds.")
+        if facts.body if facts.method.upper() == "GET" else facts.query:
+            raise _bad(
+                "Under this signing profile a GET signs its query and other methods their "
+                "body: send no body with a GET, and no query with other methods."
+            )
+        return text, past
+
+    def _begin_rfc9421(self, facts: _Facts) -> Signed:
+        """`begin` for rfc9421: the RFC's reading, then SPEC section 6's policy."""
+        from .rfc9421 import require
+
+        signed, reading = self.read_rfc9421(facts)
+        require(reading, facts)
+        key_id = signed.key_id
+        if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
+            raise AuthenticationError("invalid_key", "The API key is not valid.")
+        if len(signed.mac) != MAC_SIZE:
+            raise invalid_signature()
+        return signed
+
+    def read_rfc9421(self, facts: _Facts) -> tuple[Signed, Reading]:
+        """RFC 9421 alone, before keyguard's policy (`rfc9421.require`, the key id's
+        form): the signature read by the library, `created` (and `expires`)
+        inside the window by this guard's clock."""
+        from .rfc9421 import read
+
+        if facts.body is None:  # a door that cannot give the body cannot check a signature
+            raise _bad("This endpoint does not accept signed requests.")
+        reading = read(facts)
+        now = self._clock()
+        created = reading.created
+        if created < now - self.max_skew or created > now + FUTURE_SKEW:
+            raise _stale()
+        if reading.expires is not None and reading.expires <= now:
+            raise _stale()
+        passphrases = facts.headers.get(self._pass)
+        signed = Signed(
+            reading.key_id,
+            float(created),
+            reading.mac,
+            reading.base,
             passphrases[0] if passphrases else None,
         )
+        return signed, reading
 
     def _one(self, h: Mapping[str, Sequence[str]]) -> tuple[str, str, str]:
         """The one non-blank value of each of the three signing headers (400 otherwise)."""
@@ -281,12 +497,12 @@ class SignedRequests:
             pass
         secret = self.ring.decrypt(ciphertext, key_id)
         value = None if secret is None else HmacSha256(secret.encode("utf-8"))
-        if len(cache) >= 2 * self._guard.settings.local_cache_size:
+        if len(cache) >= self._secrets_bound:
             cache.clear()
         cache[ciphertext] = value
         return value
 
-    def prove(self, entry: Entry, signed: Signed, now: float) -> bool:
+    def prove(self, entry: _Entry, signed: Signed, now: float) -> bool:
         """True when the signature matches the key's secret (or the previous one
         within a rotate grace). False (-> `invalid_key`) when the key is not a
         signing key or its secret cannot be decrypted; `invalid_signature` otherwise."""
@@ -306,109 +522,3 @@ class SignedRequests:
             ):
                 return True
         raise invalid_signature()
-
-    # -- replay protection --------------------------------------------------
-
-    def _remember_locally(self, signed: Signed, now: float) -> bool:
-        """Record the MAC; False when it was already seen inside its window.
-
-        No lock on the usual path: `dict.setdefault` is atomic, so of two threads
-        with one MAC exactly one inserts it. (A MAC fixes the timestamp, so a fresh
-        request never meets an expired copy of its own MAC; that case, and the
-        clean-up, take the lock.)"""
-        mac, until, seen = signed.mac, signed.ts + self.max_skew + 1.0, self._seen
-        previous = seen.setdefault(mac, until)
-        if previous is not until:  # this MAC was here before
-            with self._seen_lock:
-                if seen.get(mac, now) > now:
-                    return False
-                seen[mac] = until
-        queue = self._expiry
-        queue.append((until, mac))
-        if queue[0][0] <= now or len(seen) > REPLAY_LIMIT:
-            self._forget_expired(now, mac)
-        return True
-
-    def _forget_expired(self, now: float, mac: bytes) -> None:
-        """Drop expired MACs (arrival order is nearly expiry order: from the front);
-        still over the limit: refuse this one, unremembered (fail closed)."""
-        seen, queue = self._seen, self._expiry
-        with self._seen_lock:
-            while queue and queue[0][0] <= now:
-                old_until, old = queue.popleft()
-                if seen.get(old) == old_until:
-                    del seen[old]
-            if len(seen) > REPLAY_LIMIT:
-                seen.pop(mac, None)
-                raise ServiceUnavailable(
-                    detail="Too many signed requests in the window; try again later."
-                )
-
-    def _client(self) -> Any:
-        if self._redis is None:
-            with self._redis_lock:
-                if self._redis is None:
-                    import redis
-
-                    assert self._redis_url is not None
-
-                    self._redis = redis.Redis.from_url(
-                        self._redis_url, socket_timeout=0.25, socket_connect_timeout=0.25
-                    )
-        return self._redis
-
-    def _remember_shared(self, signed: Signed, now: float) -> bool:
-        """SET NX in Redis; False when another request (anywhere) had this MAC."""
-        wall = time.monotonic()
-        if wall < self._redis_skip_until:
-            return True
-        ttl_ms = max(1000, int((signed.ts + self.max_skew + 1.0 - now) * 1000))
-        mac = base64.urlsafe_b64encode(signed.mac).decode()
-        key = f"{self.replay_prefix}{signed.key_id}:{mac}"
-        try:
-            return bool(self._client().set(key, b"1", nx=True, px=ttl_ms))
-        except Exception:  # redis.RedisError, OSError, a missing driver: fall back, loudly
-            self._redis_skip_until = wall + REDIS_RETRY_AFTER
-            if wall - self._redis_warned > 60.0:
-                self._redis_warned = wall
-                log.warning(
-                    "keyguard: Redis replay cache unreachable; signed requests are checked "
-                    "against this process's replay cache only until it is back",
-                    exc_info=True,
-                )
-            return True
-
-    def _replayed(self) -> AuthenticationError:
-        return AuthenticationError("replayed_request", "This signed request was already received.")
-
-    def remember(self, signed: Signed) -> None:
-        """Refuse a signature seen before inside its window (blocking Redis call)."""
-        now = self._guard.clock()
-        if not self._remember_locally(signed, now):
-            raise self._replayed()
-        if self._redis_url is not None and not self._remember_shared(signed, now):
-            raise self._replayed()
-
-    @property
-    def shared(self) -> bool:
-        """Is the replay cache shared through Redis (so remembering does I/O)?"""
-        return self._redis_url is not None
-
-    async def aremember(self, signed: Signed) -> None:
-        """`remember` for the event loop: the Redis call runs in a worker thread."""
-        now = self._guard.clock()
-        if not self._remember_locally(signed, now):
-            raise self._replayed()
-        if self._redis_url is not None and not await anyio.to_thread.run_sync(
-            self._remember_shared, signed, now
-        ):
-            raise self._replayed()
-
-    def close(self) -> None:
-        client, self._redis = self._redis, None
-        if client is not None:
-            client.close()
-
-
-def _is_redis(url: str | None) -> bool:
-    return url is not None and url.split("://", 1)[0] in {"redis", "rediss"}

@@ -457,7 +457,7 @@ class AdminAPI:
                 "key": guard.settings.header,
                 "passphrase": guard.passphrase_header,
                 "signing_key": profile.key,
-                "signing_passphrase": profile.passphrase,
+                "signing_passphrase": profile.passphrase or "",
             },
         )
         csp = (
