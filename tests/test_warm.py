@@ -390,7 +390,9 @@ async def test_signed_requests_with_the_replay_cache_in_redis_are_checked_whole(
     for i in range(3):  # three timestamps, so three signatures
         headers = signed(key.info.id, key.secret, "GET", "/v1/x", now=start - i / 1000)
         assert (await door.request("GET", "/v1/x", headers=headers)).status_code == 200
-    assert len(calls) == 1  # the key is looked up once; each signature is remembered in Redis
+    # The key is looked up once (twice when the invalidation listener's first subscription
+    # came late, as under load: it then drops every copy); each signature goes to Redis.
+    assert len(calls) in (1, 2)
     await door.aclose()
     guard.close()
     _cleanup(redis_url, redis_prefix)

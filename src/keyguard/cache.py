@@ -33,7 +33,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any, Final, Generic, NamedTuple, TypeVar
 
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("keyguard")
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
 MAX_ROUTES = 256  # routes one slot remembers
 
 
@@ -68,6 +69,10 @@ class Slot(NamedTuple):
     entry: Any  # decision.Entry, or ABSENT for an id the store does not know
     proof: str | None = None
     routes: frozenset[tuple[str | None, str, str]] = frozenset()
+
+    def __repr__(self) -> str:  # the proof is a token: never shown
+        proof = "<token>" if self.proof is not None else None
+        return f"Slot(until={self.until!r}, entry={self.entry!r}, proof={proof}, routes=...)"
 
 
 class LocalCache:
@@ -109,16 +114,16 @@ class LocalCache:
         return len(self._data)
 
 
-class SingleFlight(Generic[T]):
+class SingleFlight(Generic[K, T]):
     """One call of `load(key)` at a time per key, shared by every waiter."""
 
-    def __init__(self, load: Callable[[str], T]) -> None:
+    def __init__(self, load: Callable[[K], T]) -> None:
         self._load = load
         self._lock = threading.Lock()
-        self._threads: dict[str, Future[T]] = {}
-        self._tasks: dict[str, tuple[anyio.Event, list[Any]]] = {}
+        self._threads: dict[K, Future[T]] = {}
+        self._tasks: dict[K, tuple[anyio.Event, list[Any]]] = {}
 
-    def __call__(self, key: str) -> T:
+    def __call__(self, key: K) -> T:
         with self._lock:
             fut = self._threads.get(key)
             leader = fut is None
@@ -135,7 +140,7 @@ class SingleFlight(Generic[T]):
                 del self._threads[key]
         return fut.result()
 
-    async def acall(self, key: str) -> T:
+    async def acall(self, key: K) -> T:
         waiting = self._tasks.get(key)
         if waiting is not None:
             event, box = waiting
@@ -183,7 +188,7 @@ class KeyCache:
         self._epoch = 0  # bumped on every change seen; a load that saw an older one isn't cached
         self._epoch_lock = threading.Lock()
         self.shared = shared(self.dropped, self.dropped_all)
-        self._flight: SingleFlight[Any] = SingleFlight(self._load)
+        self._flight: SingleFlight[tuple[str, int], Any] = SingleFlight(self._load)
         # The live slot for a key id, without I/O (the step's look-up): the local
         # cache's own `get`, with no call of ours around it.
         self.peek: Callable[[str], Slot | None] = self._local.get
@@ -191,14 +196,17 @@ class KeyCache:
     # -- reads ---------------------------------------------------------------
 
     def load(self, key_id: str) -> Any:
-        """The entry (or ABSENT), from the shared cache or the store: I/O, single-flight."""
-        return self._flight(key_id)
+        """The entry (or ABSENT), from the shared cache or the store: I/O, single-flight.
+        A call joins only a load that began after the last change it could have seen
+        (the flight is per key id and epoch): a request that starts after a revoke
+        returned never gets the record read before it."""
+        return self._flight((key_id, self._epoch))
 
     async def aload(self, key_id: str) -> Any:
-        return await self._flight.acall(key_id)
+        return await self._flight.acall((key_id, self._epoch))
 
-    def _load(self, key_id: str) -> Any:
-        epoch = self._epoch
+    def _load(self, flight: tuple[str, int]) -> Any:
+        key_id, epoch = flight
         ttl = self._ttl
         try:
             self._setup()  # the store's schema and the pepper, once

@@ -37,6 +37,7 @@ import click
 from rich import box
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from . import __version__
 from .exceptions import (
@@ -407,8 +408,8 @@ def _table(found: Sequence[KeyInfo], wide: bool, width: int) -> tuple[Table, lis
     shown = [(t, get) for t, get in columns if t not in hidden]
     for title, _ in shown:
         table.add_column(title, no_wrap=title not in _WRAPS, overflow="fold")
-    for i in range(len(found)):
-        table.add_row(*(cells[title][i] for title, _ in shown))
+    for i in range(len(found)):  # as Text: a name such as "[/]" is shown, not read as markup
+        table.add_row(*(Text(cells[title][i]) for title, _ in shown))
     return table, hidden
 
 

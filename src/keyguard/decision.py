@@ -35,7 +35,7 @@ from .cache import Slot, _Absent
 from .exceptions import AuthenticationError, AuthorizationError, BadRequest, RequestRejected
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
-from .network import Allowlist, ClientResolver, IPAddress, parse_ip
+from .network import Allowlist, ClientResolver, IPAddress, bucket, parse_ip
 from .scopes import Router, Scopes
 from .tokens import TokenParser
 
@@ -84,6 +84,13 @@ class Verdict(NamedTuple):
     client: IPAddress | None = None
     peer_is_client: bool = True
     memo: tuple[Slot, str | None, tuple[str | None, str, str] | None] | None = None
+
+    def __repr__(self) -> str:  # the memo may hold the proving token: never shown
+        code = None if self.error is None else self.error.code
+        return (
+            f"Verdict(passed={self.entry is not None}, code={code!r}, key_id={self.key_id!r}, "
+            f"proven={self.proven}, client={self.client!r})"
+        )
 
 
 PUBLIC = Verdict(None, None)  # a public path: nothing checked, nothing to say
@@ -141,6 +148,10 @@ class Need(NamedTuple):
     kind: str
     arg: Any
     known: Known
+
+    def __repr__(self) -> str:  # a slow check's argument holds what was presented
+        shown = self.arg if self.kind == FETCH else "..."
+        return f"Need({self.kind}, {shown!r})"
 
 
 FETCH = "fetch"  # arg: key id -> known.entry = Entry | ABSENT
@@ -294,7 +305,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                 if isinstance(found, Need):
                     return found
                 entry = found
-                matched = _bearer_proven(p, k, entry, token, now)
+                matched = _bearer_proven(p, f, k, entry, token, now)
                 if isinstance(matched, Need):
                     return matched
                 proven, fresh_proof = matched is not False, matched is CURRENT
@@ -326,7 +337,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             raise AuthenticationError("suspended_key", "The API key is suspended.")
         # 5. Passphrase, where the key has one (argon2: run by the driver, off the loop).
         if record.passphrase_hash is not None:
-            matched = _checked(p, k, record.passphrase_hash, passphrase, key_id, proven)
+            matched = _checked(p, f, k, record.passphrase_hash, passphrase, key_id, proven)
             if isinstance(matched, Need):
                 return matched
             if not matched:
@@ -429,6 +440,7 @@ def _found(p: Parts, k: Known | None, slot: Slot | None, key_id: str) -> Entry |
 
 def _checked(
     p: Parts,
+    f: Facts,
     k: Known | None,
     stored: str | None,
     presented: str | None,
@@ -445,7 +457,8 @@ def _checked(
     if matched is None:
         known = k or Known()
         known.key_id, known.proven = key_id, proven
-        return Need(SLOW, (stored, presented), known)
+        client = p.clients.resolve(f.peer, f.headers)  # whose budget of slow checks it is
+        return Need(SLOW, (stored, presented, "" if client is None else bucket(client)), known)
     return matched
 
 
@@ -453,19 +466,19 @@ CURRENT, PREVIOUS = "current", "previous"  # which hash a bearer secret matched
 
 
 def _bearer_proven(
-    p: Parts, k: Known | None, entry: Entry, token: str, now: float
+    p: Parts, f: Facts, k: Known | None, entry: Entry, token: str, now: float
 ) -> str | bool | Need:
     """Step 3's proof: CURRENT when the secret matches the current hash, PREVIOUS
     when it matches the previous one during a rotate grace, else False."""
     secret = token[p.tokens.secret_start : p.tokens.secret_end]
     record = entry.record
-    current = _checked(p, k, record.secret_hash, secret, record.id, False)
+    current = _checked(p, f, k, record.secret_hash, secret, record.id, False)
     if current is not False:
         return CURRENT if current is True else current
     until = record.previous_valid_until
     if until is None or now >= until:
         return False
-    previous = _checked(p, k, record.previous_secret_hash, secret, record.id, False)
+    previous = _checked(p, f, k, record.previous_secret_hash, secret, record.id, False)
     return PREVIOUS if previous is True else previous
 
 

@@ -6,9 +6,10 @@ change of the `hashing` setting never locks out existing keys. argon2 is slow
 by design; successful checks are remembered (as a keyed digest of what passed,
 never the secret itself) so a warm request never reruns it, and so are recent
 failures, so one wrong secret sent again costs nothing. What is left is bounded:
-one stored hash may cost at most `SLOW_CHECKS` argon2 runs a second (beyond
-that, 429 `too_many_failures`: a flood of guesses at one key id cannot take the
-CPU), and the async driver runs what is left off the event
+one stored hash may cost at most `SLOW_CHECKS` argon2 runs a second from one
+client and `SLOW_CHECKS_PER_KEY` from all (beyond that, 429
+`too_many_failures`: a flood of guesses at one key id cannot take the CPU, nor
+can one client lock the key's holder out), and the async driver runs what is left off the event
 loop (`quick()` answers what needs no argon2). A malformed stored hash means
 "not verified", never a crash.
 Comparisons use `hmac.compare_digest`.
@@ -28,7 +29,8 @@ from argon2.exceptions import Argon2Error, InvalidHashError
 from .exceptions import TooManyRequests
 
 _HMAC_TAG = "hmac-sha256$"
-SLOW_CHECKS = 4  # argon2 runs one stored hash may cost per second (a correct secret runs once)
+SLOW_CHECKS = 4  # argon2 runs one client may cost one stored hash a second
+SLOW_CHECKS_PER_KEY = 32  # argon2 runs one stored hash may cost a second, from all clients
 _FAILED = 10_000  # remembered failures (keyed digests), oldest dropped first
 # OWASP minimum for argon2id: 19 MiB, t=2, p=1.
 _argon2 = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
@@ -117,15 +119,16 @@ class Hasher:
             return True
         return self._run_argon2(stored, presented, digest)
 
-    def slow(self, stored: str, presented: str) -> bool:
-        """`check` for what `quick` could not answer: argon2 (bounded, remembered)."""
-        return self._run_argon2(stored, presented, self.digest(presented))
+    def slow(self, stored: str, presented: str, who: str = "") -> bool:
+        """`check` for what `quick` could not answer: argon2 (bounded per stored hash
+        and per client `who`, remembered)."""
+        return self._run_argon2(stored, presented, self.digest(presented), who)
 
-    def _run_argon2(self, stored: str, presented: str, digest: bytes) -> bool:
+    def _run_argon2(self, stored: str, presented: str, digest: bytes, who: str = "") -> bool:
         failure = self._failure(stored, digest)
         if failure in self._failed:
             return False
-        self._spend(stored)
+        self._spend(stored, who)
         try:
             _argon2.verify(stored, presented)
         except (Argon2Error, InvalidHashError, ValueError, TypeError):
@@ -140,21 +143,26 @@ class Hasher:
                 self._passed.popitem(last=False)
         return True
 
-    def _spend(self, stored: str) -> None:
-        """Count one argon2 run against this stored hash; 429 past `SLOW_CHECKS` a second."""
+    def _spend(self, stored: str, who: str) -> None:
+        """Count one argon2 run against this stored hash from client `who`: 429 past
+        `SLOW_CHECKS` a second from one client, or `SLOW_CHECKS_PER_KEY` from all.
+        (Per client first, so one client flooding a key id it knows cannot lock the
+        key's holder out: that takes as many clients as the total allows.)"""
         second = time.monotonic() // 1
         with self._lock:
-            at, runs = self._spent.get(stored, (second, 0))
-            runs = runs + 1 if at == second else 1
-            if runs > SLOW_CHECKS:
-                raise TooManyRequests(
-                    "too_many_failures",
-                    "Too many attempts for this API key; try again in a moment.",
-                    retry_after=1,
-                )
-            if len(self._spent) >= self._remember:
-                self._spent.clear()
-            self._spent[stored] = (second, runs)
+            spent = self._spent
+            if len(spent) >= self._remember:
+                spent.clear()
+            for name, limit in ((stored + "\0" + who, SLOW_CHECKS), (stored, SLOW_CHECKS_PER_KEY)):
+                at, runs = spent.get(name, (second, 0))
+                runs = runs + 1 if at == second else 1
+                if runs > limit:
+                    raise TooManyRequests(
+                        "too_many_failures",
+                        "Too many attempts for this API key; try again in a moment.",
+                        retry_after=1,
+                    )
+                spent[name] = (second, runs)
 
     @staticmethod
     def needs_rehash(stored: str) -> bool:

@@ -62,6 +62,16 @@ def _offload(method: Callable[P, R]) -> Callable[P, Any]:
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
+def _owner(value: object) -> str:
+    """An owner, taken exactly: owners are identities (a principal's `owner` is
+    compared with them), so one with surrounding white space is refused rather
+    than stripped into someone else's name."""
+    owner = _text("owner", value)
+    if owner != value:
+        raise InvalidKeySettings("owner", "must not begin or end with white space")
+    return owner
+
+
 def _text(field: str, value: object, limit: int = 200) -> str:
     if not isinstance(value, str) or not value.strip() or len(value) > limit:
         raise InvalidKeySettings(field, f"must be a non-empty string of at most {limit} characters")
@@ -260,24 +270,43 @@ class KeyManager:
 
     # -- operations ---------------------------------------------------------
 
-    @audited("key.create")
-    def create(
+    def _signing_ring(self) -> MasterKeyRing:
+        if not self._ring.enabled:
+            raise InvalidKeySettings(
+                "kind",
+                "signing keys need a master key to encrypt their secret: set "
+                "signing.master_keys or KEYGUARD_MASTER_KEYS",
+            )
+        return self._ring
+
+    def check_create(self, **fields: Any) -> None:
+        """Would `create(**fields)` take these fields? Raises its `InvalidKeySettings`
+        (the owner's key limit aside, which only the store can tell); changes nothing.
+        For callers that confirm a change before making it (the admin app's step-up)."""
+        names = (
+            "owner", "name", "scopes", "allowed_ips", "expires_at", "expires_in", "kind",
+            "passphrase", "rate_limit", "max_uses", "metadata",
+        )  # fmt: skip
+        defaults: dict[str, Any] = {"scopes": (), "allowed_ips": (), "kind": "bearer"}
+        self._draft(self._clock(), *(fields.get(n, defaults.get(n)) for n in names))
+
+    def _draft(
         self,
-        *,
-        owner: str,
-        name: str,
-        scopes: Iterable[str] = (),
-        allowed_ips: Iterable[str] = (),
-        expires_at: datetime | None = None,
-        expires_in: timedelta | float | None = None,
-        kind: str = "bearer",
-        passphrase: str | None = None,
-        rate_limit: str | None = None,
-        max_uses: int | None = None,
-        metadata: Mapping[str, Any] | None = None,
-    ) -> IssuedKey:
-        """Issue a key. The token (or signing secret) is in the result, and only there."""
-        now = self._clock()
+        now: float,
+        owner: Any,
+        name: Any,
+        scopes: Any,
+        allowed_ips: Any,
+        expires_at: Any,
+        expires_in: Any,
+        kind: Any,
+        passphrase: Any,
+        rate_limit: Any,
+        max_uses: Any,
+        metadata: Any,
+    ) -> KeyRecord:
+        """`create`'s fields validated into a record (no secret yet); `InvalidKeySettings`
+        names the first refused one."""
         if expires_at is not None and expires_in is not None:
             raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
         field = "expires_at"
@@ -299,11 +328,13 @@ class KeyManager:
             isinstance(max_uses, bool) or not isinstance(max_uses, int) or max_uses < 1
         ):
             raise InvalidKeySettings("max_uses", "must be a positive integer")
-        record = KeyRecord(
+        if kind == "signing":
+            self._signing_ring()
+        return KeyRecord(
             id=tokens.new_key_id(),
-            owner=_text("owner", owner),
+            owner=_owner(owner),
             name=_text("name", name),
-            kind=kind,  # type: ignore[arg-type]
+            kind=kind,
             scopes=_scopes(scopes),
             allowed_ips=self._allowlist(allowed_ips),
             created_at=now,
@@ -313,6 +344,29 @@ class KeyManager:
             max_uses=max_uses,
             metadata=metadata_value(metadata),
         )
+
+    @audited("key.create")
+    def create(
+        self,
+        *,
+        owner: str,
+        name: str,
+        scopes: Iterable[str] = (),
+        allowed_ips: Iterable[str] = (),
+        expires_at: datetime | None = None,
+        expires_in: timedelta | float | None = None,
+        kind: str = "bearer",
+        passphrase: str | None = None,
+        rate_limit: str | None = None,
+        max_uses: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+    ) -> IssuedKey:
+        """Issue a key. The token (or signing secret) is in the result, and only there."""
+        now = self._clock()
+        record = self._draft(
+            now, owner, name, scopes, allowed_ips, expires_at, expires_in, kind, passphrase,
+            rate_limit, max_uses, metadata,
+        )  # fmt: skip
         store = self._store()
         hasher = self._setup()
         record, token, secret = self._new_secret(record)
@@ -326,13 +380,7 @@ class KeyManager:
     def _new_secret(self, record: KeyRecord) -> tuple[KeyRecord, str | None, str | None]:
         """A fresh secret for `record`: (record with its hash or ciphertext, token, secret)."""
         if record.kind == "signing":
-            ring = self._ring
-            if not ring.enabled:
-                raise InvalidKeySettings(
-                    "kind",
-                    "signing keys need a master key to encrypt their secret: set "
-                    "signing.master_keys or KEYGUARD_MASTER_KEYS",
-                )
+            ring = self._signing_ring()
             secret = tokens.random_string(SIGNING_SECRET_LEN)
             return (
                 record.replace(
@@ -390,6 +438,34 @@ class KeyManager:
         (for a key without an allowlist the cap still applies). A later expiry that
         makes an expired key live again counts against `max_keys_per_owner`."""
         now = self._clock()
+        changes = self._changes(now, name, scopes, allowed_ips, expires_at, rate_limit, metadata)
+
+        def change(record: KeyRecord) -> KeyRecord:
+            new = record.replace(**changes)
+            if _restricted(record) and not _restricted(new):  # lost its allowlist now
+                new = new.replace(unrestricted_since=now)
+            return self._cap(new)
+
+        return self._info(self._modify(key_id, change, now))
+
+    def check_update(self, **fields: Any) -> None:
+        """Would `update(key_id, **fields)` take these fields? Raises its
+        `InvalidKeySettings` (limits that depend on the stored key aside); changes
+        nothing (see `check_create`)."""
+        names = ("name", "scopes", "allowed_ips", "expires_at", "rate_limit", "metadata")
+        self._changes(self._clock(), *(fields.get(n, UNSET) for n in names))
+
+    def _changes(
+        self,
+        now: float,
+        name: Any,
+        scopes: Any,
+        allowed_ips: Any,
+        expires_at: Any,
+        rate_limit: Any,
+        metadata: Any,
+    ) -> dict[str, Any]:
+        """`update`'s given fields, validated (UNSET: not given)."""
         changes: dict[str, Any] = {}
         if not isinstance(name, _Unset):
             changes["name"] = _text("name", name)
@@ -403,14 +479,7 @@ class KeyManager:
             changes["rate_limit"] = _rate(rate_limit)
         if not isinstance(metadata, _Unset):
             changes["metadata"] = metadata_value(metadata)
-
-        def change(record: KeyRecord) -> KeyRecord:
-            new = record.replace(**changes)
-            if _restricted(record) and not _restricted(new):  # lost its allowlist now
-                new = new.replace(unrestricted_since=now)
-            return self._cap(new)
-
-        return self._info(self._modify(key_id, change, now))
+        return changes
 
     @audited("key.revoke")
     def revoke(self, key_id: str) -> KeyInfo:

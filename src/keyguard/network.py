@@ -54,10 +54,30 @@ def parse_ip(text: str) -> IPAddress | None:
     return ip
 
 
+def bucket(ip: IPAddress) -> str:
+    """Whose attempts these are (failed authentications, slow hashes): the address,
+    or an IPv6 /64. A client with no address (a unix-socket peer that is not a
+    trusted proxy, an `unknown` hop) has no bucket: such clients are never counted
+    as one, or a few bad tokens from anyone would lock out everyone behind that
+    socket."""
+    if ip.version == 6:
+        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
+    return str(ip)
+
+
 def is_unix_peer(peer: str | None) -> bool:
     """A peer with no address: a unix socket (ASGI `client` None, WSGI `REMOTE_ADDR`
     empty; some servers name the socket path)."""
     return not peer or peer.startswith("/") or peer.startswith("unix")
+
+
+def _param(element: str, param: str) -> str | None:
+    """The value of `param` in one RFC 7239 element, or None."""
+    for pair in element.split(";"):
+        name, eq, value = pair.strip().partition("=")
+        if eq and name.strip().lower() == param:
+            return value.strip().strip('"')
+    return None
 
 
 def _forwarded(values: Iterable[str], param: str) -> list[str]:
@@ -129,14 +149,36 @@ class ClientResolver:
         """Did the client's request arrive over TLS?"""
         if headers and self._peer(peer)[1]:
             if self._forwarded:
-                protos = [
-                    p for p in _forwarded(headers.get("forwarded", ()), "proto") if p != "unknown"
-                ]
+                proto = self._client_proto(headers.get("forwarded", ()))
+                if proto is not None:
+                    return proto in TLS_SCHEMES
             else:
                 protos = [p for v in headers.get("x-forwarded-proto", ()) for p in v.split(",")]
-            if protos:
-                return all(p.strip().lower() in TLS_SCHEMES for p in protos)
+                if protos:  # a plain hop anywhere in the list: not TLS (whose it was is unknown)
+                    return all(p.strip().lower() in TLS_SCHEMES for p in protos)
         return scheme in TLS_SCHEMES
+
+    def _client_proto(self, values: Sequence[str]) -> str | None:
+        """RFC 7239: each proxy appends one element for the connection it received,
+        so the scheme the client used is the `proto` of the element that names the
+        client (walked from the right, as `resolve` does); "" when that element has
+        none while others do (unknown: not TLS), None when no element has one (the
+        proxies do not send it: the socket's scheme decides)."""
+        elements = [
+            (
+                _param(element, "for"),
+                _param(element, "proto"),
+            )
+            for value in values
+            for element in value.split(",")
+        ]
+        if not any(proto for _, proto in elements):
+            return None
+        for hop, proto in reversed(elements):
+            ip = parse_ip(hop or "")
+            if ip is None or not self.is_trusted(ip):
+                return (proto or "").lower()
+        return (elements[0][1] or "").lower()  # every hop a trusted proxy: the leftmost
 
 
 # What `policy.allow_private_ips` is about: RFC 1918 and unique-local ranges, loopback,

@@ -45,7 +45,6 @@ Windows use the wall clock (`time.time`), not the guard's injected clock.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import threading
@@ -56,7 +55,7 @@ import anyio.to_thread
 from limits import RateLimitItem, parse_many
 
 from .exceptions import TooManyRequests
-from .network import IPAddress, parse_ip
+from .network import IPAddress, bucket, parse_ip
 from .redis import Unavailable
 
 if TYPE_CHECKING:
@@ -151,16 +150,6 @@ class QuotaExhausted(TooManyRequests):
 
     def headers(self) -> list[tuple[str, str]]:
         return list(self._headers)
-
-
-def bucket(ip: IPAddress) -> str:
-    """Whose failures these are: the address, or an IPv6 /64. A client with no
-    address (a unix-socket peer that is not a trusted proxy, an `unknown` hop) has
-    no bucket: such clients are never counted as one, or a few bad tokens from
-    anyone would lock out everyone behind that socket."""
-    if ip.version == 6:
-        return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
-    return str(ip)
 
 
 class Abuse:

@@ -251,6 +251,17 @@ class RedisTier:
         self._client: Any = None
         self._scripts: dict[str, Any] = {}
         self.errors = driver_errors()  # imports redis now: a missing driver shows at start-up
+        from redis.exceptions import ClusterError, ReadOnlyError, ResponseError, TryAgainError
+
+        # A command Redis refused (bad arguments, a script error) says nothing about
+        # Redis being up: it fails that one call, and trips no breaker for the rest.
+        # (A cluster that is down, or a replica after a failover, is an outage.)
+        self._refusals: tuple[type[BaseException], ...] = (ResponseError,)
+        self._outages: tuple[type[BaseException], ...] = (
+            ClusterError,
+            ReadOnlyError,
+            TryAgainError,
+        )
         self._lock = threading.Lock()
         self._outage = False
         self._retry_at = 0.0  # time.monotonic() of the next probe while in an outage
@@ -310,6 +321,11 @@ class RedisTier:
             raise Unavailable
         try:
             result = command(self.client())
+        except self._refusals as exc:
+            if not isinstance(exc, self._outages):  # "no" to this command: not an outage
+                raise Unavailable from exc
+            self.failed(exc)
+            raise Unavailable from exc
         except self.errors as exc:
             self.failed(exc)
             raise Unavailable from exc

@@ -16,12 +16,15 @@
 
 from __future__ import annotations
 
+import posixpath
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import lru_cache
 
 from .settings import Rule
 
 MEMO_PATH_LEN = 512  # longer paths are matched every time, not memoised (bounded memory)
+_SLASHES = re.compile("/{2,}").sub
 
 
 def glob(pattern: str) -> Callable[[str], bool]:
@@ -107,19 +110,42 @@ def _methods(methods: Sequence[str]) -> frozenset[str]:
     return frozenset((*methods, "HEAD") if "GET" in methods else methods)
 
 
+def spellings(path: str) -> tuple[str, ...]:
+    """Every path a router behind the gate may take `path` for: as sent; with runs
+    of slashes as one (Werkzeug routes "//admin" as "/admin", a mount's rest
+    "//x" as "/x"); with "." and ".." segments resolved (StaticFiles and
+    `send_from_directory` normalise so); without a trailing slash (Flask's
+    `strict_slashes=False`). A rule applies when it matches any of them, and a
+    path is public only when every one is: the gate never judges a request by a
+    spelling milder than the one that runs. The usual path has one spelling."""
+    if "//" not in path and "/." not in path and (len(path) < 2 or path[-1] != "/"):
+        return (path,)
+    merged = _SLASHES("/", path)
+    resolved = posixpath.normpath(merged) if "/." in merged else merged
+    if resolved.startswith("//"):  # normpath keeps a leading double slash
+        resolved = "/" + resolved.lstrip("/")
+    forms = {path, merged, resolved}
+    forms.update(f.rstrip("/") or "/" for f in tuple(forms))
+    return tuple(forms)
+
+
 class Router:
     """Public paths and per-route rules, compiled once. `method` and `path` are
     what the app routes: the doors pass the route path; the method is
-    upper-cased here."""
+    upper-cased here; every spelling of the path counts (`spellings`)."""
 
     def __init__(self, public_paths: Sequence[str], rules: Sequence[Rule]) -> None:
         self._public = [glob(p) for p in public_paths]
         self._rules = [(glob(r.path), _methods(r.methods), r.scopes) for r in rules]
-        # Memoised per path: the memory is bounded by maxsize times the longest path a
-        # server accepts (h11: 16 KiB), and the call is the memo itself, with nothing
-        # around it (every request asks).
-        self.is_public = lru_cache(maxsize=1024)(self._is_public)
+        self._public_memo = lru_cache(maxsize=1024)(self._is_public)
         self._required_memo = lru_cache(maxsize=4096)(self._required)
+
+    def is_public(self, path: str) -> bool:
+        """Memoised for paths up to MEMO_PATH_LEN (memory bounded by maxsize times
+        that, whatever length a server accepts)."""
+        if len(path) > MEMO_PATH_LEN:
+            return self._is_public(path)
+        return self._public_memo(path)
 
     def required(self, method: str, path: str) -> tuple[str, ...]:
         """The scopes a request needs: the union of every matching rule's."""
@@ -128,12 +154,14 @@ class Router:
         return self._required_memo(method, path)
 
     def _is_public(self, path: str) -> bool:
-        return any(match(path) for match in self._public)
+        public = self._public
+        return all(any(match(form) for match in public) for form in spellings(path))
 
     def _required(self, method: str, path: str) -> tuple[str, ...]:
         method = method.upper()
         needed: dict[str, None] = {}
-        for match, methods, scopes in self._rules:
-            if (not methods or method in methods) and match(path):
-                needed.update(dict.fromkeys(scopes))
+        for form in spellings(path):
+            for match, methods, scopes in self._rules:
+                if (not methods or method in methods) and match(form):
+                    needed.update(dict.fromkeys(scopes))
         return tuple(needed)

@@ -30,9 +30,13 @@ from .redis import parse_url
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# Bounded numbers: at most 10**9 requests a window of at most 9999 of a unit (a window
+# of 10**400 seconds overflows, one of 10**20 is refused by Redis's PEXPIRE).
 _RATE = re.compile(
-    r"^\s*[1-9]\d*\s*(/|per)\s*([1-9]\d*\s*)?(second|minute|hour|day|month|year)s?\s*$"
+    r"^\s*[1-9][0-9]{0,8}\s*(/|per)\s*([1-9][0-9]{0,3}\s*)?"
+    r"(second|minute|hour|day|month|year)s?\s*$"
 )
+MAX_RATE_PARTS = 8
 _METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "TRACE", "CONNECT"}
 PositiveInt = Annotated[int, Field(strict=True, gt=0)]
 PositiveNumber = Annotated[float, Field(gt=0, allow_inf_nan=False)]
@@ -80,7 +84,7 @@ class Signing(_Section):
     headers: dict[Literal["key", "timestamp", "signature", "passphrase", "recv_window"], str] = {}
     max_skew_seconds: PositiveInt = 30
     max_body_bytes: PositiveInt = 1_048_576
-    master_keys: tuple[str, ...] = ()
+    master_keys: tuple[str, ...] = Field(default=(), repr=False)  # secrets: never shown
 
 
 class Abuse(_Section):
@@ -93,18 +97,35 @@ class Abuse(_Section):
 
 
 def _check_rate(value: str | None) -> str | None:
-    if value is not None and not all(_RATE.match(part) for part in value.split(";")):
-        raise ValueError("must look like '100/minute' or '10/second;1000/hour'")
+    if value is not None and (
+        not isinstance(value, str)
+        or len(value) > 200
+        or value.count(";") >= MAX_RATE_PARTS
+        or not all(_RATE.match(part) for part in value.split(";"))
+    ):
+        raise ValueError(
+            "must look like '100/minute' or '10/second;1000/hour' (at most 10**9 a window, "
+            f"windows of at most 9999 units, {MAX_RATE_PARTS} windows)"
+        )
     return value
 
 
 class Settings(_Section):
+    """The validated settings. `repr` shows no secret: no pepper, no master key, and
+    the store and cache URLs with their passwords masked."""
+
+    def __repr_args__(self) -> Any:
+        for name, value in super().__repr_args__():
+            if name in ("store", "cache") and isinstance(value, str):
+                value = mask_url(value)
+            yield name, value
+
     store: str = "sqlite:///keyguard.db"
     cache: str | None = "memory://"
     cache_ttl: PositiveNumber = 60
     local_cache_ttl: PositiveNumber = 5
     local_cache_size: PositiveInt = 10_000
-    pepper: str | None = None
+    pepper: str | None = Field(default=None, repr=False)  # a secret: never shown
     hashing: Literal["hmac-sha256", "argon2id"] = "hmac-sha256"
     token_prefix: str = "kg"
     header: str = "X-API-Key"

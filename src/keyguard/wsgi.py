@@ -35,6 +35,7 @@ class KeyGuardMiddleware:
         self._environ_names = [
             (name, "HTTP_" + name.upper().replace("-", "_")) for name in self.guard.header_names
         ]
+        self._wanted = {name.encode(): name for name in self.guard.header_names}
         self._check = self.guard.drivers.run
 
     @staticmethod
@@ -48,11 +49,28 @@ class KeyGuardMiddleware:
             raw = raw.encode("latin-1", "replace").decode("utf-8", "replace")
         return str(raw) if raw[:1] == "/" and raw[1:2] != "/" else "/" + raw.lstrip("/")
 
+    def _from_scope(self, scope: Any) -> dict[str, list[str]]:
+        """The headers the guard reads, from the ASGI scope behind a WSGI bridge. The
+        bridge's environ is not enough: it turns `x_forwarded_for` into the same
+        HTTP_X_FORWARDED_FOR as `x-forwarded-for` and joins them, so a client's own
+        line would land beside (to the right of) the proxy's."""
+        wanted = self._wanted
+        headers: dict[str, list[str]] = {}
+        for raw, value in scope.get("headers", ()):
+            name = wanted.get(raw)
+            if name is not None:
+                headers.setdefault(name, []).append(value.decode("latin-1"))
+        return headers
+
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         headers: dict[str, list[str]] = {}
-        for name, key in self._environ_names:  # a loop, not a comprehension: no frame per request
-            if key in environ:
-                headers[name] = [environ[key]]
+        scope = environ.get("asgi.scope")
+        if scope is None:
+            for name, key in self._environ_names:  # a loop: no frame per request
+                if key in environ:
+                    headers[name] = [environ[key]]
+        else:  # WSGI inside ASGI (a2wsgi): the header lines as sent, by their own names
+            headers = self._from_scope(scope)
         facts = Facts(
             environ.get("REQUEST_METHOD", "GET").upper(),  # as Werkzeug routes it
             self._path(environ),

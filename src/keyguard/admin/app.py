@@ -63,6 +63,7 @@ CREATE_FIELDS = (
     "passphrase", "rate_limit", "max_uses", "metadata",
 )  # fmt: skip
 _READS = frozenset({"key.get", "key.list", "scopes"})
+OPERATOR_FIELDS = ("rate_limit", "max_uses", "metadata")  # not a tenant's to set (`_check_fields`)
 UPDATE_FIELDS = ("name", "scopes", "allowed_ips", "expires_at", "rate_limit", "metadata")
 ACTIONS = ("create", "rotate", "update", "suspend", "resume", "revoke", "delete")
 
@@ -207,6 +208,15 @@ def _arguments(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
     return out
 
 
+def _precheck(check: Callable[..., None], args: Mapping[str, Any]) -> None:
+    """`guard.keys.check_create`/`check_update`: a refused setting, before the change
+    is confirmed (step-up) and made; audited as the admin API's own refusals are."""
+    try:
+        check(**args)
+    except InvalidKeySettings as exc:
+        raise _Refused(exc.field, exc.message) from None
+
+
 def _key(info: KeyInfo) -> dict[str, Any]:
     return info.to_dict()
 
@@ -327,6 +337,15 @@ class AdminAPI:
         """Would a key holding `scope` reach beyond its owner's own scopes: the admin
         scope, a wildcard, or a scope that implies one of them."""
         return any(_powerful(s) for s in self.guard.scopes.expand((scope,)))
+
+    def _check_fields(self, principal: Principal, args: Mapping[str, Any]) -> None:
+        """What only an operator may set on a key: its rate limit, its use quota and
+        its metadata (a tenant would lift the limits the operator relies on, or write
+        what the app reads as its own, such as a plan). Refused: 422 naming it."""
+        if principal.owner is not None:
+            for name in OPERATOR_FIELDS:
+                if name in args:
+                    raise _Refused(name, "only an operator may set this on a key")
 
     def _check_grants(self, principal: Principal, scopes: Any, held: Sequence[str] = ()) -> None:
         grantable = self.grantable(principal)
@@ -535,9 +554,11 @@ class AdminAPI:
             and args.setdefault("owner", principal.owner) != principal.owner
         ):
             raise _Refused("owner", "you may only create keys for your own account")
+        self._check_fields(principal, args)
         self._check_grants(principal, args.get("scopes"))
         args.setdefault("owner", None)
         args.setdefault("name", None)
+        _precheck(self.guard.keys.check_create, args)  # told before a code is asked
         await self._confirmed(request, "create")
         issued: IssuedKey = await self.guard.keys.acreate(**args)
         location = f"{request.scope.get('root_path', '')}/api/keys/{issued.id}"
@@ -550,7 +571,9 @@ class AdminAPI:
         key_id = request.path_params["key_id"]
         args = await self._parse(request, UPDATE_FIELDS)
         current = await self._own(principal, key_id)
+        self._check_fields(principal, args)
         self._check_grants(principal, args.get("scopes"), current.scopes)
+        _precheck(self.guard.keys.check_update, args)  # told before a code is asked
         await self._confirmed(request, "update")
         info: KeyInfo = await self.guard.keys.aupdate(key_id, **args)
         return _json(_key(info))

@@ -102,7 +102,7 @@ def _key_fields(p: str) -> str:
       <p class="error" id="{p}-ips-error" hidden></p>
       <p class="note policy" id="{p}-ips-policy" hidden></p>
     </fieldset>
-    <div class="field">
+    <div class="field" id="{p}-rate-wrap">
       <label for="{p}-rate">Rate limit</label>
       <select id="{p}-rate" aria-describedby="{p}-rate-hint {p}-rate-error">
         <option value="">No limit</option>
@@ -916,6 +916,7 @@ _JS = r"""
     const form = $('create-form');
     form.reset(); clearErrors(form);
     $('c-owner-wrap').hidden = !me.operator;
+    $('c-rate-wrap').hidden = !me.operator;  // limits are the operator's to set
     $('c-kind-signing').disabled = !cfg.signing;
     $('c-kind-note').hidden = cfg.signing;
     $('c-expires-date').hidden = true;
@@ -954,7 +955,7 @@ _JS = r"""
     } else if (expiry !== 'never') {
       body.expires_in = expiry;
     }
-    const rate = readRate('c');
+    const rate = me.operator ? readRate('c') : null;
     if (rate) body.rate_limit = rate;
     const p1 = $('c-passphrase').value, p2 = $('c-passphrase2').value;
     if (p1 || p2) {
@@ -989,6 +990,7 @@ _JS = r"""
     buildScopes('e', key.scopes, key.scopes);
     ips.e = key.allowed_ips.slice(); drawIps('e'); $('e-ip').value = '';
     setRate('e', key.rate_limit);
+    $('e-rate-wrap').hidden = !me.operator;
     openDialog($('edit-dialog'), $('e-name'));
   }
   const same = (a, b) => a.length === b.length && a.every((x) => b.includes(x));
@@ -1004,7 +1006,7 @@ _JS = r"""
     const scopes = readScopes('e');
     if (!same(scopes, key.scopes)) body.scopes = scopes;
     if (!same(ips.e, key.allowed_ips)) body.allowed_ips = ips.e.slice();
-    const rate = readRate('e');
+    const rate = me.operator ? readRate('e') : (key.rate_limit || null);
     if (rate !== (key.rate_limit || null)) body.rate_limit = rate;
     if (!Object.keys(body).length) { closeDialog($('edit-dialog')); say('Nothing to save: key "' + key.name + '" is unchanged.'); return; }
     const res = await busy($('edit-form'), () => change('PATCH', '/keys/' + encodeURIComponent(key.id), body, 'update'));
