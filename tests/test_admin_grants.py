@@ -64,7 +64,7 @@ def snapshot(guard: KeyGuard) -> list[dict[str, Any]]:
 
 
 def tenant(request: Request) -> Principal | None:
-    user = request.headers.get("x-user")
+    user = request.headers.get("x-user")  # (Starlette decodes header values as latin-1)
     if user == "ops":
         return Principal(who="ops")  # an operator, signed in the same way
     if user == "greedy":  # lists powerful scopes itself: they are dropped all the same
@@ -245,3 +245,45 @@ def test_principal_grantable_is_a_collection() -> None:
     assert Principal("a", owner="a", grantable=["x", "x"]).grantable == frozenset({"x"})
     with pytest.raises(TypeError):
         Principal("a", owner="a", grantable="read")  # type: ignore[arg-type]
+
+
+# -- what an outside review found (kept as regressions) ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        pytest.param("rate_limit", "1000000/second", id="rate-limit"),
+        pytest.param("rate_limit", None, id="no-rate-limit"),
+        pytest.param("max_uses", 10**9, id="quota"),
+        pytest.param("metadata", {"plan": "enterprise"}, id="metadata"),
+    ],
+)
+async def test_a_tenant_cannot_set_what_the_operator_sets(
+    http: httpx.AsyncClient, guard: KeyGuard, field: str, value: Any
+) -> None:
+    """Limits, quotas and metadata are the operator's: a tenant neither creates a key
+    with them nor changes them (the guard's default rate limit holds)."""
+    before = snapshot(guard)
+    r = await http.post("/api/keys", json={"name": "k", field: value}, headers=as_user("alice"))
+    refused(r, field)
+    assert snapshot(guard) == before
+    mine = guard.keys.create(owner="alice", name="mine", rate_limit="5/minute", max_uses=3)
+    if field != "max_uses":  # (update has no max_uses field at all: 422 names it too)
+        r = await http.patch(f"/api/keys/{mine.id}", json={field: value}, headers=as_user("alice"))
+        refused(r, field)
+    assert guard.keys.get(mine.id).rate_limit == "5/minute"
+    ops = await http.post(
+        "/api/keys", json={"owner": "alice", "name": "k", field: value}, headers=as_user("ops")
+    )
+    assert ops.status_code == 201  # an operator may
+
+
+async def test_an_owner_with_white_space_is_not_stripped_into_another_owner(
+    http: httpx.AsyncClient, guard: KeyGuard
+) -> None:
+    """A principal whose owner is "alice" plus a no-break space is not alice."""
+    headers = {"x-user": "alice\u00a0".encode("latin-1")}  # as a header carries it
+    r = await http.post("/api/keys", json={"name": "k"}, headers=headers)  # type: ignore[dict-item]
+    refused(r, "owner")
+    assert guard.keys.list(owner="alice") == []

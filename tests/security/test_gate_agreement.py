@@ -99,7 +99,7 @@ def starlette_app(seen: Seen) -> Any:
     return Starlette(routes=[Route(t, endpoint(t), methods=m) for t, m in ROUTES])
 
 
-def flask_app(seen: Seen, guard: KeyGuard) -> Any:
+def flask_app(seen: Seen, guard: KeyGuard | None) -> Any:
     from flask import Flask, request
 
     from keyguard.wsgi import KeyGuardMiddleware
@@ -114,7 +114,8 @@ def flask_app(seen: Seen, guard: KeyGuard) -> Any:
             return "ran"
 
         app.add_url_rule(rule, template, handler, methods=methods)
-    app.wsgi_app = KeyGuardMiddleware(app.wsgi_app, guard=guard)  # type: ignore[method-assign]
+    if guard is not None:
+        app.wsgi_app = KeyGuardMiddleware(app.wsgi_app, guard=guard)  # type: ignore[method-assign]
     return app
 
 
@@ -139,9 +140,21 @@ def world() -> Iterator[dict[str, Any]]:
         }
     )
     token = guard.keys.create(owner="o", name="no-scopes").token
+    # The same rules written for the whole site, with the ASGI door outside a Flask app
+    # that a2wsgi mounts at /legacy (Werkzeug then routes what lies below the mount).
+    outside = KeyGuard(
+        {
+            "store": "memory://",
+            "rules": [{**r, "path": "/legacy" + str(r["path"])} for r in RULES],
+            "public_paths": ["/legacy" + p for p in PUBLIC],
+            "abuse": {"max_failures": None},
+        },
+        store=guard.store,
+    )
     seen = Seen()
     asgi = KeyGuardMiddleware(starlette_app(seen), guard=guard)
     wsgi = flask_app(seen, guard)
+    bare_flask = flask_app(seen, None)
     deployments = {
         "asgi": (serve_asgi(asgi), ""),
         "asgi-mounted": (serve_asgi(Starlette(routes=[Mount("/api", app=asgi)])), "/api"),
@@ -152,6 +165,15 @@ def world() -> Iterator[dict[str, Any]]:
             serve_asgi(Starlette(routes=[Mount("/legacy", app=a2wsgi.WSGIMiddleware(wsgi))])),
             "/legacy",
         ),
+        "asgi-door-outside-a-wsgi-mount": (
+            serve_asgi(
+                KeyGuardMiddleware(
+                    Starlette(routes=[Mount("/legacy", app=a2wsgi.WSGIMiddleware(bare_flask))]),
+                    guard=outside,
+                )
+            ),
+            "/legacy",
+        ),
     }
     with contextlib.ExitStack() as stack:
         bases = {
@@ -160,6 +182,7 @@ def world() -> Iterator[dict[str, Any]]:
         }
         yield {"guard": guard, "token": token, "seen": seen, "bases": bases}
     guard.close()
+    outside.close()
 
 
 def send(base: str, method: str, target: str, headers: dict[str, str]) -> int:
