@@ -5,7 +5,7 @@
 Needs the local Redis and PostgreSQL (defaults: redis://127.0.0.1:6379/0,
 postgresql://postgres@127.0.0.1:5432/test as the admin database). Creates and drops
 its own databases and uses a random Redis key prefix (deleted at the end); never
-flushes anything. Per-request rows time `KeyGuard.authenticate` (steps 1-7 on a
+flushes anything. Per-request rows time `KeyGuard.check` (steps 1-7 on a
 request's facts), i.e. the guard's share of a request without the HTTP server.
 """
 
@@ -28,7 +28,7 @@ import redis
 from psycopg.conninfo import conninfo_to_dict
 
 from keyguard import KeyGuard, tokens
-from keyguard.guard import Facts
+from keyguard.decision import Facts
 from keyguard.hashing import Hasher
 from keyguard.models import KeyRecord
 
@@ -82,7 +82,7 @@ def per_op(
 def warm_us(guard: KeyGuard, token: str, n: int = 200_000) -> float:
     """Mean µs of the warm path (local hit), timed in one block to keep clock overhead out."""
     facts = facts_for(token)
-    auth = guard.authenticate
+    auth = guard.check
     for _ in range(1000):
         auth(facts)
     best = float("inf")
@@ -122,8 +122,8 @@ def bench_tiers(pg_admin: str, redis_base: str, prefix: str) -> None:
             token = mem.keys.create(owner="o", name="n", scopes=["read"]).token
             assert token is not None
             facts = facts_for(token)
-            mem.authenticate(facts)
-            red.authenticate(facts)
+            mem.check(facts)
+            red.check(facts)
             best = {"memory://": float("inf"), "redis://": float("inf")}
             for _ in range(3):  # interleaved, best of each: the machine's noise hits both alike
                 best["memory://"] = min(best["memory://"], warm_us(mem, token, 100_000))
@@ -132,20 +132,20 @@ def bench_tiers(pg_admin: str, redis_base: str, prefix: str) -> None:
             row("local hit, cache redis:// (best mean)", best["redis://"])
 
             auth_red, auth_mem = (
-                (lambda: red.authenticate(facts)),
-                (lambda: mem.authenticate(facts)),
+                (lambda: red.check(facts)),
+                (lambda: mem.check(facts)),
             )
             # bench only: `_local.clear()` forgets the in-process copy before each timed call
-            row("only in Redis (local miss)", per_op(auth_red, 3000, red._local.clear))
+            row("only in Redis (local miss)", per_op(auth_red, 3000, red.cache._local.clear))
 
             client = redis.Redis.from_url(redis_base)
             entry = f"{prefix}cache:{tokens.TokenParser('kg').parse(token)[0]}"  # type: ignore[index]
 
             def forget_both() -> None:
-                red._local.clear()
+                red.cache._local.clear()
                 client.delete(entry)
 
-            row("from PostgreSQL, cache memory://", per_op(auth_mem, 3000, mem._local.clear))
+            row("from PostgreSQL, cache memory://", per_op(auth_mem, 3000, mem.cache._local.clear))
             row("from PostgreSQL, cache redis:// (miss both)", per_op(auth_red, 3000, forget_both))
             client.close()
         finally:
@@ -261,15 +261,15 @@ def bench_store_size(pg_admin: str, n: int, label: str) -> None:
         try:
             facts = [facts_for(t) for t in toks]
             for f in facts[:50]:  # connections open, plans cached
-                guard.authenticate(f)
+                guard.check(f)
             it = iter(facts * 2)
 
             def cold() -> None:
-                guard.authenticate(next(it))
+                guard.check(next(it))
 
             row(
                 f"cold lookup from PostgreSQL, {label} keys",
-                per_op(cold, len(facts), guard._local.clear),
+                per_op(cold, len(facts), guard.cache._local.clear),
             )
             row(f"warm path (local hit), {label} keys (mean)", warm_us(guard, toks[0]))
         finally:

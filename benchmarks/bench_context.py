@@ -7,7 +7,8 @@ one extra middleware that does one thing per request:
 - `no-op layer`: only awaits the app (the price of any middleware);
 - `3 clock calls`: `time.time()` twice and `time.monotonic()` once;
 - `collect headers`: the door's loop gathering the headers keyguard reads;
-- `guard.warm`: one call of the warm path with prepared facts;
+- `step (warm)`: the async driver's first call, which the warm path ends in
+  (`guard.drivers.start`), with facts as the door makes them;
 - `keyguard`: the whole `KeyGuardMiddleware`.
 
 and prints each one's overhead over the bare app (median of paired rounds)
@@ -31,6 +32,7 @@ from typing import Any
 import bench_core as bc
 
 from keyguard.asgi import KeyGuardMiddleware
+from keyguard.decision import Facts, Verdict
 
 PEER = "203.0.113.7"  # bench_core's peer
 
@@ -73,15 +75,15 @@ def main() -> None:
         return headers
 
     def warm(scope: dict[str, Any]) -> object:
-        entry = guard.warm("GET", bc.PATH, PEER, facts)
-        assert entry is not None
-        return entry
+        verdict = guard.drivers.start(Facts("GET", bc.PATH, PEER, facts, "http", scope))
+        assert isinstance(verdict, Verdict) and verdict.entry is not None
+        return verdict
 
     works: dict[str, Callable[[dict[str, Any]], object] | None] = {
         "no-op layer": lambda scope: None,
         "3 clock calls": clocks,
         "collect headers": collect,
-        "guard.warm": warm,
+        "step (warm)": warm,
     }
     loop = asyncio.new_event_loop()
     scope = bc.asgi_scope([(b"authorization", f"Bearer {token}".encode())])

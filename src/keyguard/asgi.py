@@ -17,7 +17,7 @@ from typing import Any
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .decision import Facts, Verdict
+from .decision import Entry, Facts, Verdict
 from .exceptions import ConfigurationError, RequestRejected
 from .guard import KeyGuard
 from .models import KeyInfo
@@ -26,12 +26,17 @@ from .wiring import install
 
 
 class KeyUser(BaseUser):
-    """`request.user` for a request that passed: the calling key."""
+    """`request.user` for a request that passed: the calling key. Read-only: one
+    is shared by every request with the same cached key (see `_views`)."""
 
     __slots__ = ("key",)
+    key: KeyInfo
 
     def __init__(self, key: KeyInfo) -> None:
-        self.key = key
+        object.__setattr__(self, "key", key)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("request.user is read-only")
 
     @property
     def is_authenticated(self) -> bool:
@@ -44,6 +49,25 @@ class KeyUser(BaseUser):
     @property
     def identity(self) -> str:
         return self.key.id
+
+
+class KeyCredentials(AuthCredentials):
+    """`request.auth` for a request that passed: the key's scopes, as a tuple, and
+    read-only, so what one request does to it no other request sees (Starlette's
+    `@requires` reads it with `in`)."""
+
+    def __init__(self, scopes: tuple[str, ...]) -> None:
+        object.__setattr__(self, "scopes", scopes)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("request.auth is read-only")
+
+
+VIEWS = 10_000  # cached keys whose Starlette view a door keeps (then it starts afresh)
+
+
+def _view(entry: Entry) -> tuple[KeyCredentials, KeyUser]:
+    return KeyCredentials(entry.granted), KeyUser(entry.info)
 
 
 def guard_from(guard: KeyGuard | None, settings: Mapping[str, Any] | None) -> KeyGuard:
@@ -70,6 +94,7 @@ class KeyGuardMiddleware:
         names = {*self.guard.header_names, "content-length"}  # the length for signed bodies
         self._wanted = {n.encode(): n for n in names}
         self._start, self._finish = self.guard.drivers.start, self.guard.drivers.finish
+        self._views: dict[Entry, tuple[KeyCredentials, KeyUser]] = {}
         self._undocumented = True  # see `_document`
 
     def _document(self, scope: Scope) -> None:
@@ -107,7 +132,7 @@ class KeyGuardMiddleware:
             route_path(scope["path"], root) if (root := scope.get("root_path")) else scope["path"],
             client[0] if client else None,
             headers,
-            scope.get("scheme") or ("ws" if kind == "websocket" else "http"),
+            scope.get("scheme", "http"),
             scope,  # source and receive: where a signed body is read from
             receive,
         )
@@ -121,10 +146,14 @@ class KeyGuardMiddleware:
         if entry is not None:
             scope["keyguard.key"] = entry.info
             scope["keyguard.guard"] = self.guard
-            # Starlette's view of the key, new for every request: what the app does to
-            # `request.auth.scopes` stays in this request.
-            scope["auth"] = AuthCredentials(entry.granted)
-            scope["user"] = KeyUser(entry.info)
+            # Starlette's view of the key: read-only objects, made once per prepared
+            # entry (a pure function of it) and kept while it is in use.
+            view = self._views.get(entry)
+            if view is None:
+                if len(self._views) >= VIEWS:
+                    self._views.clear()
+                view = self._views[entry] = _view(entry)
+            scope["auth"], scope["user"] = view
             receive = facts.receive  # a signed request's body, replayed to the app
         else:  # a public path: `request.user` and `@requires` answer (403), never assert
             if "auth" not in scope:

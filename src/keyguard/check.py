@@ -150,22 +150,22 @@ class Drivers:
         """After the answer: the memo, the last use, the observers (for both drivers)."""
         entry = verdict.entry
         if entry is not None:
-            memo = verdict.memo
-            if memo is not None:
-                self.cache.remember(*memo)
+            if verdict.memo is not None:
+                self.cache.remember(*verdict.memo)
             now = self.clock()  # `last_used_at` and `_from`, buffered
-            self.used[entry.record.id] = (
-                now,
-                facts.peer if verdict.peer_is_client else verdict.client,
-            )
+            self.used[entry.id] = (now, facts.peer if verdict.peer_is_client else verdict.client)
             if now >= self.next_flush:
-                self.next_flush = now + FLUSH_INTERVAL
-                threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
+                self._flush_soon(now)
         elif verdict.error is not None:
             for observe in self.refusals:
                 observe(facts, verdict, known)
-        for observe in self.observers:
-            observe(facts, verdict, known)
+        if self.observers:
+            for observe in self.observers:
+                observe(facts, verdict, known)
+
+    def _flush_soon(self, now: float) -> None:
+        self.next_flush = now + FLUSH_INTERVAL
+        threading.Thread(target=self.flush, name="keyguard-flush", daemon=True).start()
 
     def refused_later(self, facts: Facts, exc: RequestRejected, key_id: str | None) -> None:
         """A refusal made outside the step (a route dependency or view decorator such

@@ -57,11 +57,13 @@ class Entry:
     scopes: frozenset[str]
     allowlist: Allowlist | None  # None: the key may be used from anywhere
     limited: bool  # a rate limit or use quota applies (step 8 has work to do)
+    id: str = field(init=False)  # the record's
     until: float = field(init=False)  # revocation or expiry: no remembered pass outlives it
     granted: tuple[str, ...] = field(init=False, repr=False)  # `scopes` sorted, for the doors
     passed: Verdict = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
+        self.id = self.record.id
         ends = [t for t in (self.record.revoked_at, self.record.expires_at) if t is not None]
         self.until = min(ends, default=math.inf)
         self.granted = tuple(sorted(self.scopes))
@@ -113,11 +115,11 @@ class Facts:
     token: str | None = None  # verify(): the credential itself
     passphrase: str | None = None  # verify()'s
     target: str | None = None  # the path the audit trail names when `path` is None
-    # Filled in by the body need for a signed request:
+    # Filled in by the body need for a signed request (`fields`: rfc9421 only):
     body: bytes | None = None
     raw_path: str | None = None
     query: str = ""
-    fields: Sequence[tuple[str, str]] | None = None  # every header line, for rfc9421 only
+    fields: Sequence[tuple[str, str]] | None = None
 
     def __init__(
         self,
@@ -197,6 +199,17 @@ class Parts:
     # headers (the client is then not the peer) and the passphrase.
     cold: frozenset[str] = frozenset()
     signed: frozenset[str] = frozenset()  # the headers that make a request a signed one
+    signing_on: bool = False  # can a signed request be checked (a master key)?
+    token_len: int = 0  # `tokens`' token length and where its id stands
+    id_start: int = 0
+    id_end: int = 0
+
+    is_public: Any = None  # router.is_public, one attribute away
+    blocked: Any = None  # abuse.blocked, one attribute away
+
+    def __post_init__(self) -> None:
+        self.token_len, self.id_start, self.id_end = self.tokens.layout()
+        self.is_public, self.blocked = self.router.is_public, self.abuse.blocked
 
 
 def invalid_key() -> AuthenticationError:
@@ -247,7 +260,8 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                 raise k.error  # what the last I/O refused with
 
         # 1. A public path needs nothing.
-        if f.path is not None and p.router.is_public(f.path):
+        path = f.path
+        if path is not None and p.is_public(path):
             return PUBLIC
         # HTTPS only (`require_tls`): refused before any credential is read.
         if (
@@ -257,28 +271,29 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
         ):
             raise AuthorizationError("tls_required", "This API must be called over HTTPS.")
         # A client over `abuse.max_failures` is refused before anything is parsed.
-        abuse = p.abuse
-        if abuse.blocked:
-            abuse.check_client(p.clients.resolve(f.peer, f.headers))
+        if p.blocked:  # (the abuse counters' own dict of throttled clients)
+            p.abuse.check_client(p.clients.resolve(f.peer, f.headers))
 
         # 1. Exactly one credential: a bearer token (Authorization or `header`) or a
         #    signed request (only where signed requests can be checked).
         h = f.headers
-        if f.token is not None:
-            token = f.token
-        else:
+        given = f.token  # `verify`'s; a door's request names its credential in headers
+        if given is None:
             token = credential(
-                h.get("authorization", ()), h.get(p.header, ()), not p.signed.isdisjoint(h)
+                h.get("authorization", ()),
+                h.get(p.header, ()),
+                p.signing_on and not p.signed.isdisjoint(h),
             )
-        now = p.clock()
-        signed: Signed | None = None
+        else:
+            token = given
         if token is not SIGNED:
             # 2. Well-formed, with a valid checksum (no I/O for a mistyped or made-up token).
-            claimed = p.tokens.quick_id(token)  # named in the verdict only once believed
-            if claimed is None:
+            # Where the id stands in a token of the right length (tokens.TokenParser's
+            # fields, read here without a call); named in the verdict only once believed.
+            if len(token) != p.token_len:
                 raise invalid_key()
+            claimed = token[p.id_start : p.id_end]
             slot = p.peek(claimed)
-            fresh_proof = False  # did this request prove the current secret (not remembered)?
             if (  # steps 2-3 from memory: this very token proved this entry before
                 slot is not None
                 and slot.proof is not None
@@ -286,20 +301,22 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                 and hmac.compare_digest(slot.proof, token)
             ):
                 entry = slot.entry
-                key_id, proven = claimed, True
                 if (
-                    (f.peer, f.method, f.path) in slot.routes
-                    and now < entry.until
-                    and f.token is None
+                    given is None
+                    and (f.peer, f.method, path) in slot.routes
                     and p.cold.isdisjoint(h)
+                    and p.clock() < entry.until
                 ):  # steps 4-7 passed for this peer and route before (see cache.Slot)
                     if entry.limited and not (k is not None and k.admitted):
                         return _admit(entry, k, claimed)
                     return entry.passed  # type: ignore[no-any-return]
+                key_id, proven, fresh_proof = claimed, True, False
+                now = p.clock()
             else:
                 if not p.tokens.checksum_ok(token) or p.tokens.split(token) is None:
                     raise invalid_key()
                 key_id = claimed
+                now = p.clock()
                 # 3. The key is found, and the secret matches.
                 found = _found(p, k, slot, key_id)
                 if isinstance(found, Need):
@@ -309,13 +326,14 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                 if isinstance(matched, Need):
                     return matched
                 proven, fresh_proof = matched is not False, matched is CURRENT
-            passphrase = f.passphrase if f.token is not None else _first(h, p.passphrase_header)
+            passphrase = _first(h, p.passphrase_header) if given is None else f.passphrase
+            signed: Signed | None = None
         else:
             # 2. A signed request: headers well-formed, timestamp fresh, body read once.
             if f.body is None:
                 return Need(BODY, p.signing, k or Known())
             signed = p.signing.begin(f)  # pure: run again on each call, as cheap as keeping it
-            key_id = signed.key_id
+            key_id, now = signed.key_id, p.clock()
             # 3. The key is found (a signing key), and the signature matches.
             slot = p.peek(key_id)
             found = _found(p, k, slot, key_id)

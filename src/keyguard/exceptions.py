@@ -71,11 +71,24 @@ class InvalidKeySettings(KeyGuardError, ValueError):
 
     code = "invalid_key_settings"
     status_code = 422
+    title = "Unprocessable Content"
 
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    # What `problem()` renders (the admin API answers with it):
+    @property
+    def detail(self) -> str:
+        return self.message
+
+    @property
+    def extra(self) -> dict[str, object]:
+        return {"field": self.field}
+
+    def headers(self) -> list[tuple[str, str]]:
+        return []
 
 
 class KeyLimitExceeded(InvalidKeySettings):
@@ -91,6 +104,7 @@ class KeyStateConflict(InvalidKeySettings):
     suspended or resumed. `field` is "key"; the admin API answers 409."""
 
     status_code = 409
+    title = "Conflict"
 
     def __init__(self, message: str) -> None:
         super().__init__("key", message)
@@ -265,7 +279,7 @@ class ServiceUnavailable(RequestRejected):
         return [("retry-after", "5")]
 
 
-def problem(exc: RequestRejected) -> tuple[int, list[tuple[str, str]], bytes]:
+def problem(exc: RequestRejected | InvalidKeySettings) -> tuple[int, list[tuple[str, str]], bytes]:
     """Render a rejection as RFC 9457 problem+json: (status, headers, body). The
     body also carries `message`, the same text as `detail`: SDKs such as openai's
     and the exchanges' show that member (SPEC section 5)."""

@@ -109,6 +109,7 @@ class KeyGuard:
             setup=lambda: self.hasher,
             cold=self.clients.header_names | {self.passphrase_header},
             signed=self.signing.names,  # empty unless signed requests can be checked
+            signing_on=self.signing.enabled,
         )
         self.drivers = Drivers(
             self.parts, self.cache, self.abuse, self.replay, clock, lambda: self.flush()

@@ -167,7 +167,9 @@ class Abuse:
         self._memory = _Counters()
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}  # (limit text, key id) -> its plan
-        self.blocked: dict[str, float] = {}  # client bucket -> wall time it may try again
+        # client bucket -> wall time it may try again; the step reads this very dict
+        # (decision.Parts.blocked): changed in place, never rebound
+        self.blocked: dict[str, float] = {}
         self._lock = threading.Lock()
         self._uses: dict[str, int] = {}  # key id -> uses known to this process
         self._dirty: set[str] = set()

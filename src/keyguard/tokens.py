@@ -76,6 +76,10 @@ class TokenParser:
         # where the secret stands in a token of the right shape: token[secret_start:secret_end]
         self.secret_start, self.secret_end = self._id_end + 1, self._secret_end
 
+    def layout(self) -> tuple[int, int, int]:
+        """(token length, start, end of the id in it): what `quick_id` reads."""
+        return self._length, len(self._head), self._id_end
+
     def quick_id(self, token: object) -> str | None:
         """Where the id would be, for a token of the right length (nothing else checked)."""
         if isinstance(token, str) and len(token) == self._length:

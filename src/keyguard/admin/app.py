@@ -107,32 +107,11 @@ class _Seen(Exception):
         self.error = error
 
 
-_TITLES = {409: "Conflict", 422: "Unprocessable Content"}
-
-
-def _problem(exc: RequestRejected) -> Response:
+def _problem(exc: RequestRejected | InvalidKeySettings) -> Response:
+    """problem+json from the one renderer (`exceptions.problem`): a refusal, or a
+    refused setting (422, or 409 for a key whose state forbids the change)."""
     status, headers, body = problem(exc)
     return Response(body, status_code=status, headers=dict(headers))
-
-
-def _settings_problem(exc: InvalidKeySettings) -> Response:
-    """422 (409 for a key whose state forbids the change) naming the field. ASCII
-    JSON, so no text in a message can make the answer unencodable."""
-    status = exc.status_code
-    doc = {
-        "type": "about:blank",
-        "title": _TITLES.get(status, "Unprocessable Content"),
-        "status": status,
-        "detail": exc.message,
-        "code": exc.code,
-        "field": exc.field,
-    }
-    return Response(
-        json.dumps(doc, separators=(",", ":")),
-        status,
-        {"cache-control": "no-store"},
-        "application/problem+json",
-    )
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -396,9 +375,9 @@ class AdminAPI:
                 return await handler(request, principal)
             except _Refused as exc:  # refused here, before guard.keys saw (and logged) it
                 audit.emit(action, result=exc.code, key_id=key_id, field=exc.field)
-                return _settings_problem(exc)
+                return _problem(exc)
             except InvalidKeySettings as exc:
-                return _settings_problem(exc)
+                return _problem(exc)
             except NotFound:  # refused here (`_own`), before guard.keys saw it
                 if action not in _READS:
                     audit.emit(action, result="not_found", key_id=key_id)
