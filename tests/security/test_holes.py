@@ -1,8 +1,9 @@
 """The classes of flaw an outside review found (issue 15), each held over HTTP on
 both doors: per-request state, public paths, client numbers, bodies read for
 nothing, forwarding families, TLS, unknown peers, slow hashes, linear globs and
-reprs. (The router agreement is tests/security/test_gate_agreement.py; changes
-reaching every instance, tests/test_cluster.py::test_a_change_that_misses_redis_reaches_every_instance.)"""
+reprs. (The router agreement is tests/security/test_gate_agreement.py; a change
+reaching every instance, test_a_change_that_misses_redis_reaches_every_instance in
+tests/test_cluster.py.)"""
 
 from __future__ import annotations
 
