@@ -873,9 +873,11 @@ _JS = r"""
       $('copy-status').textContent = done ? 'Copied the ' + b.dataset.what + ' to the clipboard.' : 'Copy failed: select the ' + b.dataset.what + ' and copy it by hand.';
     });
   }
-  $('secret-done').addEventListener('click', () => closeDialog($('secret-dialog')));
+  // The close event comes a task later; the secret leaves the page at once.
+  function forgetSecrets() { for (const id of SECRETS) $(id).value = ''; $('copy-status').textContent = ''; }
+  $('secret-done').addEventListener('click', () => { forgetSecrets(); closeDialog($('secret-dialog')); });
   // However the dialog closes (button, Escape), the secret leaves the page.
-  $('secret-dialog').addEventListener('close', () => { for (const id of SECRETS) $(id).value = ''; $('copy-status').textContent = ''; });
+  $('secret-dialog').addEventListener('close', forgetSecrets);
 
   // -- create ----------------------------------------------------------------------------------
   const DAYS = {'7d': 7, '30d': 30, '90d': 90, '365d': 365, never: Infinity};
