@@ -203,7 +203,7 @@ def connect(url: RedisURL, timeout: float) -> Any:
     if url.scheme == "redis+cluster":
         from redis.cluster import ClusterNode, RedisCluster
 
-        nodes = [ClusterNode(h, p) for h, p in url.locations]  # type: ignore[no-untyped-call]
+        nodes = [ClusterNode(h, p) for h, p in url.locations]  # type: ignore[no-untyped-call, unused-ignore]
         return RedisCluster(
             startup_nodes=nodes,
             retry=Retry(NoBackoff(), 1),
@@ -216,13 +216,13 @@ def connect(url: RedisURL, timeout: float) -> Any:
         "username": o.get("sentinel_username", url.username),
         "password": o.get("sentinel_password", url.password),
     }
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
         list(url.locations),
         sentinel_kwargs={**sentinel_auth, **timeouts, "retry": Retry(NoBackoff(), 0)},
         **auth,
         **timeouts,
     )
-    return sentinel.master_for(  # type: ignore[no-untyped-call]
+    return sentinel.master_for(  # type: ignore[no-untyped-call, unused-ignore]
         url.service,
         db=int(o.get("db", 0)),
         retry=Retry(NoBackoff(), 1),
