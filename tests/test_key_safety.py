@@ -223,7 +223,7 @@ def overwrite(guard: KeyGuard, key_id: str, doc: str) -> None:
     elif kind == "RedisStore":
         store._client.set(store._k("key", key_id), doc)
     else:
-        mark = "?" if kind == "SQLiteStore" else "%s"
+        mark = store.MARK  # the SQL store's placeholder
         with store._db(write=True) as db:
             db.execute(f"UPDATE keyguard_keys SET data = {mark} WHERE id = {mark}", (doc, key_id))
 

@@ -32,9 +32,9 @@ SCHEMA_VERSION = 2
 Use = tuple[float, str | None]  # a buffered last use: (time, client IP)
 
 
-def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], record: str) -> None:
+def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], upsert: str) -> None:
     """Bring a SQL store's schema to SCHEMA_VERSION, inside the caller's transaction.
-    `db` is a DB-API connection (sqlite3, psycopg); `record` upserts the version."""
+    `db` is a DB-API connection (sqlite3, psycopg); `upsert` sets a meta (name, value)."""
     db.execute(
         "CREATE TABLE IF NOT EXISTS keyguard_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL)"
     )
@@ -48,7 +48,7 @@ def migrate(db: Any, where: str, migrations: Mapping[int, Sequence[str]], record
     for step in range(version, SCHEMA_VERSION):
         for sql in migrations[step]:
             db.execute(sql)
-    db.execute(record, (str(SCHEMA_VERSION),))
+    db.execute(upsert, ("schema_version", str(SCHEMA_VERSION)))
 
 
 # The columns of a SQL store's INSERT, in the order of `insert_row`.

@@ -21,7 +21,7 @@ once). This module must never put a password from the URL into a message.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -29,22 +29,9 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
-from ..models import KeyRecord
-from .base import (
-    INSERT_COLUMNS,
-    SELECT_COLUMNS,
-    UPDATE_SET,
-    Store,
-    Use,
-    decode,
-    decode_all,
-    insert_row,
-    live_sql,
-    migrate,
-    newly_counted,
-    update_row,
-)
+from ..exceptions import ConfigurationError, StoreError
+from .base import Use
+from .sql import SQLStore
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -71,16 +58,18 @@ _SETUP_LOCK = 0
 _OWN_PARAMS = {"pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout"}
 
 
-_LIVE_OTHERS = (
-    f"SELECT count(*) FROM keyguard_keys WHERE owner = %s AND id != %s AND {live_sql('%s')}"
-)
+class PostgreSQLStore(SQLStore):
+    MARK = "%s"
+    FOR_UPDATE = " FOR UPDATE"
+    UPSERT_META = (
+        "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s)"
+        " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value"
+    )
+    INSERT_META = (
+        "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s) ON CONFLICT (name) DO NOTHING"
+    )
+    MIGRATIONS = MIGRATIONS
 
-
-def _record(row: tuple[str, str, float | None, str | None]) -> KeyRecord:
-    return decode(row[0], row[1], (row[2], row[3]))
-
-
-class PostgreSQLStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         parts = urlsplit(url)
@@ -99,7 +88,9 @@ class PostgreSQLStore(Store):
         self._conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
         self._options = f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}"
         # For messages: never the password.
-        self._where = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        self.where = (
+            f"postgresql store {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        )
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
 
@@ -157,90 +148,17 @@ class PostgreSQLStore(Store):
             finally:
                 pool.putconn(conn)
         except psycopg.Error as exc:
-            raise StoreError(f"postgresql store {self._where}: {type(exc).__name__}") from exc
+            raise StoreError(f"{self.where}: {type(exc).__name__}") from exc
 
-    # -- schema -------------------------------------------------------------
+    # -- the dialect's own ------------------------------------------------------
 
-    def setup(self) -> None:
-        with self._db(write=True) as db:
-            db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _SETUP_LOCK))
-            migrate(
-                db,
-                f"postgresql store {self._where}",
-                MIGRATIONS,
-                "INSERT INTO keyguard_meta (name, value) VALUES ('schema_version', %s)"
-                " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-            )
+    def _before_migrate(self, db: psycopg.Connection[Any]) -> None:
+        db.execute("SELECT pg_advisory_xact_lock(%s, %s)", (_LOCK_SPACE, _SETUP_LOCK))
 
-    # -- records ------------------------------------------------------------
-
-    def get(self, key_id: str) -> KeyRecord | None:
-        with self._db() as db:
-            row = db.execute(
-                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = %s", (key_id,)
-            ).fetchone()
-        return None if row is None else _record(row)
-
-    @staticmethod
-    def _check_limit(
-        db: psycopg.Connection[Any], record: KeyRecord, limit: int | None, now: float
-    ) -> None:
-        if limit is None:
-            return
+    def _lock_owner(self, db: psycopg.Connection[Any], owner: str) -> None:
         # Serialises the owner's creates and revivals across every process; released
         # at commit. A count taken after the lock sees every earlier holder's commit.
-        db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, record.owner))
-        row = db.execute(_LIVE_OTHERS, (record.owner, record.id, now)).fetchone()
-        if row is not None and row[0] >= limit:
-            raise KeyLimitExceeded(limit)
-
-    def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
-        with self._db(write=True) as db:
-            self._check_limit(db, record, max_live_per_owner, now)
-            db.execute(
-                f"INSERT INTO keyguard_keys ({INSERT_COLUMNS})"
-                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                insert_row(record),
-            )
-
-    def modify(
-        self,
-        key_id: str,
-        change: Callable[[KeyRecord], KeyRecord],
-        max_live_per_owner: int | None = None,
-        now: float = 0.0,
-    ) -> KeyRecord:
-        with self._db(write=True) as db:
-            row = db.execute(
-                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = %s FOR UPDATE", (key_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyNotFound(key_id)
-            old = _record(row)
-            new = change(old)
-            if newly_counted(old, new, now):
-                self._check_limit(db, new, max_live_per_owner, now)
-            db.execute(
-                f"UPDATE keyguard_keys SET {UPDATE_SET.format('%s')} WHERE id = %s",
-                (*update_row(new), key_id),
-            )
-            return new
-
-    def delete(self, key_id: str) -> bool:
-        with self._db() as db:
-            return db.execute("DELETE FROM keyguard_keys WHERE id = %s", (key_id,)).rowcount > 0
-
-    def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
-        sql = f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE TRUE"
-        args: list[object] = []
-        if owner is not None:
-            sql += " AND owner = %s"
-            args.append(owner)
-        if not include_revoked:
-            sql += " AND revoked_at IS NULL"
-        with self._db() as db:
-            rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return decode_all((r[0], r[1], (r[2], r[3])) for r in rows)
+        db.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_LOCK_SPACE, owner))
 
     def touch(self, last_used: Mapping[str, Use]) -> None:
         if not last_used:
@@ -252,32 +170,6 @@ class PostgreSQLStore(Store):
                 " FROM unnest(%s::text[], %s::float8[], %s::text[]) AS v(id, ts, ip)"
                 " WHERE k.id = v.id AND (k.last_used_at IS NULL OR k.last_used_at < v.ts)",
                 (ids, [last_used[i][0] for i in ids], [last_used[i][1] for i in ids]),
-            )
-
-    # -- meta ---------------------------------------------------------------
-
-    def get_meta(self, name: str) -> str | None:
-        with self._db() as db:
-            row = db.execute("SELECT value FROM keyguard_meta WHERE name = %s", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta_default(self, name: str, value: str) -> str:
-        with self._db(write=True) as db:
-            db.execute(
-                "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO NOTHING",
-                (name, value),
-            )
-            row = db.execute("SELECT value FROM keyguard_meta WHERE name = %s", (name,)).fetchone()
-        assert row is not None
-        return str(row[0])
-
-    def set_meta(self, name: str, value: str) -> None:
-        with self._db() as db:
-            db.execute(
-                "INSERT INTO keyguard_meta (name, value) VALUES (%s, %s)"
-                " ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
-                (name, value),
             )
 
     def close(self) -> None:

@@ -12,28 +12,13 @@ from __future__ import annotations
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..exceptions import ConfigurationError, KeyLimitExceeded, KeyNotFound, StoreError
-from ..models import KeyRecord
-from .base import (
-    INSERT_COLUMNS,
-    SELECT_COLUMNS,
-    UPDATE_SET,
-    Store,
-    Use,
-    decode,
-    decode_all,
-    insert_row,
-    live_sql,
-    migrate,
-    newly_counted,
-    update_row,
-)
-
-_LIVE_OTHERS = f"SELECT count(*) FROM keyguard_keys WHERE owner = ? AND id != ? AND {live_sql('?')}"
+from ..exceptions import ConfigurationError, StoreError
+from .base import Use
+from .sql import SQLStore
 
 # MIGRATIONS[n] brings a schema at version n to version n + 1.
 MIGRATIONS = {
@@ -75,11 +60,13 @@ def _wal(conn: sqlite3.Connection) -> None:
             time.sleep(0.005)
 
 
-def _record(row: tuple[str, str, float | None, str | None]) -> KeyRecord:
-    return decode(row[0], row[1], (row[2], row[3]))
+class SQLiteStore(SQLStore):
+    # BEGIN IMMEDIATE (every write) excludes other writers, threads and processes alike.
+    MARK = "?"
+    UPSERT_META = "INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES (?, ?)"
+    INSERT_META = "INSERT OR IGNORE INTO keyguard_meta (name, value) VALUES (?, ?)"
+    MIGRATIONS = MIGRATIONS
 
-
-class SQLiteStore(Store):
     def __init__(self, url: str) -> None:
         self.url = url
         path = url.removeprefix("sqlite://")
@@ -90,6 +77,7 @@ class SQLiteStore(Store):
                 "store: a sqlite URL needs a path, as in sqlite:///keyguard.db"
             )
         self.path = path
+        self.where = f"sqlite store {path!r}"
         self._conn: sqlite3.Connection | None = None
         self._lock = threading.RLock()
 
@@ -111,7 +99,7 @@ class SQLiteStore(Store):
                 if write:
                     conn.commit()
             except sqlite3.Error as exc:
-                raise StoreError(f"sqlite store {self.path!r}: {exc}") from exc
+                raise StoreError(f"{self.where}: {exc}") from exc
 
     def _connect(self) -> sqlite3.Connection:
         if self.path != ":memory:":
@@ -124,79 +112,6 @@ class SQLiteStore(Store):
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
 
-    def setup(self) -> None:
-        with self._db(write=True) as db:
-            migrate(
-                db,
-                f"sqlite store {self.path!r}",
-                MIGRATIONS,
-                "INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES ('schema_version', ?)",
-            )
-
-    def get(self, key_id: str) -> KeyRecord | None:
-        with self._db() as db:
-            row = db.execute(
-                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
-            ).fetchone()
-        return None if row is None else _record(row)
-
-    @staticmethod
-    def _check_limit(
-        db: sqlite3.Connection, record: KeyRecord, limit: int | None, now: float
-    ) -> None:
-        # Inside BEGIN IMMEDIATE: no other writer (thread or process) runs meanwhile.
-        if limit is not None:
-            (live,) = db.execute(_LIVE_OTHERS, (record.owner, record.id, now)).fetchone()
-            if live >= limit:
-                raise KeyLimitExceeded(limit)
-
-    def insert(self, record: KeyRecord, max_live_per_owner: int | None, now: float) -> None:
-        with self._db(write=True) as db:
-            self._check_limit(db, record, max_live_per_owner, now)
-            db.execute(
-                f"INSERT INTO keyguard_keys ({INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                insert_row(record),
-            )
-
-    def modify(
-        self,
-        key_id: str,
-        change: Callable[[KeyRecord], KeyRecord],
-        max_live_per_owner: int | None = None,
-        now: float = 0.0,
-    ) -> KeyRecord:
-        with self._db(write=True) as db:
-            row = db.execute(
-                f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE id = ?", (key_id,)
-            ).fetchone()
-            if row is None:
-                raise KeyNotFound(key_id)
-            old = _record(row)
-            new = change(old)
-            if newly_counted(old, new, now):
-                self._check_limit(db, new, max_live_per_owner, now)
-            db.execute(
-                f"UPDATE keyguard_keys SET {UPDATE_SET.format('?')} WHERE id = ?",
-                (*update_row(new), key_id),
-            )
-            return new
-
-    def delete(self, key_id: str) -> bool:
-        with self._db(write=True) as db:
-            return db.execute("DELETE FROM keyguard_keys WHERE id = ?", (key_id,)).rowcount > 0
-
-    def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
-        sql = f"SELECT {SELECT_COLUMNS} FROM keyguard_keys WHERE 1 = 1"
-        args: list[object] = []
-        if owner is not None:
-            sql += " AND owner = ?"
-            args.append(owner)
-        if not include_revoked:
-            sql += " AND revoked_at IS NULL"
-        with self._db() as db:
-            rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return decode_all((r[0], r[1], (r[2], r[3])) for r in rows)
-
     def touch(self, last_used: Mapping[str, Use]) -> None:
         if not last_used:
             return
@@ -205,27 +120,6 @@ class SQLiteStore(Store):
                 "UPDATE keyguard_keys SET last_used_at = ?, last_used_from = ? WHERE id = ?"
                 " AND (last_used_at IS NULL OR last_used_at < ?)",
                 [(ts, ip, key_id, ts) for key_id, (ts, ip) in last_used.items()],
-            )
-
-    def get_meta(self, name: str) -> str | None:
-        with self._db() as db:
-            row = db.execute("SELECT value FROM keyguard_meta WHERE name = ?", (name,)).fetchone()
-        return None if row is None else str(row[0])
-
-    def set_meta_default(self, name: str, value: str) -> str:
-        with self._db(write=True) as db:
-            db.execute(
-                "INSERT OR IGNORE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value)
-            )
-            (stored,) = db.execute(
-                "SELECT value FROM keyguard_meta WHERE name = ?", (name,)
-            ).fetchone()
-        return str(stored)
-
-    def set_meta(self, name: str, value: str) -> None:
-        with self._db(write=True) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO keyguard_meta (name, value) VALUES (?, ?)", (name, value)
             )
 
     def close(self) -> None:
