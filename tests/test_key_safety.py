@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from keyguard import InvalidKeySettings, KeyGuard, KeyNotFound, StoreError
-from keyguard.admin import admin_app
+from keyguard.admin import Principal, admin_app
 from keyguard.asgi import KeyGuardMiddleware
 from keyguard.exceptions import shown_id
 
@@ -203,6 +203,7 @@ CORRUPT = [
     pytest.param(lambda d: json.dumps({**d, "metadata": {"\udc00": 1}}), id="surrogate-key"),
     pytest.param(lambda d: json.dumps({**d, "metadata": deep(40)}), id="deep-metadata"),
     pytest.param(lambda d: json.dumps({**d, "max_uses": 1.5}), id="uses-a-float"),
+    pytest.param(lambda d: json.dumps({**d, "allowed_ips": ["QQQ.1"]}), id="ip-not-a-network"),
 ]
 
 
@@ -271,6 +272,43 @@ async def test_a_corrupt_row_is_a_store_error_naming_the_key_and_listings_show_t
         assert (await c.get(f"/api/keys/{bad.id}")).status_code == 404
     # A corrupt row never makes room under the owner limit, nor breaks a create.
     guard.keys.create(owner="acme", name="after")
+
+
+def misfile(guard: KeyGuard, key_id: str, owner: str) -> None:
+    """File a key under another owner's index (a column, a sorted set) behind
+    keyguard's back, leaving its record as it is."""
+    store: Any = guard.store
+    kind = type(store).__name__
+    if kind == "RedisStore":
+        store._client.zadd(store._k("owner", owner), {key_id: 0})
+        store._client.zadd(store._k("all"), {b"\xff\xfe not text": 0})
+        store._client.zadd(store._k("owner", owner), {b"\xff\xfe not text": 0})
+    else:
+        with store._db(write=True) as db:
+            db.execute(
+                f"UPDATE keyguard_keys SET owner = {store.MARK} WHERE id = {store.MARK}",
+                (owner, key_id),
+            )
+
+
+@pytest.mark.parametrize("backend_guard", ["sqlite", "postgresql", "redis"], indirect=True)
+async def test_an_index_that_disagrees_with_the_record_never_breaks_or_widens_a_listing(
+    backend_guard: KeyGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    guard = backend_guard
+    mine = guard.keys.create(owner="alice", name="mine")
+    theirs = guard.keys.create(owner="bob", name="theirs")
+    misfile(guard, theirs.id, "alice")
+    caplog.set_level(logging.ERROR, logger="keyguard")
+    assert [k.id for k in guard.keys.list(owner="alice")] == [mine.id]
+    assert {k.id for k in guard.keys.list()} == {mine.id, theirs.id}
+    assert any(theirs.id in r.getMessage() for r in caplog.records)
+    tenant = admin_app(guard, authorize=lambda request: Principal("alice", owner="alice"))
+    transport = httpx.ASGITransport(app=tenant, client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+        r = await c.get("/api/keys")
+        assert r.status_code == 200 and [k["id"] for k in r.json()["keys"]] == [mine.id]
+        assert (await c.get(f"/api/keys/{theirs.id}")).status_code == 404
 
 
 # -- a token where a key id belongs ------
@@ -355,6 +393,48 @@ def test_the_cli_never_echoes_a_token_given_as_id(
         out, err = capsys.readouterr()
         assert exited.value.code == 1 and token not in out + err
         assert f"kg_…{token[-4:]}" in err
+
+
+async def test_a_secret_pasted_into_another_field_is_not_echoed(
+    admin: httpx.AsyncClient, guard: KeyGuard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Wherever a refusal quotes what was given (an allowlist entry, a duration, a
+    metadata pair), a token or secret pasted there is shown only as its hint."""
+    from keyguard.cli import main
+
+    token = guard.keys.create(owner="o", name="n").token or ""
+    secret = "x" * 39 + "WXYZ"  # a signing secret's shape
+    for pasted in (token, secret, token + "/24"):
+        with pytest.raises(InvalidKeySettings) as caught:
+            guard.keys.create(owner="o", name="m", allowed_ips=[pasted])
+        assert pasted[:-4] not in str(caught.value) and "…" in str(caught.value)
+        r = await admin.post("/api/keys", json={"owner": "o", "name": "m", "allowed_ips": [pasted]})
+        assert r.status_code == 422 and pasted[:-4] not in r.text
+    for bad in ("203.0.113.0/33", "not-an-ip"):  # what looks like an entry is quoted
+        with pytest.raises(InvalidKeySettings) as caught:
+            guard.keys.create(owner="o", name="m", allowed_ips=[bad])
+        assert (repr(bad) in str(caught.value)) == (bad[0].isdigit())
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    for args in (
+        ["keys", "create", "--owner", "o", "--name", "n", "--ip", token],
+        ["keys", "create", "--owner", "o", "--name", "n", "--expires-in", token],
+        ["keys", "create", "--owner", "o", "--name", "n", "--metadata", token],
+        ["keys", "rotate", "AbCdEfGh12345678", "--grace", secret],
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(["--store", url, *args])
+        out, err = capsys.readouterr()
+        assert exited.value.code != 0 and token[:-4] not in out + err and secret[:-4] not in err
+
+
+def test_an_ipv4_mapped_entry_is_stored_as_the_ipv4_it_names() -> None:
+    g = KeyGuard({"store": "memory://"})
+    info = g.keys.create(owner="o", name="n", allowed_ips=["::ffff:203.0.113.7"]).info
+    assert info.allowed_ips == ("203.0.113.7/32",)
+    issued = g.keys.create(owner="o", name="m", allowed_ips=["::ffff:203.0.113.0/120"])
+    assert issued.info.allowed_ips == ("203.0.113.0/24",)
+    assert g.verify(issued.token or "", client_ip="203.0.113.9").id == issued.info.id
+    assert g.verify(issued.token or "", client_ip="::ffff:203.0.113.9").id == issued.info.id
 
 
 # -- metadata handed to a request is read-only ------

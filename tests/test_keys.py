@@ -470,6 +470,13 @@ WIDE = [
     pytest.param(_every_public_v4(), {}, id="every-public-cidr"),
     pytest.param(["16.0.0.0/4"], {}, id="one-v4-slash-4"),
     pytest.param(["2000::/4"], {}, id="half-the-v6-unicast-space"),
+    pytest.param(  # where IPv6 clients are, though a sliver of 2000::/3
+        ["2001::/16", "2003::/18", "2400::/12", "2600::/12", "2800::/12", "2a00::/12"]
+        + ["2a10::/12", "2c00::/12"],
+        {},
+        id="the-registries-v6-blocks",
+    ),
+    pytest.param(["2600::/12"], {}, id="one-registrys-v6-block"),
     pytest.param(["0.0.0.0/1", "128.0.0.0/1"], {"allow_private_ips": True}, id="two-halves"),
     pytest.param(["1.0.0.0/8"] * 3 + [f"{i}.0.0.0/8" for i in range(40, 56)], {}, id="many-8s"),
 ]
@@ -477,6 +484,7 @@ NARROW = [
     pytest.param(["203.0.113.0/24"], id="one-net"),
     pytest.param(["16.0.0.0/5"], id="a-slash-5"),
     pytest.param(["2001:db8::/32"], id="v6-slash-32"),
+    pytest.param(["2003::/19"], id="one-large-providers-v6-block"),
     pytest.param(["10.0.0.0/8"], id="private-only"),
 ]
 

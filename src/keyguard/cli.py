@@ -48,6 +48,7 @@ from .exceptions import (
     KeyNotFound,
     StoreError,
     shown_id,
+    shown_value,
 )
 from .guard import KeyGuard
 from .keys import duration
@@ -55,6 +56,7 @@ from .models import IssuedKey, KeyInfo
 from .settings import mask_url
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
+_SHORT = re.compile(r"[\w ]{0,12}")  # echoed as given in a refusal; anything longer as a hint
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NONE = ("none", "null", "off")
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -64,11 +66,12 @@ _VERSION = "%(prog)s %(version)s"
 def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
-        raise click.BadParameter(f"{text!r} is not a duration like 90s, 15m, 24h, 30d or 2w")
+        shown = shown_value(text, _SHORT)
+        raise click.BadParameter(f"{shown} is not a duration like 90s, 15m, 24h, 30d or 2w")
     try:
         return timedelta(seconds=duration("duration", int(m[1]) * _UNITS[m[2]]))
     except InvalidKeySettings:
-        raise click.BadParameter(f"{text!r} is longer than 100 years") from None
+        raise click.BadParameter(f"{shown_value(text, _SHORT)} is longer than 100 years") from None
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -283,7 +286,8 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         name, eq, value = pair.partition("=")
         if not eq or not name.strip():
-            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="'--metadata'")
+            shown = shown_value(pair, _SHORT)  # (a value may be a secret: a hint only)
+            raise click.BadParameter(f"{shown} is not KEY=VALUE", param_hint="'--metadata'")
         out[name.strip()] = value
     return out
 

@@ -58,6 +58,13 @@ def shown_id(value: object) -> str:
     return f"{m[1]}_…{tail}" if m else f"…{tail}"
 
 
+def shown_value(value: str, shape: re.Pattern[str]) -> str:
+    """A value a caller gave for a field, as a message may echo it: quoted when it
+    has the field's `shape` (an address, a duration), else only as a hint, for a
+    token or secret pasted into the wrong field must not be echoed."""
+    return repr(value) if shape.fullmatch(value) else shown_id(value)
+
+
 class KeyGuardError(Exception):
     """Root of every keyguard error."""
 

@@ -32,7 +32,7 @@ from .exceptions import StoreError
 from .hashing import Hasher
 from .keys import KeyManager
 from .models import KeyInfo, KeyRecord
-from .network import Allowlist, ClientResolver, IPAddress, IPNetwork, parse_ip
+from .network import Allowlist, ClientResolver, IPAddress, parse_ip
 from .ratelimit import Abuse
 from .redis import RedisTier, open_tier
 from .replay import ReplayCache
@@ -47,7 +47,6 @@ if TYPE_CHECKING:
     from .shared import SharedCache
 
 logger = logging.getLogger("keyguard")
-_NEVER = ipaddress.ip_network("0.0.0.0/32")  # matches no real peer
 
 
 class KeyGuard:
@@ -153,12 +152,8 @@ class KeyGuard:
         return self._hasher
 
     def _prepare(self, record: KeyRecord) -> Entry:
-        networks: list[IPNetwork] = []
-        for text in record.allowed_ips:
-            try:
-                networks.append(ipaddress.ip_network(text, strict=False))
-            except ValueError:
-                networks.append(_NEVER)  # fail closed on a corrupt stored entry
+        # Every entry parses: `KeyRecord.from_json` refuses a stored row where one does not.
+        networks = [ipaddress.ip_network(text, strict=False) for text in record.allowed_ips]
         return Entry(
             record,
             record.info(),

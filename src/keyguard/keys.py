@@ -153,10 +153,25 @@ def _rate(value: str | None) -> str | None:
 # 256 /8s). So an allowlist that admits at least WIDE_SHARE of the public
 # addresses of either IP version counts as no allowlist: every public CIDR, or
 # 0.0.0.0/1 + 128.0.0.0/1, or one /4, is not a restriction. Public IPv4 is the
-# whole space less network.PRIVATE_RANGES and multicast/reserved (224.0.0.0/3);
-# public IPv6 is the global unicast block 2000::/3 (so an IPv6 allowlist needs at
-# least a /7 of it to count as wide).
+# whole space less network.PRIVATE_RANGES and multicast/reserved (224.0.0.0/3).
+# Public IPv6 is where IPv6 clients are: the blocks IANA has allocated to the five
+# regional registries (ALLOCATED_V6), not the whole of 2000::/3, most of which is
+# unallocated, so a list of the registries' blocks is no restriction, while one
+# large provider's /19 is.
 WIDE_SHARE = 1 / 16
+ALLOCATED_V6 = (  # IANA's "IPv6 Global Unicast Address Assignments", by registry
+    "2001::/16",  # (its /23s and /20s: every registry, and IANA's own 2001::/23)
+    "2003::/18",  # RIPE NCC
+    "2400::/12",  # APNIC
+    "2600::/12",  # ARIN
+    "2610::/23",  # ARIN
+    "2620::/23",  # ARIN
+    "2630::/16",  # ARIN
+    "2800::/12",  # LACNIC
+    "2a00::/12",  # RIPE NCC
+    "2a10::/12",  # RIPE NCC
+    "2c00::/12",  # AFRINIC
+)
 
 
 def _ranges(nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> list[list[int]]:
@@ -173,7 +188,7 @@ def _ranges(nets: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> li
 
 def _public(version: int) -> list[list[int]]:
     if version == 6:
-        return _ranges([ipaddress.IPv6Network("2000::/3")])
+        return _ranges([ipaddress.IPv6Network(block) for block in ALLOCATED_V6])
     closed = _ranges(
         [n for n in PRIVATE_RANGES if n.version == 4] + [ipaddress.IPv4Network("224.0.0.0/3")]
     )

@@ -17,6 +17,7 @@ way out.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 from collections.abc import Callable, Mapping
@@ -267,6 +268,11 @@ class KeyRecord:
             data["metadata"] = metadata_value(data.get("metadata"))
         except InvalidKeySettings as exc:
             raise ValueError(f"field metadata: {exc.message}") from None
+        for text in data["allowed_ips"]:  # read by the gate and by every policy check
+            try:
+                ipaddress.ip_network(text, strict=False)
+            except ValueError:
+                raise ValueError("field allowed_ips holds an entry that is not a network") from None
         data["scopes"] = tuple(data["scopes"])
         data["allowed_ips"] = tuple(data["allowed_ips"])
         return cls(**data)

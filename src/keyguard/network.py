@@ -21,10 +21,11 @@ chain that names one plain hop is not, whichever hop it was).
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 
-from .exceptions import InvalidKeySettings
+from .exceptions import InvalidKeySettings, shown_value
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -213,6 +214,11 @@ def is_private(net: IPNetwork) -> bool:
     return any(net.version == r.version and net.overlaps(r) for r in PRIVATE_RANGES)
 
 
+# What an allowlist entry looks like (hex digits, dots and colons, a prefix length):
+# echoed in a refusal as written; anything else only as a hint (see shown_value).
+_IP_TEXT = re.compile(r"(?=.*[.:])[0-9A-Fa-f:.]{2,45}(/[0-9]{1,3})?")
+
+
 def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetwork, ...]:
     """Validate an allowlist; raises InvalidKeySettings('allowed_ips', ...)."""
     if isinstance(entries, str):
@@ -221,20 +227,27 @@ def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetw
     for entry in entries:
         if not isinstance(entry, str):
             raise InvalidKeySettings("allowed_ips", "every entry must be a string")
+        shown = shown_value(entry, _IP_TEXT)
         try:
             net = ipaddress.ip_network(entry.strip(), strict=False)
         except ValueError:
             raise InvalidKeySettings(
-                "allowed_ips", f"{entry[:64]!r} is not an IP address or CIDR"
+                "allowed_ips", f"{shown} is not an IP address or CIDR"
             ) from None
+        if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+            # ::ffff:a.b.c.d is how an IPv4 client looks on a dual-stack socket; the
+            # gate compares IPv4 clients as IPv4 (parse_ip), so store it as such.
+            net = ipaddress.IPv4Network(
+                (net.network_address.ipv4_mapped, net.prefixlen - 96), strict=False
+            )
         if net.prefixlen == 0:
             raise InvalidKeySettings(
-                "allowed_ips", f"{entry!r} allows every address; leave the list empty instead"
+                "allowed_ips", f"{shown} allows every address; leave the list empty instead"
             )
         if not allow_private and is_private(net):
             raise InvalidKeySettings(
                 "allowed_ips",
-                f"{entry[:64]!r} is a private, loopback or link-local range, which the policy"
+                f"{shown} is a private, loopback or link-local range, which the policy"
                 " refuses; to allow such ranges (local development, a private network), set"
                 " policy.allow_private_ips to True (or KEYGUARD_POLICY__ALLOW_PRIVATE_IPS=1)",
             )

@@ -125,14 +125,22 @@ def decode(key_id: str, doc: str | bytes, used: tuple[Any, Any] | None = None) -
     return record
 
 
-def decode_all(rows: Iterable[tuple[str, str | bytes, tuple[Any, Any] | None]]) -> list[KeyRecord]:
-    """`decode` for a listing: a corrupt row is logged (by `decode`) and left out."""
+def decode_all(
+    rows: Iterable[tuple[str, str | bytes, tuple[Any, Any] | None]], owner: str | None = None
+) -> list[KeyRecord]:
+    """`decode` for a listing: a corrupt row is logged (by `decode`) and left out,
+    and so is a row found under `owner` (an index, a column) whose record names
+    another owner: a listing shows what `get` would let that owner manage."""
     out = []
     for key_id, doc, used in rows:
         try:
-            out.append(decode(key_id, doc, used))
+            record = decode(key_id, doc, used)
         except StoreError:
             continue
+        if owner is not None and record.owner != owner:
+            logger.error("keyguard: key %s is indexed under another owner than its own", key_id)
+            continue
+        out.append(record)
     return out
 
 

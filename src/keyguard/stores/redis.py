@@ -30,7 +30,7 @@ import redis
 from ..exceptions import KeyLimitExceeded, KeyNotFound, StoreError
 from ..models import KeyRecord
 from ..redis import connect, parse_url
-from .base import SCHEMA_VERSION, Store, Use, decode, decode_all, newly_counted
+from .base import SCHEMA_VERSION, Store, Use, decode, decode_all, logger, newly_counted
 
 DEFAULT_PREFIX = "keyguard:"
 _MODIFY_ATTEMPTS = 200
@@ -136,6 +136,18 @@ def _use(ts: bytes | None, ip: bytes | None) -> Use | None:
     except ValueError:
         when = math.nan
     return when, None if ip is None else ip.decode("utf-8", "replace")
+
+
+def _ids(members: Any) -> list[str]:
+    """The key ids an index holds; a member that is not text (written behind
+    keyguard's back) is logged and passed over, so it cannot break a listing."""
+    ids = []
+    for member in members:
+        try:
+            ids.append(member.decode())
+        except UnicodeDecodeError:
+            logger.error("keyguard: a redis store index holds a member that is not a key id")
+    return ids
 
 
 def client_from_url(url: str, timeout: float) -> tuple[redis.Redis, str]:
@@ -270,7 +282,7 @@ class RedisStore(Store):
     def list(self, owner: str | None = None, include_revoked: bool = False) -> list[KeyRecord]:
         index = self._k("all") if owner is None else self._k("owner", owner)
         try:
-            ids = [i.decode() for i in self._client.zrange(index, 0, -1)]  # type: ignore[union-attr]
+            ids = _ids(self._client.zrange(index, 0, -1))
             if not ids:
                 return []
             pipe = self._client.pipeline(transaction=False)
@@ -282,9 +294,12 @@ class RedisStore(Store):
             raise self._fail(exc) from exc
         rows = zip(ids, docs, used, ips, strict=True)
         records = decode_all(
-            (i, doc, _use(ts, ip))
-            for i, doc, ts, ip in rows
-            if doc is not None  # deleted between the two reads
+            (
+                (i, doc, _use(ts, ip))
+                for i, doc, ts, ip in rows
+                if doc is not None  # deleted between the two reads
+            ),
+            owner,
         )
         return [r for r in records if include_revoked or r.revoked_at is None]
 

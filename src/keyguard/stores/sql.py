@@ -123,7 +123,7 @@ class SQLStore(Store):
             sql += " AND revoked_at IS NULL"
         with self._db() as db:
             rows = db.execute(sql + " ORDER BY created_at, id", args).fetchall()
-        return decode_all((r[0], r[1], (r[2], r[3])) for r in rows)
+        return decode_all(((r[0], r[1], (r[2], r[3])) for r in rows), owner)
 
     def get_meta(self, name: str) -> str | None:
         with self._db() as db:
