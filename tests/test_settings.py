@@ -386,7 +386,7 @@ def test_unrelated_and_misspelt_environment(caplog: pytest.LogCaptureFixture) ->
     assert s.public_paths == () and s.store.endswith("/keyguard.db")
     warned = [r.getMessage() for r in caplog.records]
     assert warned == [
-        "keyguard: KEYGUARD_PUBLIC_PATH is not a keyguard setting "
+        "KEYGUARD_PUBLIC_PATH is not a keyguard setting "
         "(did you mean KEYGUARD_PUBLIC_PATHS?); ignored"
     ]
 
@@ -433,10 +433,10 @@ def test_start_up_logs_store_and_cache_with_passwords_masked(
         KeyGuard({"store": "memory://", "cache": None}).close()
     lines = [r.getMessage() for r in caplog.records if r.name == "keyguard"]
     assert lines == [
-        f"keyguard: store sqlite:///{tmp_path}/keyguard.db (file {tmp_path}/keyguard.db),"
+        f"configured store sqlite:///{tmp_path}/keyguard.db (file {tmp_path}/keyguard.db),"
         " cache memory:// (this process only)",
-        "keyguard: store postgresql://app:****@db.internal:5432/keys?password=****,"
+        "configured store postgresql://app:****@db.internal:5432/keys?password=****,"
         " cache redis://:****@cache.internal:6379/0?prefix=kg:",
-        "keyguard: store memory://, no cache",
+        "configured store memory://, no cache",
     ]
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "keyguard")

@@ -138,11 +138,32 @@ def test_gunicorn_workers_from_its_config_file(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(WSGI_APP)
     (tmp_path / "gunicorn.conf.py").write_text("workers = 2\nbind = '127.0.0.1:0'\n")
     out = _serve([str(BIN / "gunicorn"), "app:app"], tmp_path, "worker processes")
-    assert "keyguard: gunicorn runs 2 worker processes and cache is memory://" in out
+    assert "gunicorn runs 2 worker processes and keyguard's cache is memory://" in out
 
 
 def test_uvicorn_workers(tmp_path: Path) -> None:
     (tmp_path / "app.py").write_text(ASGI_APP)
     argv = [sys.executable, "-m", "uvicorn", "app:app", "--workers", "2", "--port", "0"]
     out = _serve(argv, tmp_path, "worker processes")
-    assert "keyguard: uvicorn runs 2 worker processes and cache is memory://" in out
+    assert "uvicorn runs 2 worker processes and keyguard's cache is memory://" in out
+
+
+def test_start_up_line_says_configured_once_without_a_repeated_prefix(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Under `logging.basicConfig(level=logging.INFO)` the line reads
+    `INFO:keyguard:configured store ...`: the logger names keyguard once, and
+    "configured", since building a guard opens nothing (the file is not made yet)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["/srv/bin/gunicorn", "-w", "2", "app:app"])
+    with caplog.at_level(logging.INFO, logger="keyguard"):
+        KeyGuard({"store": "sqlite:///k.db"}).close()
+    formatter = logging.Formatter(logging.BASIC_FORMAT)
+    lines = [formatter.format(r) for r in caplog.records if r.name == "keyguard"]
+    assert lines[0] == (
+        f"INFO:keyguard:configured store sqlite:///{tmp_path}/k.db (file {tmp_path}/k.db),"
+        " cache memory:// (this process only)"
+    )
+    assert not (tmp_path / "k.db").exists()  # configured, not opened
+    assert lines[1].startswith("WARNING:keyguard:gunicorn runs 2 worker processes and keyguard's")
+    assert not any("keyguard: " in r.getMessage() for r in caplog.records)

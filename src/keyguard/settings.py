@@ -344,7 +344,7 @@ def flat_settings(
             if strict:
                 raise ConfigurationError(f"{name}: not a keyguard setting{hint}")
             if close:
-                logger.warning("keyguard: %s is not a keyguard setting%s; ignored", name, hint)
+                logger.warning("%s is not a keyguard setting%s; ignored", name, hint)
             continue
         if isinstance(value, str):
             if strict is False and not value.strip():

@@ -1,11 +1,14 @@
 """What a `KeyGuard` says when it starts (logger `keyguard`).
 
-INFO: which store and cache it opened, passwords masked, a SQLite file as the
+INFO: which store and cache it is configured with (nothing is opened yet: the
+store and Redis are opened on first use), passwords masked, a SQLite file as the
 absolute path it will use. WARNING: when it can tell that it runs in a server
 with several worker processes (gunicorn, uvicorn, hypercorn) while its cache is
 per process, since rate limits, failure counts, quotas and the replay cache are
 then counted per worker and a revoke reaches other workers only after
-`local_cache_ttl`.
+`local_cache_ttl`. No message starts with "keyguard: " (the logger's name says
+it); the warnings name keyguard in their words, since with no logging
+configured Python prints the bare message.
 
 How it tells: the server's own configuration object on the call stack (the
 app is imported, or the guard built, inside the server's loading code: gunicorn's
@@ -45,22 +48,22 @@ def describe(settings: Settings) -> str:
 
 
 def log_start(settings: Settings) -> None:
-    """Log what the guard opened; warn about per-process state under many workers."""
-    logger.info("keyguard: %s", describe(settings))
+    """Log what the guard is configured with; warn about per-process state under many workers."""
+    logger.info("configured %s", describe(settings))
     found = server_workers(frame=sys._getframe(1))
     if found is None or found[1] < 2:
         return
     server, workers = found
     if settings.store == "memory://":
         logger.warning(
-            "keyguard: %s runs %d worker processes and store is memory://: every worker has "
+            "%s runs %d worker processes and keyguard's store is memory://: every worker has "
             "its own keys. Use a sqlite:///, postgresql:// or redis:// store shared by all.",
             server,
             workers,
         )
     if settings.cache is None or settings.cache == "memory://":
         logger.warning(
-            "keyguard: %s runs %d worker processes and cache is %s, kept per process: rate "
+            "%s runs %d worker processes and keyguard's cache is %s, kept per process: rate "
             "limits, failed-attempt counts, usage quotas and the replay cache of signed requests "
             "are counted per worker, and a revoke made in one worker reaches the others only "
             "after local_cache_ttl (%s s). Set cache to a redis:// URL that every worker shares.",
