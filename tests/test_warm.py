@@ -460,3 +460,28 @@ async def test_signed_warm_path_keeps_rotate_grace_passphrases_and_failure_count
     assert len(calls) == 2
     await door.aclose()
     guard.close()
+
+
+async def test_what_the_warm_path_remembers_is_bounded_in_size() -> None:
+    """Long paths are judged afresh every time, never remembered: neither a cached
+    key's passed routes nor the public-path memo grow with the paths a caller sends
+    (a server may accept paths of 100 KB)."""
+    from keyguard.scopes import MEMO_PATH_LEN
+
+    guard = KeyGuard({"store": "memory://", "public_paths": ["/pub/*"]})
+
+    async def any_path(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("ok")
+
+    app = Starlette(routes=[Route("/{rest:path}", any_path)])
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+    token = guard.keys.create(owner="o", name="k").token or ""
+    auth = [("Authorization", f"Bearer {token}")]
+    long = "/x" * MEMO_PATH_LEN
+    for i in range(20):
+        assert (await request(app, "GET", f"{long}/{i}", auth, "203.0.113.7")).status_code == 200
+        assert (await request(app, "GET", f"/pub{long}/{i}", [], "203.0.113.7")).status_code == 200
+    assert (await request(app, "GET", "/short", auth, "203.0.113.7")).status_code == 200
+    (slot,) = guard.cache._local._data.values()
+    assert [path for _, _, path in slot.routes] == ["/short"]
+    assert guard.router.is_public.cache_info().currsize <= 1

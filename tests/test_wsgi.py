@@ -70,8 +70,13 @@ def test_request_table_flask_client(
 
 # httpx's WSGITransport keeps only the last of repeated headers (real servers join them, as
 # Flask's client does) and cannot carry non-ASCII header bytes: those rows run above only.
+REPEATED = {"two-authorization", "two-authorization-same", "two-keys-different", "two-keys-same"}
 HTTPX_PARAMS = [
-    p for p in PARAMS if p.values[-1] is None and not p.values[0].startswith("non-ascii")
+    p
+    for p in PARAMS
+    if p.values[-1] is None
+    and not p.values[0].startswith("non-ascii")
+    and p.values[0] not in REPEATED
 ]
 
 

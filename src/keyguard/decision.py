@@ -36,7 +36,7 @@ from .exceptions import AuthenticationError, AuthorizationError, BadRequest, Req
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, bucket, parse_ip
-from .scopes import Router, Scopes
+from .scopes import MEMO_PATH_LEN, Router, Scopes
 from .tokens import TokenParser
 
 if TYPE_CHECKING:
@@ -216,6 +216,14 @@ def invalid_key() -> AuthenticationError:
     return AuthenticationError()  # the class defaults: invalid_key, "The API key is not valid."
 
 
+def malformed(token: str) -> RequestRejected:
+    """A credential of the wrong length: several, when it holds a comma (no token
+    does: a WSGI server joins repeated headers so, `a, b`), else not a key."""
+    if "," in token:
+        return BadRequest("invalid_request", "Send one API key, not several.")
+    return invalid_key()
+
+
 SIGNED = "signed"  # what `credential` answers for a signed request
 
 
@@ -261,7 +269,9 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
 
         # 1. A public path needs nothing.
         path = f.path
-        if path is not None and p.is_public(path):
+        if path is not None and (
+            p.is_public(path) if len(path) <= MEMO_PATH_LEN else p.router.public(path)
+        ):  # (a long path is judged afresh, never memoised: bounded memory)
             return PUBLIC
         # HTTPS only (`require_tls`): refused before any credential is read.
         if (
@@ -291,7 +301,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             # Where the id stands in a token of the right length (tokens.TokenParser's
             # fields, read here without a call); named in the verdict only once believed.
             if len(token) != p.token_len:
-                raise invalid_key()
+                raise malformed(token)
             claimed = token[p.id_start : p.id_end]
             slot = p.peek(claimed)
             if (  # steps 2-3 from memory: this very token proved this entry before
@@ -426,6 +436,7 @@ def _memo(
     if (
         f.token is None
         and f.path is not None
+        and len(f.path) <= MEMO_PATH_LEN  # what a key remembers is bounded in size too
         and p.cold.isdisjoint(f.headers)
         and len(slot.routes) < WARM_ROUTES
     ):

@@ -134,7 +134,7 @@ def document(schema: dict[str, Any], guard: KeyGuard) -> None:
     components.setdefault("schemas", {})["KeyguardProblem"] = copy.deepcopy(PROBLEM_SCHEMA)
     ours = {BEARER, HEADER, *signed}
     for path, item in schema.get("paths", {}).items():
-        if guard.router.is_public(path):
+        if guard.router.public(path):
             continue
         for method, operation in item.items():
             if method not in _METHODS or not isinstance(operation, dict):

@@ -137,10 +137,10 @@ class Router:
     def __init__(self, public_paths: Sequence[str], rules: Sequence[Rule]) -> None:
         self._public = [glob(p) for p in public_paths]
         self._rules = [(glob(r.path), _methods(r.methods), r.scopes) for r in rules]
-        # Every request asks, so the call is the memo itself with nothing around it;
-        # its memory is bounded by maxsize times the longest path a server accepts
-        # (64 KiB for Werkzeug's: 16 MiB at most).
-        self.is_public = lru_cache(maxsize=256)(self._is_public)
+        # Every request asks, so the call is the memo itself with nothing around it:
+        # its callers memoise only paths up to MEMO_PATH_LEN and ask `public` for the
+        # rest (bounded memory, whatever path length a server accepts).
+        self.is_public = lru_cache(maxsize=256)(self.public)
         self._required_memo = lru_cache(maxsize=4096)(self._required)
 
     def required(self, method: str, path: str) -> tuple[str, ...]:
@@ -149,7 +149,8 @@ class Router:
             return self._required(method, path)
         return self._required_memo(method, path)
 
-    def _is_public(self, path: str) -> bool:
+    def public(self, path: str) -> bool:
+        """Is `path` public (every spelling of it)? Unmemoised; see `is_public`."""
         public = self._public
         return all(any(match(form) for match in public) for form in spellings(path))
 
