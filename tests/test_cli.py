@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import re
 import socket
@@ -28,7 +29,7 @@ import httpx
 import pytest
 
 import keyguard
-from keyguard import AuthenticationError, KeyGuard
+from keyguard import AuthenticationError, KeyGuard, StoreError
 from keyguard.cli import main
 from keyguard.client import SignedAuth
 from keyguard.crypto import generate_master_key
@@ -885,6 +886,72 @@ def test_postgresql_database_missing_is_named_once(postgres_admin_url: str, tmp_
     assert lines[0].startswith("keyguard: error: StoreError: postgresql store ")
     assert f'database "kg_no_such_db_{os.getpid()}" does not exist' in lines[0]
     assert "pw-not-shown" not in run.stderr
+
+
+def _bad_postgres_url(admin_url: str, database: str, **query: str) -> str:
+    from psycopg.conninfo import conninfo_to_dict
+
+    p = conninfo_to_dict(admin_url)
+    user, host, port = p.get("user", "postgres"), p.get("host", "127.0.0.1"), p.get("port", 5432)
+    params = "&".join(f"{k}={v}" for k, v in {"pool_timeout": "1", **query}.items())
+    return f"postgresql://{user}:pw-not-shown@{host}:{port}/{database}?{params}"
+
+
+@pytest.mark.servers
+def test_postgresql_store_error_from_python_says_why(
+    postgres_admin_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """From Python, not only the CLI: the StoreError's own text carries the driver's
+    reason, on one line and without the password; keyguard's pool logs its failed
+    connects once, not once a second."""
+    database = f"kg_no_such_db_{os.getpid()}"
+    url = _bad_postgres_url(postgres_admin_url, database, password="qs-not-shown")
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        with closing(KeyGuard({"store": url})) as g, pytest.raises(StoreError) as info:
+            g.keys.list()
+        time.sleep(1.5)  # the pool keeps retrying in the background meanwhile
+    text = str(info.value)
+    assert text.startswith("postgresql store ") and "\n" not in text
+    assert text.endswith(f': database "{database}" does not exist'), text
+    assert "pw-not-shown" not in text and "qs-not-shown" not in text
+    pool_lines = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert len(pool_lines) <= 2, pool_lines  # "error connecting in 'keyguard'", once
+    assert all("not-shown" not in line for line in pool_lines)
+
+
+def test_postgresql_refused_connection_from_python(tmp_path: Path) -> None:
+    with socket.socket() as s:  # bound, never listening: refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+        url = f"postgresql://u:pw-not-shown@127.0.0.1:{port}/x?pool_timeout=0.5"
+        with closing(KeyGuard({"store": url})) as g, pytest.raises(StoreError) as info:
+            g.keys.get("k")
+    assert str(info.value) == f"postgresql store 127.0.0.1:{port}/x: Connection refused"
+
+
+def test_postgresql_reason_never_shows_a_password() -> None:
+    from keyguard.stores.postgresql import reason
+
+    said = Exception(
+        'missing "=" after "x" in connection info string: host=db password=hunter2 '
+        "sslpassword='a b' postgresql://app:s3cret@db/keys and the-url-pw again\nDETAIL: more"
+    )
+    text = reason(said, ("the-url-pw",))
+    assert "hunter2" not in text and "a b" not in text and "s3cret" not in text
+    assert "the-url-pw" not in text and "DETAIL" not in text
+    assert "password=****" in text and "postgresql://****@db/keys" in text
+
+
+def test_only_keyguards_pool_is_quietened(caplog: pytest.LogCaptureFixture) -> None:
+    import keyguard.stores.postgresql  # noqa: F401  (installs the filter)
+
+    pool_log = logging.getLogger("psycopg.pool")
+    with caplog.at_level(logging.WARNING, logger="psycopg.pool"):
+        for name in ("keyguard", "keyguard", "theirs", "theirs", "keyguard"):
+            pool_log.warning("error connecting in %r: %s", name, f"refused {os.getpid()}")
+    said = [r.getMessage() for r in caplog.records if r.name == "psycopg.pool"]
+    assert said.count(f"error connecting in 'theirs': refused {os.getpid()}") == 2
+    assert said.count(f"error connecting in 'keyguard': refused {os.getpid()}") == 1
 
 
 def test_redis_connection_refused_is_named_once(tmp_path: Path) -> None:

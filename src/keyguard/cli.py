@@ -150,9 +150,10 @@ def _passwords(guard: KeyGuard | None) -> list[str]:
 
 def _reason(exc: BaseException, guard: KeyGuard | None) -> str:
     """The driver's own words for a StoreError ("database "x" does not exist",
-    "Connection refused"), on one line, without any password from the URLs."""
+    "Connection refused"), on one line, without any password from the URLs; none
+    when the store's message already gives more than the driver error's type."""
     cause = exc.__cause__
-    if cause is None:
+    if cause is None or not str(exc).endswith(f": {type(cause).__name__}"):
         return ""
     text = " ".join(str(cause).split())
     text = text.rsplit("FATAL:", 1)[-1].strip().removeprefix("connection failed: ")

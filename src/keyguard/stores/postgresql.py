@@ -15,16 +15,25 @@ before counting live keys, so `max_keys_per_owner` holds across processes;
 before counting when its change makes the key count again. The record is a JSON document; the
 columns beside it serve filtering and `touch`. `keyguard_meta.schema_version`
 drives migrations (run under an advisory lock, so racing instances migrate
-once). This module must never put a password from the URL into a message.
+once). This module must never put a password from the URL into a message: a
+`StoreError` carries the driver's reason on one line (`database "x" does not
+exist`, `Connection refused`) with anything like `password=...`, a URL's user
+info and the URL's password itself masked. psycopg_pool logs every failed
+connect attempt of its pools (`psycopg.pool`, "error connecting in 'keyguard'");
+a filter on that logger lets the same message of keyguard's pool (named
+`keyguard`) through once a minute, and leaves other pools' records alone.
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -56,6 +65,58 @@ MIGRATIONS = {
 _LOCK_SPACE = 0x6B67  # "kg": first half of every advisory lock key we take
 _SETUP_LOCK = 0
 _OWN_PARAMS = {"pool_min_size", "pool_max_size", "pool_timeout", "statement_timeout"}
+POOL_NAME = "keyguard"
+
+# -- what a message may say -----------------------------------------------------------
+
+_SECRET_PARAM = re.compile(r"(?i)\b(\w*password)(\s*=\s*)('(?:[^'\\]|\\.)*'|[^\s&'\"]*)")
+_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s]*@")
+_SERVER = re.compile(r"^connection to server (?:at|on) .*? failed: ")
+
+
+def reason(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
+    """The driver's words for `exc`, fit for a message: one line (libpq's first),
+    without "connection failed: connection to server at ... failed: FATAL:", and
+    without a password (`password=...`, a URL's user info, any of `secrets`)."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    text = _SERVER.sub("", text.removeprefix("connection failed: "))
+    text = text.rsplit("FATAL:", 1)[-1]
+    text = _USERINFO.sub(r"\1****@", _SECRET_PARAM.sub(r"\1\2****", text))
+    for secret in secrets:
+        text = text.replace(secret, "****")
+    text = " ".join(text.split())[:300]
+    return text or type(exc).__name__
+
+
+class _OncePerMinute(logging.Filter):
+    """On `psycopg.pool`: a record about keyguard's pool passes when the same message
+    has not passed within the last minute (the pool retries a failed connect every
+    second or so while requests answer 503 with the reason). Other pools' pass."""
+
+    def __init__(self, every: float = 60.0) -> None:
+        super().__init__()
+        self.every = every
+        self._seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if not (isinstance(args, tuple) and args and args[0] == POOL_NAME):
+            return True
+        message, now = record.getMessage(), time.monotonic()
+        with self._lock:
+            if now - self._seen.get(message, -self.every) < self.every:
+                return False
+            if len(self._seen) >= 256:
+                self._seen = {m: t for m, t in self._seen.items() if now - t < self.every}
+            self._seen[message] = now
+        return True
+
+
+_pool_log = logging.getLogger("psycopg.pool")
+if not any(isinstance(f, _OncePerMinute) for f in _pool_log.filters):
+    _pool_log.addFilter(_OncePerMinute())
 
 
 class PostgreSQLStore(SQLStore):
@@ -88,6 +149,9 @@ class PostgreSQLStore(SQLStore):
         self._conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
         self._options = f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}"
         # For messages: never the password.
+        found = [parts.password or "", unquote(parts.password or "")]
+        found += [v for k, v in parse_qsl(parts.query) if k.lower().endswith("password")]
+        self._secrets = tuple(p for p in found if p)
         self.where = (
             f"postgresql store {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
         )
@@ -108,7 +172,7 @@ class PostgreSQLStore(SQLStore):
                         timeout=self._wait,
                         check=ConnectionPool.check_connection,
                         reconnect_timeout=60,
-                        name="keyguard",
+                        name=POOL_NAME,
                         open=False,
                     )
                     pool.open(wait=False)
@@ -148,7 +212,7 @@ class PostgreSQLStore(SQLStore):
             finally:
                 pool.putconn(conn)
         except psycopg.Error as exc:
-            raise StoreError(f"{self.where}: {type(exc).__name__}") from exc
+            raise StoreError(f"{self.where}: {reason(exc, self._secrets)}") from exc
 
     # -- the dialect's own ------------------------------------------------------
 
