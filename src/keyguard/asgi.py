@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Awaitable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
@@ -25,11 +26,21 @@ from .scopes import route_path
 from .wiring import install
 
 
+def _read_only_dict(base: type) -> Any:
+    """A `__dict__` that shows an instance's attributes read-only. Starlette's
+    `BaseUser` and `AuthCredentials` have no `__slots__`, so their instances keep
+    a `__dict__` that `obj.__dict__[name] = ...` (or `vars(obj)`) would change
+    past `__setattr__`; this one answers with a read-only view of it instead."""
+    real = next(c.__dict__["__dict__"] for c in base.__mro__ if "__dict__" in c.__dict__)
+    return property(lambda self: MappingProxyType(real.__get__(self)))
+
+
 class KeyUser(BaseUser):
     """`request.user` for a request that passed: the calling key. Read-only: one
     is shared by every request with the same cached key (see `_views`)."""
 
     __slots__ = ("key",)
+    __dict__ = _read_only_dict(BaseUser)
     key: KeyInfo
 
     def __init__(self, key: KeyInfo) -> None:
@@ -37,6 +48,12 @@ class KeyUser(BaseUser):
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("request.user is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("request.user is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle, past the read-only __dict__
+        return KeyUser, (self.key,)
 
     @property
     def is_authenticated(self) -> bool:
@@ -56,11 +73,19 @@ class KeyCredentials(AuthCredentials):
     read-only, so what one request does to it no other request sees (Starlette's
     `@requires` reads it with `in`)."""
 
+    __dict__ = _read_only_dict(AuthCredentials)
+
     def __init__(self, scopes: tuple[str, ...]) -> None:
         object.__setattr__(self, "scopes", scopes)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("request.auth is read-only")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("request.auth is read-only")
+
+    def __reduce__(self) -> tuple[Any, ...]:  # copy and pickle, past the read-only __dict__
+        return KeyCredentials, (self.scopes,)
 
 
 VIEWS = 10_000  # cached keys whose Starlette view a door keeps (then it starts afresh)

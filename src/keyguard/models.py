@@ -168,6 +168,23 @@ class KeyInfo:
         out["status"] = self.status()
         return out
 
+    # Immutable, so a copy is the object itself; pickled (a task queue, a cache), the
+    # read-only metadata travels as plain JSON and is frozen again on arrival.
+    def __copy__(self) -> KeyInfo:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> KeyInfo:
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["metadata"] = thawed(self.metadata)
+        return _key_info, (values,)
+
+
+def _key_info(values: dict[str, Any]) -> KeyInfo:
+    return KeyInfo(**{**values, "metadata": frozen(values["metadata"])})
+
 
 @dataclass(frozen=True, slots=True)
 class IssuedKey:

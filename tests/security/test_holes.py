@@ -99,6 +99,13 @@ async def test_changing_request_auth_scopes_stays_in_that_request() -> None:
             request.auth.scopes = ["admin"]
         with contextlib.suppress(AttributeError):
             request.user.key = None
+        # Past __setattr__: Starlette's classes keep a __dict__, shown read-only here.
+        with contextlib.suppress(TypeError):
+            request.auth.__dict__["scopes"] = (*request.auth.scopes, "admin")
+        with contextlib.suppress(TypeError):
+            vars(request.user)["is_authenticated"] = False
+        with contextlib.suppress(AttributeError):
+            del request.auth.scopes
         return PlainTextResponse("widened")
 
     @requires("admin")
@@ -112,6 +119,22 @@ async def test_changing_request_auth_scopes_stays_in_that_request() -> None:
         for _ in range(3):  # the warm path serves these from the same cached entry
             assert (await c.get("/widen", headers=headers)).status_code == 200
             assert (await c.get("/admin", headers=headers)).status_code == 403
+    guard.close()
+
+
+def test_starlettes_view_of_a_key_copies_and_pickles() -> None:
+    """Read-only, yet what an app may do with it (copy, pickle into a task queue) works."""
+    import copy
+    import pickle
+
+    from keyguard.asgi import KeyCredentials, KeyUser
+
+    guard = make()
+    info = guard.keys.create(owner="o", name="n", scopes=["read"]).info
+    auth, user = KeyCredentials(("read",)), KeyUser(info)
+    for clone in (copy.copy, copy.deepcopy, lambda o: pickle.loads(pickle.dumps(o))):
+        assert clone(auth).scopes == ("read",) and clone(user).key == info
+    assert vars(auth) == {"scopes": ("read",)}
     guard.close()
 
 
