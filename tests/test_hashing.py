@@ -28,7 +28,8 @@ def test_argon2id_for_passphrases_and_remembered() -> None:
 def test_argon2id_bearer_scheme() -> None:
     h = Hasher(b"pepper-0123456789abcdef", "argon2id")
     stored = h.hash_secret("abc")
-    assert stored.startswith("$argon2id$") and h.check(stored, "abc") and not h.check(stored, "abd")
+    assert stored.startswith("kgf$") and "$argon2id$" in stored
+    assert h.check(stored, "abc") and not h.check(stored, "abd")
     # a scheme change never locks existing hashes out
     assert H.check(stored, "abc")
     assert h.check(H.hash_secret("abc"), "abc")
@@ -42,6 +43,8 @@ def test_argon2id_bearer_scheme() -> None:
         pytest.param("hmac-sha256$", id="hmac-empty"),
         pytest.param("hmac-sha256$zz", id="hmac-garbage"),
         pytest.param("$argon2id$v=19$garbage", id="argon2-garbage"),
+        pytest.param("kgf$", id="filter-empty"),
+        pytest.param("kgf$zz$$argon2id$v=19$garbage", id="filter-garbage"),
         pytest.param("plain-text-secret", id="unknown-scheme"),
     ],
 )
@@ -66,3 +69,16 @@ def test_hmac_sha256_matches_the_standard_library(key_len: int, msg_len: int) ->
     mac = HmacSha256(key)
     assert mac.digest(msg) == hmac.digest(key, msg, "sha256")
     assert mac.digest(msg) == mac.digest(msg)  # the keyed states are copied, never consumed
+
+
+def test_the_argon2_filter_answers_most_wrong_secrets_without_argon2() -> None:
+    h = Hasher(b"pepper-0123456789abcdef", "argon2id")
+    stored = h.hash_secret("the secret")
+    wrong = [f"guess {i}" for i in range(2000)]
+    answers = [h.quick(stored, w) for w in wrong]
+    assert answers.count(False) >= 1990 and set(answers) <= {False, None}
+    assert h.quick(stored, "the secret") is None  # only argon2 can say yes
+    assert h.slow(stored, "the secret") and h.quick(stored, "the secret") is True
+    # An argon2 hash from before the filter still verifies (through argon2 alone).
+    legacy = stored.split("$", 2)[2]
+    assert legacy.startswith("$argon2id$") and h.check(legacy, "the secret")

@@ -1,18 +1,25 @@
 """Hashes at rest: a keyed HMAC-SHA256 for high-entropy bearer secrets, argon2id
 for human-chosen passphrases (and for bearer secrets when `hashing: argon2id`).
 
-A stored hash names its scheme (`hmac-sha256$...` or `$argon2id$...`), so a
-change of the `hashing` setting never locks out existing keys. argon2 is slow
-by design; successful checks are remembered (as a keyed digest of what passed,
-never the secret itself) so a warm request never reruns it, and so are recent
-failures, so one wrong secret sent again costs nothing. What is left is bounded:
-one stored hash may cost at most `SLOW_CHECKS` argon2 runs a second from one
-client and `SLOW_CHECKS_PER_KEY` from all (beyond that, 429
-`too_many_failures`: a flood of guesses at one key id cannot take the CPU, nor
-can one client lock the key's holder out), and the async driver runs what is left off the event
-loop (`quick()` answers what needs no argon2). A malformed stored hash means
-"not verified", never a crash.
-Comparisons use `hmac.compare_digest`.
+A stored hash names its scheme (`hmac-sha256$...`, `$argon2id$...`, or
+`kgf$<filter>$argon2id$...`), so a change of the `hashing` setting never locks
+out existing keys. argon2 is slow by design; successful checks are remembered
+(as a keyed digest of what passed, never the secret itself) so a warm request
+never reruns it, and so are recent failures, so one wrong secret sent again
+costs nothing.
+
+A bearer secret hashed with argon2id carries a filter beside it: 16 bits of the
+keyed HMAC of the secret (`FILTER_BITS`). A guess whose HMAC disagrees is refused
+at once, without argon2: a flood of well-formed tokens with made-up secrets for a
+key id it knows (the id is in every token) reaches argon2 once in 65,536 tries,
+so it can neither take the CPU nor spend the key's argon2 budget and lock its
+holder out. (16 bits of a keyed HMAC of a 128-bit secret tell nothing without
+the pepper, and leave 112 bits to guess with it; passphrases, human-chosen, get
+no filter.) What still reaches argon2 is bounded: one stored hash may cost at
+most `SLOW_CHECKS` argon2 runs a second from one client and `SLOW_CHECKS_PER_KEY`
+from all (beyond that, 429 `too_many_failures`), and the async driver runs it
+off the event loop (`quick()` answers what needs no argon2). A malformed stored
+hash means "not verified", never a crash. Comparisons use `hmac.compare_digest`.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from argon2.exceptions import Argon2Error, InvalidHashError
 from .exceptions import TooManyRequests
 
 _HMAC_TAG = "hmac-sha256$"
+_FILTER_TAG = "kgf$"  # kgf$<FILTER_BITS of HMAC, hex>$<argon2 hash>
+FILTER_BITS = 16
 SLOW_CHECKS = 4  # argon2 runs one client may cost one stored hash a second
 SLOW_CHECKS_PER_KEY = 32  # argon2 runs one stored hash may cost a second, from all clients
 _FAILED = 10_000  # remembered failures (keyed digests), oldest dropped first
@@ -80,8 +89,19 @@ class Hasher:
 
     def hash_secret(self, secret: str) -> str:
         if self._scheme == "argon2id":
-            return _argon2.hash(secret)
+            return f"{_FILTER_TAG}{self._filter(secret)}${_argon2.hash(secret)}"
         return _HMAC_TAG + self.digest(secret).hex()
+
+    def _filter(self, secret: str) -> str:
+        digest = self._mac.digest(b"kg-filter\0" + secret.encode("utf-8", "surrogatepass"))
+        return digest[: FILTER_BITS // 8].hex()
+
+    def _unfiltered(self, stored: str, presented: str) -> str | None:
+        """The argon2 hash to run for `presented`; None when its filter refuses it."""
+        if not stored.startswith(_FILTER_TAG):
+            return stored
+        expected, _, rest = stored[len(_FILTER_TAG) :].partition("$")
+        return rest if hmac.compare_digest(self._filter(presented), expected) else None
 
     def hash_passphrase(self, passphrase: str) -> str:
         return _argon2.hash(passphrase)
@@ -93,16 +113,18 @@ class Hasher:
         if stored.startswith(_HMAC_TAG):
             expected = stored[len(_HMAC_TAG) :]
             return hmac.compare_digest(self.digest(presented).hex(), expected)
-        if stored.startswith("$argon2"):
+        if stored.startswith(("$argon2", _FILTER_TAG)):
             return self._check_argon2(stored, presented)
         return False
 
     def quick(self, stored: str | None, presented: str) -> bool | None:
-        """`check(stored, presented)` when it can answer without argon2 (an HMAC, or
-        an argon2 result remembered); None when only argon2 can (run `check` then,
-        off the event loop)."""
-        if not stored or not stored.startswith("$argon2"):
+        """`check(stored, presented)` when it can answer without argon2 (an HMAC, a
+        filter that refuses, or an argon2 result remembered); None when only argon2
+        can (run `slow` then, off the event loop)."""
+        if not stored or not stored.startswith(("$argon2", _FILTER_TAG)):
             return self.check(stored, presented)
+        if self._unfiltered(stored, presented) is None:
+            return False
         digest = self.digest(presented)
         remembered = self._passed.get(stored)
         if remembered is not None and hmac.compare_digest(remembered, digest):
@@ -125,12 +147,15 @@ class Hasher:
         return self._run_argon2(stored, presented, self.digest(presented), who)
 
     def _run_argon2(self, stored: str, presented: str, digest: bytes, who: str = "") -> bool:
+        argon2_hash = self._unfiltered(stored, presented)
+        if argon2_hash is None:
+            return False
         failure = self._failure(stored, digest)
         if failure in self._failed:
             return False
         self._spend(stored, who)
         try:
-            _argon2.verify(stored, presented)
+            _argon2.verify(argon2_hash, presented)
         except (Argon2Error, InvalidHashError, ValueError, TypeError):
             with self._lock:
                 self._failed[failure] = None
@@ -164,6 +189,3 @@ class Hasher:
                     )
                 spent[name] = (second, runs)
 
-    @staticmethod
-    def needs_rehash(stored: str) -> bool:
-        return stored.startswith("$argon2") and _argon2.check_needs_rehash(stored)
