@@ -432,3 +432,25 @@ def test_redis_quota_survives_redis_losing_its_counter(
     with pytest.raises(RequestRejected) as exc:
         a.verify(token)
     assert code(exc) == "quota_exhausted"
+
+
+async def test_failures_from_many_clients_never_reset_a_keys_rate_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The in-process counters are bounded; failures (any number of made-up clients)
+    are counted apart from keys' rate limits, so filling them never drops a key's
+    window and hands it a fresh budget."""
+    from keyguard import ratelimit
+
+    monkeypatch.setattr(ratelimit, "MAX_WINDOWS", 50)
+    guard = make(cache=None)
+    token = guard.keys.create(owner="o", name="n", rate_limit="5/hour").token or ""
+    async with asgi_client(guard) as client:
+        got = [(await client.get("/", headers=bearer(token))).status_code for _ in range(5)]
+        assert got == [200] * 5
+    for n in range(200):  # more failing clients than the counters hold
+        async with asgi_client(guard, peer=f"2001:db8:{n:x}::1") as c:
+            assert (await c.get("/", headers=bearer("kg_nope"))).status_code == 401
+    async with asgi_client(guard) as client:
+        assert (await client.get("/", headers=bearer(token))).status_code == 429
+    guard.close()

@@ -164,7 +164,10 @@ class Abuse:
         text = self._fail_text = settings.abuse.max_failures or ""
         self._fail_items: tuple[RateLimitItem, ...] = tuple(parse_many(text)) if text else ()
         self.throttling = bool(self._fail_items)  # are failed authentications counted at all?
-        self._memory = _Counters()
+        # Apart, so that failures from made-up clients (any number of /64s) can never
+        # push a key's rate-limit window out of memory and reset its budget.
+        self._key_windows = _Counters()
+        self._client_windows = _Counters()
         self._parsed: dict[str, tuple[RateLimitItem, ...]] = {}
         self._plans: dict[tuple[str, str], Plan] = {}  # (limit text, key id) -> its plan
         # client bucket -> wall time it may try again; the step reads this very dict
@@ -190,9 +193,10 @@ class Abuse:
         plan = tuple(windows.values())
         return plan, [w[0] for w in plan], [n for w in plan for n in (w[1], w[3] * 1000)]
 
-    def _hit(self, plan: Plan) -> tuple[Window, float] | None:
+    def _hit(self, plan: Plan, memory: _Counters) -> tuple[Window, float] | None:
         """Hit every window of `plan` in order: the first one full and its seconds
-        left, or None. Through Redis when there is one and it answers."""
+        left, or None. Through Redis when there is one and it answers, else in
+        `memory`."""
         tier = self._tier
         if tier is not None:
             try:
@@ -201,7 +205,7 @@ class Abuse:
                 pass
             else:
                 return (plan[0][index - 1], left / 1000) if index else None
-        return self._memory.hit(plan[0])
+        return memory.hit(plan[0])
 
     # -- failed authentications, per client IP ------------------------------
 
@@ -242,7 +246,7 @@ class Abuse:
             return
         key = bucket(ip)
         # slack 1: the failure that fills a window blocks at once ("30/minute" = 30, then 429)
-        full = self._hit(self._plan(self._fail_items, "fail", key, 1))
+        full = self._hit(self._plan(self._fail_items, "fail", key, 1), self._client_windows)
         if full is None:
             return
         blocked = self.blocked
@@ -276,7 +280,7 @@ class Abuse:
                 raise TooManyRequests(
                     "rate_limited", "The API key's rate limit is not valid.", retry_after=60
                 )
-            full = self._hit(plan)
+            full = self._hit(plan, self._key_windows)
             if full is not None:
                 _refuse(*full)
         if record.max_uses is not None:
