@@ -502,7 +502,14 @@ BAD = [
     pytest.param([*C, "--scope", "bad scope"], {}, 2, "scopes", id="bad-scope"),
     pytest.param([*C, "--rate-limit", "5/fortnight"], {}, 2, "rate_limit", id="bad-rate"),
     pytest.param([*C, "--kind", "magic"], {}, 2, "--kind", id="bad-kind"),
-    pytest.param([*C, "--kind", "signing"], {}, 2, "master key", id="signing-no-master"),
+    pytest.param(
+        [*C, "--kind", "signing"],
+        {},
+        2,
+        "a master key to encrypt their secret: export KEYGUARD_MASTER_KEYS=$(keyguard master-key "
+        "new)",
+        id="signing-no-master",
+    ),  # fmt: skip
     pytest.param([*C, "--bogus"], {}, 2, "No such option '--bogus'", id="unknown-option"),
     pytest.param(["--bogus", "keys", "list"], {}, 2, "--bogus", id="unknown-root-option"),
     pytest.param(["keys", "frobnicate"], {}, 2, "frobnicate", id="unknown-command"),
@@ -519,7 +526,8 @@ BAD = [
         ["keys", "list"],
         {"KEYGUARD_MASTER_KEYS": "sup3r-s3cret!"},
         2,
-        "master_keys",
+        "master_keys: entry 0 is not a base64url-encoded 32-byte key (make one with: keyguard "
+        "master-key new)",
         id="env-master-key",
     ),  # fmt: skip
 ]
@@ -692,10 +700,15 @@ def test_version_and_short_help(kg: Callable[..., Run]) -> None:
     assert "_KEYGUARD_COMPLETE=bash_source keyguard" in kg("-h").out  # completion documented
 
 
-def test_help_tells_the_passphrase_rules(kg: Callable[..., Run]) -> None:
-    text = " ".join(kg("keys", "create", "--help").out.split()).replace("- ", "-")
-    assert "8 to 256 characters" in text and "KG-Passphrase" in text
-    assert "cannot be recovered" in text
+@pytest.mark.parametrize("columns", ["60", "80", "120"])
+def test_help_tells_the_passphrase_rules(
+    kg: Callable[..., Run], monkeypatch: pytest.MonkeyPatch, columns: str
+) -> None:
+    monkeypatch.setenv("COLUMNS", columns)
+    out = kg("keys", "create", "-h").out
+    text = " ".join(out.split())
+    assert "8 to 256 characters" in text and "cannot be recovered" in text
+    assert "KG-Passphrase: <passphrase>" in out  # whole, on one line: never "KG-⏎Passphrase"
 
 
 def test_create_quiet_prints_only_the_token(cli: Callable[..., Run], guard: KeyGuard) -> None:
@@ -984,3 +997,108 @@ def test_settings_errors_have_no_pydantic_wording(
     line = one_error(kg(*args, "keys", "list"), 2)
     for pydantic in ("Value error", "Input should", "valid tuple", "validation error"):
         assert pydantic not in line, line
+
+
+# --- a store that is not there: read, never made -----------------------------------
+
+
+def test_read_only_commands_do_not_create_the_store(
+    kg: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    default = tmp_path / "keyguard.db"
+    run = kg("keys", "list")
+    assert run.code == 0 and run.err == "", run  # an empty listing is an answer (as gh)
+    assert run.out == (
+        f"no key store at {default} yet (0 keys); another store: --store URL or KEYGUARD_STORE\n"
+    )
+    run = kg("keys", "list", "--json")
+    assert run.code == 0 and run.out == "[]\n" and f"no key store at {default} yet" in run.err
+    line = one_error(kg("keys", "show", "AbCdEfGh12345678"), 1)
+    assert "no key with id 'AbCdEfGh12345678'" in line and f"no key store at {default}" in line
+    assert "--store URL or KEYGUARD_STORE" in line
+    for args in (["revoke", "k"], ["suspend", "k"], ["resume", "k"], ["rotate", "k"],
+                 ["update", "k", "--name", "x"], ["delete", "k", "--yes"]):  # fmt: skip
+        assert f"no key store at {default}" in one_error(kg("keys", *args), 1), args
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", generate_master_key())
+    run = kg("keys", "reencrypt")
+    assert run.code == 0 and "nothing to re-encrypt" in run.out, run
+    deep = tmp_path / "deep" / "er" / "keys.db"
+    run = kg("--store", f"sqlite:///{deep}", "keys", "list")
+    assert run.code == 0 and f"no key store at {deep} yet (0 keys)" in run.out
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no file, no directory
+
+    for args in (["-h"], ["keys", "list", "-h"]):  # and the help says so
+        assert "no key store at PATH yet (0 keys)" in " ".join(kg(*args).out.split())
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    assert kg("keys", "create", "--owner", "o", "--name", "n").code == 0  # a write makes it
+    assert default.is_file()
+    assert (
+        kg("--store", f"sqlite:///{deep}", "keys", "create", "--owner", "o", "--name", "n").code
+        == 0
+    )
+    assert deep.is_file()
+
+
+def test_reencrypt_without_a_master_key_says_how_to_set_one(cli: Callable[..., Run]) -> None:
+    line = one_error(cli("keys", "reencrypt"), 2)
+    assert "no master key is configured" in line and "KEYGUARD_MASTER_KEYS" in line
+    assert "keyguard master-key new" in line
+
+
+def test_list_says_how_many_revoked_keys_it_hides(cli: Callable[..., Run]) -> None:
+    _, kept = create(cli, "--owner", "o", "--name", "kept")
+    for name in ("gone", "also-gone"):
+        assert cli("keys", "revoke", create(cli, "--owner", "o", "--name", name)[1]["id"]).code == 0
+    run = cli("keys", "list")
+    assert run.out.splitlines()[0].startswith("1 key(s) in ")
+    assert "(2 revoked key(s) hidden; --all shows them)" in run.out.splitlines()
+    run = cli("keys", "list", "--all")
+    assert run.out.splitlines()[0].startswith("3 key(s) in ") and "revoked key(s)" not in run.out
+    assert [k["id"] for k in cli("keys", "list", "--json").json()] == [kept["id"]]
+
+
+@pytest.mark.parametrize("columns", [70, 80, 100])
+def test_list_never_breaks_a_name_inside_a_word(
+    cli: Callable[..., Run],
+    listed: list[dict[str, Any]],
+    monkeypatch: pytest.MonkeyPatch,
+    columns: int,
+) -> None:
+    create(cli, "--owner", "bob", "--name", "production-deployment-bot", "--scope", "inference")
+    monkeypatch.setenv("COLUMNS", str(columns))
+    run = cli("keys", "list")
+    lines = run.out.splitlines()
+    assert all(len(line) <= columns for line in lines[1:]), run.out
+    words = {w for line in lines for w in line.split()}
+    for name in ("a rather long name for a key", "production-deployment-bot"):
+        assert set(name.split()) <= words, run.out  # each word whole, on one line
+    header = next(line for line in lines if line.startswith("id "))
+    assert "name" in header and "status" in header
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("answer", "deleted"), [("y", True), ("n", False)])
+def test_delete_asks_naming_the_key_its_name_and_owner(
+    kg: Callable[..., Run],
+    db: str,
+    guard: KeyGuard,
+    monkeypatch: pytest.MonkeyPatch,
+    answer: str,
+    deleted: bool,
+) -> None:
+    token, key = create(lambda *a: kg("--store", db, *a), "--owner", "acme", "--name", "ci bot")
+    monkeypatch.setattr(sys, "stdin", _Terminal(answer + "\n"))
+    run = kg("--store", db, "keys", "delete", key["id"])
+    assert f'Delete key {key["id"]} "ci bot" of owner "acme" (active)?' in run.err, run
+    if deleted:
+        assert run.code == 0 and f"Deleted key {key['id']}." in run.out
+        with pytest.raises(AuthenticationError):
+            guard.verify(token)
+    else:
+        assert run.code == 1 and run.err.endswith("keyguard: error: aborted\n")
+        assert guard.verify(token).id == key["id"]

@@ -13,7 +13,8 @@ Settings are read as `KeyGuard()` reads them (`settings.load_settings`):
 `--store` over `--settings FILE` (TOML, playing the settings dict's part) over
 `KEYGUARD_*` environment variables. Every error is one line on stderr and a
 non-zero exit: 2 for bad arguments or settings, 1 for the rest; a store that
-cannot be reached is named with the driver's own reason, once. Commands live
+cannot be reached is named with the driver's own reason, once. Commands that
+only read never create a SQLite store file (nor its directory). Commands live
 in the `keys` group one function each, so adding one is one decorated function.
 """
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 import re
 import shutil
 import sys
@@ -35,6 +37,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import click
 from rich import box
+from rich.cells import cell_len
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
@@ -125,10 +128,41 @@ def _guard(ctx: click.Context) -> KeyGuard:
     return guard
 
 
+def _sqlite_missing(guard: KeyGuard) -> str | None:
+    """The file of a SQLite store that does not exist yet (None for any other store):
+    a command that only reads must not create it, nor its directories."""
+    store = guard.settings.store  # made absolute by load_settings
+    if not store.startswith("sqlite://") or store == "sqlite:///:memory:":
+        return None
+    path = store.removeprefix("sqlite://")
+    path = path[1:] if path.startswith("/") else path
+    return None if os.path.exists(path) else path
+
+
+def _elsewhere(ctx: click.Context) -> str:
+    source = ctx.find_object(GuardSource)
+    if source is not None and not source.owned:  # flask keyguard: the app's settings
+        return 'another store: the app\'s KEYGUARD "store" setting or KEYGUARD_STORE'
+    return "another store: --store URL or KEYGUARD_STORE"
+
+
+def _existing(ctx: click.Context, key_id: str) -> KeyGuard:
+    """The guard, for a command on one key: with no store file there is no such key,
+    and the file is not created to say so."""
+    guard = _guard(ctx)
+    path = _sqlite_missing(guard)
+    if path is not None:
+        raise Failure(f"{KeyNotFound(key_id)}: no key store at {path} yet; {_elsewhere(ctx)}")
+    return guard
+
+
 class Failure(click.ClickException):
-    """One line on stderr, exit 1."""
+    """One line on stderr, exit 1 (also when click shows it, as under `flask keyguard`)."""
 
     exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"keyguard: error: {self.format_message()}", file=file, err=True)
 
 
 class BadInput(Failure):
@@ -186,6 +220,11 @@ class Group(click.Group):
             return super().invoke(ctx)
         except KeyGuardError as exc:
             raise _failure(exc, ctx) from None
+        except click.UsageError as exc:
+            if isinstance(exc, _HELP_ONLY):
+                raise  # `keyguard keys` alone: the help, as click shows it
+            # bad arguments: one line, under `flask keyguard` as under `keyguard`
+            raise BadInput(exc.format_message().replace("\n", " ")) from None
 
 
 def _quiet_drivers() -> None:
@@ -269,6 +308,8 @@ def cli(ctx: click.Context, store: str | None, settings_file: str | None) -> Non
     variables (KEYGUARD_STORE, KEYGUARD_POLICY__MAX_KEYS_PER_OWNER=5), read as
     the app's KeyGuard() reads them. The default store is ./keyguard.db: run
     the command where the app runs, or give the same absolute path to both.
+    Only a command that writes (keys create) makes a SQLite file that is not
+    there; list says "no key store at PATH yet (0 keys)", show fails (exit 1).
 
     Shell completion: eval "$(_KEYGUARD_COMPLETE=bash_source keyguard)"
     (zsh_source, fish_source for those shells).
@@ -280,6 +321,12 @@ def cli(ctx: click.Context, store: str | None, settings_file: str | None) -> Non
 @cli.group(cls=Group)
 def keys() -> None:
     """Issue, list, rotate and revoke keys."""
+
+
+_SET_MASTER = (
+    "export KEYGUARD_MASTER_KEYS=$(keyguard master-key new) (the same value on every "
+    "instance; or signing.master_keys in the settings)"
+)
 
 
 def _metadata(pairs: Sequence[str]) -> dict[str, str]:
@@ -306,8 +353,9 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     "--passphrase-prompt",
     is_flag=True,
     help="Require a passphrase with the key: 8 to 256 characters, asked twice at a "
-    "terminal (from a pipe: the first line of stdin). Clients send it in KG-Passphrase "
-    "(signed requests: the profile's passphrase header); it cannot be recovered.",
+    "terminal (from a pipe: the first line of stdin); it cannot be recovered. Clients "
+    "send it in a header (signed requests: the profile's passphrase header):"
+    "\n\n\b\nKG-Passphrase: <passphrase>",  # \b: kept whole, never broken at the "-"
 )
 @click.option("--rate-limit", help='Per-key limit such as "100/minute".')
 @click.option("--max-uses", type=int, help="Usage quota: after N requests the key gets 429.")
@@ -337,10 +385,19 @@ def create(
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Issue a key; its token (or secret) is printed once."""
+    """Issue a key; its token (or secret) is printed once.
+
+    A signing key needs a master key (export KEYGUARD_MASTER_KEYS=$(keyguard
+    master-key new)) and the signing extra (cryptography).
+    """
     meta = _metadata(metadata)
+    guard = _guard(ctx)
+    if kind == "signing" and not guard.signing.ring.enabled:
+        raise BadInput(
+            f"kind: signing keys need a master key to encrypt their secret: {_SET_MASTER}"
+        )
     passphrase = _read_passphrase() if passphrase_prompt else None
-    issued = _guard(ctx).keys.create(
+    issued = guard.keys.create(
         owner=owner,
         name=name,
         scopes=list(scopes),
@@ -370,7 +427,9 @@ def _read_passphrase() -> str:
 # A listing's columns, and the order they are hidden in when the terminal is narrow
 # (id, name and status always show).
 _DROP_ORDER = ("created", "hint", "owner", "last used", "expires", "scopes")
-_WRAPS = {"name": 16, "scopes": 16}  # these wrap onto more lines rather than be hidden
+# These wrap between words rather than be hidden; the name is given room first, so it
+# breaks inside a word only when even the id, the name and the status alone do not fit.
+_WRAPS = ("name", "scopes")
 
 
 def _columns(wide: bool) -> list[tuple[str, Callable[[KeyInfo], str]]]:
@@ -399,20 +458,42 @@ def _columns(wide: bool) -> list[tuple[str, Callable[[KeyInfo], str]]]:
 
 
 def _table(found: Sequence[KeyInfo], wide: bool, width: int) -> tuple[Table, list[str]]:
-    """The listing; when it would not fit `width`, columns are hidden (in _DROP_ORDER)."""
+    """The listing; when it would not fit `width`, columns are hidden (in _DROP_ORDER),
+    then the name and the scopes wrap between words, the name keeping its width first."""
     columns = _columns(wide)
     cells = {title: [get(k) for k in found] for title, get in columns}
-    need = {t: max([len(t), *map(len, v)]) for t, v in cells.items()}
-    need.update({t: min(need[t], cap) for t, cap in _WRAPS.items() if t in need})
+    natural = {t: max([cell_len(t), *map(cell_len, v)]) for t, v in cells.items()}
+    least = dict(natural)  # the narrowest a column gets without breaking a word
+    for title in _WRAPS:
+        words = [w for cell in cells[title] for w in cell.split()]
+        least[title] = max([cell_len(title), *map(cell_len, words)])
     hidden: list[str] = []
-    for title in _DROP_ORDER:  # two spaces between columns
-        if wide or sum(need[t] + 2 for t, _ in columns if t not in hidden) - 2 <= width:
+
+    def total(widths: dict[str, int]) -> int:  # two spaces between columns
+        return sum(widths[t] + 2 for t, _ in columns if t not in hidden) - 2
+
+    for title in _DROP_ORDER:
+        if wide or total(least) <= width:
             break
         hidden.append(title)
+    widths = {t: least[t] for t, _ in columns if t not in hidden}
+    spare = width - total(widths)
+    for title in _WRAPS:  # the name first: it gets its whole width before the scopes
+        if title in widths and spare > 0:
+            more = min(spare, natural[title] - widths[title])
+            widths[title] += more
+            spare -= more
+    if spare < 0:  # even id, name and status do not fit: the name folds inside a word
+        widths["name"] = max(cell_len("name"), widths["name"] + spare)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True)
     shown = [(t, get) for t, get in columns if t not in hidden]
     for title, _ in shown:
-        table.add_column(title, no_wrap=title not in _WRAPS, overflow="fold")
+        table.add_column(
+            title,
+            no_wrap=title not in _WRAPS,
+            overflow="fold",
+            width=None if wide else widths[title],
+        )
     for i in range(len(found)):  # as Text: a name such as "[/]" is shown, not read as markup
         table.add_row(*(Text(cells[title][i]) for title, _ in shown))
     return table, hidden
@@ -430,9 +511,20 @@ def list_(
     """List keys (name, hint, scopes, created, last used, expiry).
 
     Narrow terminals hide columns (created, hint, owner first); --wide shows all.
+    Revoked keys are left out unless --all, and a line says how many. A SQLite
+    store file that does not exist is not created: the answer is "no key store
+    at PATH yet (0 keys)", exit 0 (with --json: [] on stdout, that line on stderr).
     """
     guard = _guard(ctx)
-    found = guard.keys.list(owner=owner, include_revoked=include_revoked)
+    missing = _sqlite_missing(guard)
+    if missing is not None:
+        line = f"no key store at {missing} yet (0 keys); {_elsewhere(ctx)}"
+        if as_json:
+            click.echo("[]")
+        click.echo(line, err=as_json)
+        return
+    every = guard.keys.list(owner=owner, include_revoked=True)
+    found = [k for k in every if include_revoked or k.revoked_at is None]
     if as_json:
         click.echo(json.dumps([k.to_dict() for k in found], indent=2))
         return
@@ -441,6 +533,10 @@ def list_(
     click.echo(f"{len(found)} key(s) in {mask_url(guard.settings.store)}")
     if found:
         Console(width=10_000 if wide else width, soft_wrap=wide).print(table)
+    revoked = len(every) - len(found)
+    if revoked:
+        them = "it" if revoked == 1 else "them"
+        click.echo(f"({revoked} revoked key(s) hidden; --all shows {them})")
     if hidden:
         click.echo(textwrap.fill(f"(hidden: {', '.join(hidden)}; --wide shows all)", width))
 
@@ -450,8 +546,12 @@ def list_(
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def show(ctx: click.Context, key_id: str, as_json: bool) -> None:
-    """Show one key."""
-    _show(_guard(ctx).keys.get(key_id), as_json)
+    """Show one key.
+
+    Exit 1 when there is none, also when the SQLite store file does not exist
+    (it is not created).
+    """
+    _show(_existing(ctx, key_id).keys.get(key_id), as_json)
 
 
 @keys.command()
@@ -500,7 +600,7 @@ def update(
             "nothing to change: give --name, --scope, --ip, --expires-in, --rate-limit "
             "or --metadata"
         )
-    guard = _guard(ctx)
+    guard = _existing(ctx, key_id)
     if expires_in is not None:
         changes["expires_at"] = datetime.fromtimestamp(guard.clock(), UTC) + expires_in
     _show(guard.keys.update(key_id, **changes), as_json)
@@ -511,7 +611,7 @@ def update(
 @click.pass_context
 def revoke(ctx: click.Context, key_id: str) -> None:
     """Refuse the key from now on (it stays listed with --all)."""
-    key = _guard(ctx).keys.revoke(key_id)
+    key = _existing(ctx, key_id).keys.revoke(key_id)
     click.echo(f"Revoked key {key.id} ({key.name}).")
 
 
@@ -520,7 +620,7 @@ def revoke(ctx: click.Context, key_id: str) -> None:
 @click.pass_context
 def suspend(ctx: click.Context, key_id: str) -> None:
     """Refuse the key until it is resumed (nothing else about it changes)."""
-    key = _guard(ctx).keys.suspend(key_id)
+    key = _existing(ctx, key_id).keys.suspend(key_id)
     click.echo(f"Suspended key {key.id} ({key.name}).")
 
 
@@ -529,7 +629,7 @@ def suspend(ctx: click.Context, key_id: str) -> None:
 @click.pass_context
 def resume(ctx: click.Context, key_id: str) -> None:
     """Accept a suspended key again (counts against the owner's key limit)."""
-    key = _guard(ctx).keys.resume(key_id)
+    key = _existing(ctx, key_id).keys.resume(key_id)
     click.echo(f"Resumed key {key.id} ({key.name}).")
 
 
@@ -546,7 +646,7 @@ def resume(ctx: click.Context, key_id: str) -> None:
 @click.pass_context
 def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> None:
     """Issue a new secret; the old one works until the grace period ends."""
-    guard = _guard(ctx)
+    guard = _existing(ctx, key_id)
     now = datetime.fromtimestamp(guard.clock(), UTC)
     issued = guard.keys.rotate(key_id, grace=grace)
     until = now + grace if grace > timedelta(0) else None
@@ -571,22 +671,43 @@ def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> 
 @click.pass_context
 def delete(ctx: click.Context, key_id: str, yes: bool) -> None:
     """Delete a key for good (revoke keeps it listed)."""
+    if not yes and not sys.stdin.isatty():
+        raise BadInput(
+            f"not deleting key {shown_id(key_id)} without --yes: stdin is not a "
+            "terminal, so nobody can confirm"
+        )
+    guard = _existing(ctx, key_id)
     if not yes:
-        if not sys.stdin.isatty():
-            raise click.UsageError(
-                f"not deleting key {shown_id(key_id)} without --yes: stdin is not a "
-                "terminal, so nobody can confirm"
-            )
-        click.confirm(f"Delete key {shown_id(key_id)}?", abort=True, err=True)
-    _guard(ctx).keys.delete(key_id)
+        key = guard.keys.get(key_id)  # the question names what would be deleted
+        click.confirm(
+            f'Delete key {key.id} "{key.name}" of owner "{key.owner}" ({key.status()})? '
+            "It cannot be undone",
+            abort=True,
+            err=True,
+        )
+    guard.keys.delete(key_id)
     click.echo(f"Deleted key {key_id}.")
 
 
 @keys.command()
 @click.pass_context
 def reencrypt(ctx: click.Context) -> None:
-    """Re-encrypt every signing secret under the newest master key."""
-    count = _guard(ctx).keys.reencrypt()
+    """Re-encrypt every signing secret under the newest master key.
+
+    Needs the master keys, newest first: KEYGUARD_MASTER_KEYS="$NEW,$OLD".
+    """
+    guard = _guard(ctx)
+    if not guard.signing.ring.enabled:
+        raise BadInput(
+            "signing.master_keys: no master key is configured, so nothing can be re-encrypted: "
+            'set KEYGUARD_MASTER_KEYS to the master keys, newest first ("$NEW,$OLD"; '
+            "make a new one with: keyguard master-key new)"
+        )
+    missing = _sqlite_missing(guard)
+    if missing is not None:
+        click.echo(f"no key store at {missing} yet: nothing to re-encrypt; {_elsewhere(ctx)}")
+        return
+    count = guard.keys.reencrypt()
     click.echo(f"Re-encrypted {count} signing key(s) under the newest master key.")
 
 

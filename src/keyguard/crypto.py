@@ -72,8 +72,7 @@ class MasterKeyRing:
             if len(raw) != 32:
                 raise ConfigurationError(
                     f"signing.master_keys: entry {position} is not a base64url-encoded 32-byte "
-                    "key (make one with: python -c 'import keyguard.crypto as c; "
-                    "print(c.generate_master_key())')"
+                    "key (make one with: keyguard master-key new)"
                 )
             kid = _kid(raw)
             if kid in self._ciphers:
