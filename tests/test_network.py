@@ -269,6 +269,8 @@ ALLOW_BAD = [
     pytest.param(["fd12:3456::/48"], False, id="unique-local-v6"),
     pytest.param(["::ffff:192.168.0.1"], False, id="v4-mapped-private"),
     pytest.param(["100.64.0.0/10"], False, id="shared-cgnat"),
+    pytest.param(["64:ff9b::10.0.0.0/104"], False, id="nat64-private"),
+    pytest.param(["64:ff9b::/64"], False, id="nat64-all-of-v4"),
     pytest.param(["not-an-ip"], True, id="garbage"),
     pytest.param(["1.2.3.4/40"], True, id="bad-prefix"),
     pytest.param("8.8.8.0/24", True, id="string-not-list"),
@@ -290,6 +292,7 @@ def test_allowlist_refused(entries: object, allow_private: bool) -> None:
         pytest.param(["10.0.0.0/8", "127.0.0.1"], True, id="private-allowed"),
         pytest.param(["1.1.1.1"], False, id="single"),
         pytest.param(["203.0.113.0/24", "2001:db8::/32"], False, id="documentation-ranges"),
+        pytest.param(["64:ff9b::8.8.8.0/120"], False, id="nat64-public"),
     ],
 )
 def test_allowlist_accepted(entries: list[str], allow_private: bool) -> None:
@@ -301,3 +304,19 @@ def test_ip_allowed() -> None:
     assert ip_allowed(ipaddress.ip_address("8.8.8.9"), nets)
     assert not ip_allowed(ipaddress.ip_address("8.8.9.9"), nets)
     assert not ip_allowed(None, nets)
+
+
+def test_failure_buckets() -> None:
+    """An IPv6 client counts per /64; an IPv4 client behind NAT64 as that IPv4 (its
+    /64 holds every NAT64 client), and as the same client it is over IPv4."""
+    from keyguard.network import bucket
+
+    def b(text: str) -> str:
+        ip = parse_ip(text)
+        assert ip is not None
+        return bucket(ip)
+
+    assert b("2001:db8:1:2::1") == b("2001:db8:1:2::ffff") == "2001:db8:1:2::/64"
+    assert b("64:ff9b::198.51.100.7") == b("198.51.100.7") == "198.51.100.7"
+    assert b("64:ff9b::198.51.100.8") != b("64:ff9b::198.51.100.7")
+    assert b("::ffff:198.51.100.7") == "198.51.100.7"

@@ -62,6 +62,8 @@ def bucket(ip: IPAddress) -> str:
     as one, or a few bad tokens from anyone would lock out everyone behind that
     socket."""
     if ip.version == 6:
+        if ip in _NAT64:  # an IPv4 client behind NAT64: that IPv4's own bucket, not one /64
+            return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
 
@@ -185,6 +187,10 @@ class ClientResolver:
 # What `policy.allow_private_ips` is about: RFC 1918 and unique-local ranges, loopback,
 # link-local, "this network". (Python's `is_private` also counts documentation and other
 # special ranges, which are no deployment risk.)
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
+# IPv6 blocks whose last 32 bits are an IPv4 address: IPv4-mapped, and NAT64.
+_CARRIES_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), _NAT64)
+
 PRIVATE_RANGES = tuple(
     ipaddress.ip_network(n)
     for n in (
@@ -203,14 +209,17 @@ PRIVATE_RANGES = tuple(
 )
 
 
-_V4_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
-
-
 def is_private(net: IPNetwork) -> bool:
-    if isinstance(net, ipaddress.IPv6Network) and net.subnet_of(_V4_MAPPED):
-        mapped = net.network_address.ipv4_mapped
-        assert mapped is not None
-        net = ipaddress.ip_network(f"{mapped}/{max(0, net.prefixlen - 96)}", strict=False)
+    """Does `net` hold private, loopback or link-local addresses, also as IPv6 forms
+    that carry an IPv4 address (::ffff:a.b.c.d, NAT64's 64:ff9b::a.b.c.d)?"""
+    if isinstance(net, ipaddress.IPv6Network):
+        for carrier in _CARRIES_V4:
+            if net.subnet_of(carrier):
+                embedded = int(net.network_address) & 0xFFFFFFFF
+                net = ipaddress.IPv4Network((embedded, max(0, net.prefixlen - 96)), strict=False)
+                break
+            if net.supernet_of(carrier):  # every IPv4 address, private ones among them
+                return True
     return any(net.version == r.version and net.overlaps(r) for r in PRIVATE_RANGES)
 
 
