@@ -468,6 +468,70 @@ async def test_page_is_self_contained(guard: KeyGuard) -> None:
         assert r.headers["x-frame-options"] == "DENY"
 
 
+_CSS_START = "--fg:#1b1f24;"
+PAGE_HEADERS = {
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cache-control": "no-store",
+}
+
+
+@pytest.mark.parametrize(
+    "title",
+    ["{{js}}{{config}}", "{{nonce}} {{css}}", "{{title}}"],
+)
+async def test_page_placeholders_in_title_or_mount_are_not_filled(
+    guard: KeyGuard, title: str
+) -> None:
+    """The template is filled in one pass: a title or mount path that spells a
+    placeholder is shown as it is, never filled with the script, config or nonce."""
+    mount = "/adm{{js}}{{config}}"
+    outer = Starlette()
+    outer.mount(mount, admin_app(guard, title=title))
+    async for c in _client(outer):
+        r = await c.get(mount + "/")
+        assert r.status_code == 200, r.text
+        html = r.text
+        assert html.count("'use strict'") == 1  # the script once, in its own element
+        assert html.count("<script") == 2 and html.count("<style") == 1
+        assert html.count(_CSS_START) == 1  # the style sheet once
+        assert f"<title>{title}</title>" in html and f"<h1>{title}</h1>" in html
+        assert '"base": "/adm{{js}}{{config}}"' in html
+        nonce = r.headers["content-security-policy"].split("'nonce-")[1].split("'")[0]
+        assert html.count(nonce) == 3
+        assert {k: r.headers[k] for k in PAGE_HEADERS} == PAGE_HEADERS
+
+
+async def test_every_json_answer_says_nosniff(client: httpx.AsyncClient, guard: KeyGuard) -> None:
+    """JSON and problem+json answers carry `X-Content-Type-Options: nosniff`, as the
+    page does: success, refusal (401, 404, 405, 422), no content, and the document."""
+    created = await _create(client)
+    key_id = created["key"]["id"]
+    answers = [
+        await client.get("/api/keys"),
+        await client.post("/api/keys", json={"owner": "acme", "name": "n"}),
+        await client.get(f"/api/keys/{key_id}"),
+        await client.patch(f"/api/keys/{key_id}", json={"name": "m"}),
+        await client.post(f"/api/keys/{key_id}/rotate"),
+        await client.post(f"/api/keys/{key_id}/suspend"),
+        await client.get("/api/scopes"),
+        await client.patch(f"/api/keys/{key_id}", json={"scopes": "x"}),  # 422
+        await client.get("/api/keys/nope"),  # 404
+        await client.get("/api/nothing"),  # no such route
+        await client.put("/api/keys"),  # 405
+        await client.get("/api/keys", headers={"authorization": ""}),  # 401
+        await client.get("/openapi.json"),
+        await client.delete(f"/api/keys/{key_id}"),  # 204
+    ]
+    statuses = [r.status_code for r in answers]
+    assert statuses == [200, 201, 200, 200, 200, 200, 200, 422, 404, 404, 405, 401, 200, 204]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", (r.status_code, r.text)
+        if r.status_code != 204:
+            assert "json" in r.headers["content-type"]
+
+
 # -- WSGI ------
 
 

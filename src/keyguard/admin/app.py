@@ -107,15 +107,19 @@ class _Seen(Exception):
         self.error = error
 
 
+# On every answer of the JSON API (a browser must never sniff one into HTML).
+NOSNIFF = {"x-content-type-options": "nosniff"}
+
+
 def _problem(exc: RequestRejected | InvalidKeySettings) -> Response:
     """problem+json from the one renderer (`exceptions.problem`): a refusal, or a
     refused setting (422, or 409 for a key whose state forbids the change)."""
     status, headers, body = problem(exc)
-    return Response(body, status_code=status, headers=dict(headers))
+    return Response(body, status_code=status, headers={**dict(headers), **NOSNIFF})
 
 
 def _json(data: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-    return JSONResponse(data, status, {"cache-control": "no-store", **(headers or {})})
+    return JSONResponse(data, status, {"cache-control": "no-store", **NOSNIFF, **(headers or {})})
 
 
 # -- JSON -> keyword arguments of guard.keys ------------------------------------
@@ -476,7 +480,8 @@ class AdminAPI:
         )
 
     async def openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_document(self.title, request.scope.get("root_path", "")))
+        doc = openapi_document(self.title, request.scope.get("root_path", ""))
+        return JSONResponse(doc, headers=NOSNIFF)
 
     async def collection(self, request: Request) -> Response:
         if request.method == "POST":
@@ -593,7 +598,7 @@ class AdminAPI:
             await self._own(principal, key_id)
         await self._confirmed(request, "delete")
         await self.guard.keys.adelete(key_id)
-        return Response(status_code=204, headers={"cache-control": "no-store"})
+        return Response(status_code=204, headers={"cache-control": "no-store", **NOSNIFF})
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import secrets
 from collections.abc import Mapping
 
@@ -58,13 +59,19 @@ def render_page(
     }
     # "<" escaped so no value can close the <script> element.
     config_json = json.dumps(config).replace("<", "\\u003c")
-    return (
-        _TEMPLATE.replace("{{title}}", html.escape(title))
-        .replace("{{nonce}}", nonce)
-        .replace("{{config}}", config_json)
-        .replace("{{css}}", _CSS)
-        .replace("{{js}}", _JS)
-    ), nonce
+    values = {
+        "title": html.escape(title),
+        "nonce": nonce,
+        "config": config_json,
+        "css": _CSS,
+        "js": _JS,
+    }
+    # One pass over the template: a value (a title or mount path holding "{{js}}",
+    # say) is put in as it is, never searched for placeholders itself.
+    return _PLACEHOLDER.sub(lambda m: values[m[1]], _TEMPLATE), nonce
+
+
+_PLACEHOLDER = re.compile(r"\{\{(title|nonce|config|css|js)\}\}")
 
 
 _HEADERS = {
