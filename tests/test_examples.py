@@ -352,6 +352,17 @@ def test_flask_cli_on_the_example(tmp_path: Path) -> None:
         assert g.verify(token, scopes=["inference"]).name == "cli"
 
 
+def test_multi_instance_demo_help_explains_every_option(tmp_path: Path) -> None:
+    demo = str(EXAMPLES / "multi_instance" / "demo.py")
+    done = subprocess.run([sys.executable, demo, "--help"], cwd=tmp_path, env=_clean_env(tmp_path),
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())
+    assert "a key revoked through one is refused by the other" in text
+    assert "--postgres-admin URL a PostgreSQL URL allowed to CREATE and DROP DATABASE" in text
+    assert "--store URL a postgresql://" in text and "--cache URL a redis://" in text
+
+
 @pytest.mark.servers
 def test_multi_instance_demo(tmp_path: Path, postgres_admin_url: str, redis_url: str) -> None:
     """The README's command: two instances, a revoke through one refused by the other."""

@@ -363,6 +363,25 @@ PLAIN = [
     ({"policy": 5}, "policy: must be a mapping (a section of settings)"),
     ({"stroe": "memory://"}, "stroe: unknown setting (did you mean 'store'?)"),
     ({"nonsense": 1}, "nonsense: unknown setting"),
+    (
+        {"rules": [{"path": "/v1/*", "scope": ["read"]}]},
+        "rules.0.scope: unknown setting (did you mean 'scopes'?)",
+    ),
+    (
+        {"rules": [{"path": "/a"}, {"path": "/b", "method": ["GET"]}]},
+        "rules.1.method: unknown setting (did you mean 'methods'?)",
+    ),
+    ({"rules": [{"path": "/a", "nonsense": 1}]}, "rules.0.nonsense: unknown setting"),
+    (
+        {"policy": {"max_key_per_owner": 1}},
+        "policy.max_key_per_owner: unknown setting (did you mean 'max_keys_per_owner'?)",
+    ),  # fmt: skip
+    ({"signing": {"profil": "kg"}}, "signing.profil: unknown setting (did you mean 'profile'?)"),
+    (
+        {"store": "mysql://db/keys"},
+        "store: must be a memory://, sqlite:///, postgresql://, redis://, rediss:// or "
+        "redis+sentinel:// URL",
+    ),
 ]
 
 

@@ -127,12 +127,22 @@ def run(store: str, cache: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     parser.add_argument(
-        "--store", help="a postgresql:// or redis:// store (default: a scratch database)"
+        "--store",
+        metavar="URL",
+        help="a postgresql:// or redis:// store (default: a scratch database)",
     )
-    parser.add_argument("--cache", help="a redis:// cache (default: local Redis, random prefix)")
-    parser.add_argument("--postgres-admin", default="postgresql://postgres@127.0.0.1:5432/test")
+    parser.add_argument(
+        "--cache", metavar="URL", help="a redis:// cache (default: local Redis, random prefix)"
+    )
+    parser.add_argument(
+        "--postgres-admin",
+        default="postgresql://postgres@127.0.0.1:5432/test",
+        metavar="URL",
+        help="a PostgreSQL URL allowed to CREATE and DROP DATABASE, where the scratch "
+        "database is made (default: %(default)s; not used with --store)",
+    )
     args = parser.parse_args()
     prefix = f"kgexample:{uuid.uuid4().hex[:8]}:"
     cache = args.cache or f"redis://127.0.0.1:6379/0?prefix={prefix}"

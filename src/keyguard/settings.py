@@ -153,7 +153,8 @@ class Settings(_Section):
             parse_url(value)  # ValueError says what is wrong
         elif scheme not in {"memory", "sqlite", "postgresql", "postgres"}:
             raise ValueError(
-                "must be a memory://, sqlite:///, postgresql://, redis:// or redis+sentinel:// URL"
+                "must be a memory://, sqlite:///, postgresql://, redis://, rediss:// or "
+                "redis+sentinel:// URL"
             )
         if scheme == "sqlite" and value.removeprefix("sqlite://").strip("/") == "":
             raise ValueError("a sqlite URL needs a path, as in sqlite:///keyguard.db")
@@ -397,6 +398,32 @@ _WORDING = {
 }
 
 
+def _model_at(loc: Any) -> type[BaseModel] | None:
+    """The settings model an error location points into (`("rules", 0)` -> `Rule`), for
+    naming a close field in a message; None where it is no model."""
+    current: Any = Settings
+    for part in loc:
+        current = _model_of(current)
+        if current is None:
+            return None
+        if isinstance(part, int):
+            continue  # an item of a list of models: the same model
+        field = current.model_fields.get(str(part))
+        current = None if field is None else field.annotation
+    return _model_of(current)
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """`Rule`, from `Rule`, `tuple[Rule, ...]`, `Rule | None` or `Annotated[Rule, ...]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
+
+
 def _plain(error: Any) -> str:
     """pydantic's error in the words of these settings ("must be a list", not
     "Input should be a valid tuple"; a validator's own message without "Value error,")."""
@@ -410,8 +437,8 @@ def _plain(error: Any) -> str:
         if name in ctx and kind.startswith(("greater", "less")):
             return f"must be {words} {ctx[name]}"
     if kind == "extra_forbidden":
-        model = Settings if len(loc) == 1 else _sections().get(str(loc[0]))
-        names = list(model.model_fields) if model is not None and len(loc) <= 2 else []
+        model = _model_at(loc[:-1])  # also inside a list: rules.0.scope
+        names = list(model.model_fields) if model is not None else []
         close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
         return "unknown setting" + (f" (did you mean {close[0]!r}?)" if close else "")
     return _WORDING.get(kind) or str(error["msg"]).replace("Input should be", "must be")
