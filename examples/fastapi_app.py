@@ -1,6 +1,7 @@
 """A FastAPI app protected by keyguard. Run: python examples/fastapi_app.py
 
-On start it issues a demo key and prints curl lines that work against it.
+On start it issues a demo key, prints curl lines that work against it, then serves
+on http://127.0.0.1:8000 (PORT=8001 for another port) until Ctrl-C.
 Keys live in ./keyguard.db (SQLite); manage them with `keyguard keys ...`.
 """
 
@@ -78,10 +79,8 @@ def main() -> None:
     print(f"  curl -H 'Authorization: Bearer {issued.token}' {base}/v1/models")
     print(f"  curl -X POST -H 'X-API-Key: {issued.token}' {base}/v1/chat/completions")
     print(f"  curl -i {base}/v1/models            # 401 problem+json")
-    print(
-        f"  curl -i -H 'Authorization: Bearer {issued.token}' {base}/v1/admin/stats   # 403\n",
-        flush=True,
-    )
+    print(f"  curl -i -H 'Authorization: Bearer {issued.token}' {base}/v1/admin/stats   # 403\n")
+    print(f"serving on {base} (Ctrl-C stops it)", flush=True)
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
