@@ -441,6 +441,80 @@ def test_rotate_refuses_unusable_grace(grace: float) -> None:
     assert info.value.field == "grace"
 
 
+@pytest.mark.parametrize(
+    "grace",
+    [timedelta(days=30, seconds=1), 30 * DAY_S + 1, timedelta(days=36500), 3_153_600_000],
+)
+async def test_rotate_grace_is_at_most_30_days(mode: str, guard: KeyGuard, grace: Any) -> None:
+    """Two live secrets for at most 30 days: a longer grace is refused, naming
+    `grace`, and nothing changes (the old token keeps working alone)."""
+    issued = await op(mode, guard, "create", owner="o", name="n")
+    before = guard.store.get(issued.id)
+    with pytest.raises(InvalidKeySettings) as info:
+        await op(mode, guard, "rotate", issued.id, grace=grace)
+    assert info.value.field == "grace" and "30 days" in info.value.message
+    assert guard.store.get(issued.id) == before
+    assert code_of(guard, issued.token) == "ok"
+
+
+async def test_rotate_grace_of_30_days_ends_then(mode: str, guard: KeyGuard, clock: Clock) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n", allowed_ips=[PUBLIC_IP])
+    rotated = await op(mode, guard, "rotate", issued.id, grace=timedelta(days=30))
+    clock.advance(30 * DAY_S - 1)
+    assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "ok"
+    clock.advance(2)
+    assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "invalid_key"
+    assert code_of(guard, rotated.token, client_ip=PUBLIC_IP) == "ok"
+
+
+@pytest.mark.parametrize("later", ["none", "later"])
+async def test_a_grace_never_outlives_the_expiry_in_force(
+    mode: str, guard: KeyGuard, clock: Clock, later: str
+) -> None:
+    """The old secret stops with the key at its expiry; an update that then moves
+    the expiry later (or removes it) does not bring the old secret back with it."""
+    issued = await op(
+        mode, guard, "create", owner="o", name="n", allowed_ips=[PUBLIC_IP], expires_in=3600
+    )
+    rotated = await op(mode, guard, "rotate", issued.id, grace=timedelta(days=2))
+    new_expiry = None if later == "none" else datetime.fromtimestamp(clock() + 10 * DAY_S, UTC)
+    # Extended while the key is live: the grace ends at the old expiry (one hour).
+    await op(mode, guard, "update", issued.id, expires_at=new_expiry)
+    clock.advance(3599)
+    assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "ok"
+    clock.advance(2)
+    assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "invalid_key"
+    assert code_of(guard, rotated.token, client_ip=PUBLIC_IP) == "ok"
+
+
+async def test_reviving_an_expired_key_does_not_revive_its_old_secret(
+    mode: str, guard: KeyGuard, clock: Clock
+) -> None:
+    issued = await op(
+        mode, guard, "create", owner="o", name="n", allowed_ips=[PUBLIC_IP], expires_in=3600
+    )
+    rotated = await op(mode, guard, "rotate", issued.id, grace=timedelta(days=2))
+    clock.advance(7200)  # expired; the grace (two days) would still run
+    assert code_of(guard, rotated.token, client_ip=PUBLIC_IP) == "expired_key"
+    later = datetime.fromtimestamp(clock() + 10 * DAY_S, UTC)
+    await op(mode, guard, "update", issued.id, expires_at=later)
+    assert code_of(guard, rotated.token, client_ip=PUBLIC_IP) == "ok"
+    assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "invalid_key"
+    record = guard.store.get(issued.id)
+    assert record is not None and record.previous_secret_hash is None
+
+
+async def test_an_expiry_moved_earlier_keeps_the_grace_within_it(
+    mode: str, guard: KeyGuard, clock: Clock
+) -> None:
+    issued = await op(mode, guard, "create", owner="o", name="n", allowed_ips=[PUBLIC_IP])
+    await op(mode, guard, "rotate", issued.id, grace=timedelta(days=2))
+    earlier = datetime.fromtimestamp(clock() + 3600, UTC)
+    await op(mode, guard, "update", issued.id, expires_at=earlier)  # the key stops first
+    clock.advance(3601)
+    assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "expired_key"
+
+
 def test_update_allowed_ips_none_removes_the_allowlist() -> None:
     g = KeyGuard({"store": "memory://"})
     issued = g.keys.create(owner="o", name="n", allowed_ips=["8.8.8.8"])

@@ -123,18 +123,50 @@ def _when(value: datetime | None, now: float, field: str = "expires_at") -> floa
 
 
 MAX_SECONDS = 100 * 365 * DAY  # durations and expiries beyond a century are a mistake
+# A rotation's grace: how long the old secret keeps working beside the new one.
+# Long enough to roll a new secret out everywhere; a longer one keeps two live
+# secrets for no reason (and a leaked old one alive).
+MAX_GRACE = 30 * DAY
 
 
-def duration(field: str, value: timedelta | float | int) -> float:
-    """Seconds of a duration given as a timedelta or a number: 0 to 100 years."""
+def duration(
+    field: str,
+    value: timedelta | float | int,
+    most: float = MAX_SECONDS,
+    most_text: str = "100 years",
+) -> float:
+    """Seconds of a duration given as a timedelta or a number: 0 to `most`
+    (100 years unless told; `most_text` says it in words)."""
     seconds = value.total_seconds() if isinstance(value, timedelta) else value
     if (
         isinstance(seconds, bool)
         or not isinstance(seconds, int | float)
-        or not 0 <= seconds <= MAX_SECONDS  # also refuses NaN
+        or not 0 <= seconds <= most  # also refuses NaN
     ):
-        raise InvalidKeySettings(field, "must be a duration from 0 seconds to 100 years")
+        raise InvalidKeySettings(field, f"must be a duration from 0 seconds to {most_text}")
     return float(seconds)
+
+
+def rotation_grace(value: timedelta | float | int) -> float:
+    """Seconds of a rotation's grace: 0 to 30 days (`MAX_GRACE`), else
+    InvalidKeySettings naming `grace`. `rotate` takes only this."""
+    return duration("grace", value, MAX_GRACE, "30 days")
+
+
+def _grace_within_expiry(old: KeyRecord, new: KeyRecord, now: float) -> KeyRecord:
+    """A change that moves a key's expiry later (or removes it) does not lengthen a
+    rotation's grace: the old secret stops at the expiry that was in force, so it
+    never works past the key's own expiry (an expired key refuses every secret)."""
+    until, was = new.previous_valid_until, old.expires_at
+    if until is None or was is None or until <= was:
+        return new
+    if new.expires_at is not None and new.expires_at <= was:
+        return new  # not later: the key stops first
+    if was <= now:  # the key had expired: its old secret stays gone
+        return new.replace(
+            previous_secret_hash=None, previous_encrypted_secret=None, previous_valid_until=None
+        )
+    return new.replace(previous_valid_until=was)
 
 
 def _rate(value: str | None) -> str | None:
@@ -459,7 +491,7 @@ class KeyManager:
             new = record.replace(**changes)
             if _restricted(record) and not _restricted(new):  # lost its allowlist now
                 new = new.replace(unrestricted_since=now)
-            return self._cap(new)
+            return _grace_within_expiry(record, self._cap(new), now)
 
         return self._info(self._modify(key_id, change, now))
 
@@ -540,9 +572,14 @@ class KeyManager:
 
     @audited("key.rotate")
     def rotate(self, key_id: str, grace: timedelta | float = timedelta(0)) -> IssuedKey:
-        """A new secret now; the old one keeps working for `grace`, then stops."""
+        """A new secret now; the old one keeps working for `grace`, then stops.
+
+        `grace` is at most 30 days (`MAX_GRACE`; more: InvalidKeySettings naming
+        `grace`, nothing changed). The old secret never works past the key's own
+        expiry either: the key stops then with every secret, and an `update` that
+        later extends or removes the expiry ends the grace at the old expiry."""
         now = self._clock()
-        until = now + duration("grace", grace)
+        until = now + rotation_grace(grace)
         issued: list[tuple[str | None, str | None]] = []
 
         def change(record: KeyRecord) -> KeyRecord:

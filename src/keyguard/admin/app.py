@@ -48,7 +48,7 @@ from ..exceptions import (
     shown_id,
 )
 from ..guard import KeyGuard
-from ..keys import duration
+from ..keys import duration, rotation_grace
 from ..models import IssuedKey, KeyInfo, text_ok
 from .openapi import openapi_document
 from .page import render_page
@@ -157,7 +157,7 @@ def _seconds(field: str, value: Any) -> float | None:
     if isinstance(value, str) and (m := _DURATION.fullmatch(value)):
         value = float(m[1]) * _UNITS[m[2]]
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return duration(field, value)
+        return rotation_grace(value) if field == "grace" else duration(field, value)
     raise InvalidKeySettings(
         field, "must be a number of seconds or a duration such as '30d' or '24h'"
     )
