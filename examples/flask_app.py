@@ -1,15 +1,19 @@
 """A Flask app protected by keyguard. Run: python examples/flask_app.py
-(after `pip install -e '.[flask]'`).
+(after `pip install -e '.[flask]'`); it serves on http://127.0.0.1:5000 (PORT=5001
+for another port).
 
 On start it issues a demo key and prints curl lines that work against it. Keys live
-in ./keyguard.db (SQLite); manage them with `flask --app examples/flask_app.py keyguard
-keys list` (the same commands as `keyguard keys ...`, on this app's settings).
+in keyguard.db next to this file (SQLite; KEYGUARD_STORE for another store); manage
+them with `flask --app examples/flask_app.py keyguard keys list` (the same commands
+as `keyguard keys ...`, on this app's settings), from any directory: the path is
+absolute.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from flask import Flask
 
@@ -17,8 +21,13 @@ from keyguard import IssuedKey
 from keyguard.flask import KeyGuardExtension, current_key, require_scopes
 
 app = Flask(__name__)
-# No "store" here: keyguard reads KEYGUARD_STORE (and every KEYGUARD_* variable) itself,
-# and uses ./keyguard.db when it is unset. Flat app.config["KEYGUARD_STORE"] works too.
+# An absolute store path, so the app and `flask --app .../flask_app.py keyguard ...` open
+# the same file wherever they are started (a relative sqlite:///keyguard.db would be
+# relative to the directory each one runs in). KEYGUARD_STORE, when set, names another.
+HERE = Path(__file__).resolve().parent
+app.config["KEYGUARD_STORE"] = (
+    os.environ.get("KEYGUARD_STORE") or f"sqlite:///{HERE / 'keyguard.db'}"
+)
 app.config["KEYGUARD"] = {
     "public_paths": ["/health"],
     "rules": [

@@ -287,8 +287,13 @@ def test_demo_runs_and_its_printed_key_works(tmp_path: Path, script: str, last_l
         if not k.startswith("KEYGUARD_") and k != "PYTHONUNBUFFERED"
     }
     env.update(PORT=str(port), PYTHONPATH=os.pathsep.join([SRC, env.get("PYTHONPATH", "")]))
+    path = EXAMPLES / script
+    if script == "flask_app.py":  # its store is a file next to it: a copy, not the checkout's
+        path = tmp_path / "app" / script
+        path.parent.mkdir()
+        path.write_text((EXAMPLES / script).read_text())
     proc = subprocess.Popen(
-        [sys.executable, str(EXAMPLES / script)],
+        [sys.executable, str(path)],
         cwd=tmp_path,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -306,7 +311,10 @@ def test_demo_runs_and_its_printed_key_works(tmp_path: Path, script: str, last_l
         assert f"{base}/v1/models" in out
         if script == "fastapi_app.py":  # what scripts/demo.sh runs says it is running, and where
             assert out.splitlines()[-1] == f"serving on {base} (Ctrl-C stops it)", out
-        assert (tmp_path / "keyguard.db").is_file()  # the embedded default, in cwd
+            assert (tmp_path / "keyguard.db").is_file()  # the embedded default, in cwd
+        else:
+            assert (path.parent / "keyguard.db").is_file()  # next to the example, not in cwd
+            assert not (tmp_path / "keyguard.db").exists()
 
         wait_healthy(base, proc, START_TIMEOUT)
         with httpx.Client(base_url=base, timeout=5) as client:
@@ -336,22 +344,44 @@ def _clean_env(tmp_path: Path) -> dict[str, str]:
 
 
 def test_flask_cli_on_the_example(tmp_path: Path) -> None:
-    """`flask --app examples/flask_app.py keyguard keys ...`, as the README shows it."""
-    flask = [sys.executable, "-m", "flask", "--app", str(EXAMPLES / "flask_app.py"), "keyguard"]
+    """`flask --app examples/flask_app.py keyguard keys ...`, as the README shows it: the
+    example's store path is absolute (next to the file), so the command opens the app's
+    file from any directory."""
+    app = tmp_path / "app" / "flask_app.py"  # a copy: its store lands next to it
+    app.parent.mkdir()
+    app.write_text((EXAMPLES / "flask_app.py").read_text())
+    flask = [sys.executable, "-m", "flask", "--app", str(app), "keyguard"]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
 
-    def sh(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*flask, *args], cwd=tmp_path, env=_clean_env(tmp_path),
-                              capture_output=True, text=True, timeout=60)  # fmt: skip
+    def sh(*args: str, cwd: Path = tmp_path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*flask, *args], cwd=cwd, env=_clean_env(tmp_path),
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
 
     made = sh("keys", "create", "--owner", "demo", "--name", "cli", "--scope", "inference", "-q")
     assert made.returncode == 0, made.stderr
     token = made.stdout.strip()
     assert TOKEN.fullmatch(token)
-    listed = sh("keys", "list")
-    assert listed.returncode == 0 and token.split("_")[1] in listed.stdout, listed.stderr
-    assert f"in sqlite:///{tmp_path / 'keyguard.db'}" in listed.stdout  # the example's store
-    with closing(KeyGuard({"store": f"sqlite:///{tmp_path / 'keyguard.db'}"})) as g:
+    store = app.parent / "keyguard.db"
+    for cwd in (tmp_path, elsewhere):
+        listed = sh("keys", "list", cwd=cwd)
+        assert listed.returncode == 0 and token.split("_")[1] in listed.stdout, listed.stderr
+        assert f"in sqlite:///{store}" in listed.stdout  # the example's store
+    assert not (tmp_path / "keyguard.db").exists() and not (elsewhere / "keyguard.db").exists()
+    with closing(KeyGuard({"store": f"sqlite:///{store}"})) as g:
         assert g.verify(token, scopes=["inference"]).name == "cli"
+
+    # refusals are keyguard's one line, as under `keyguard`, not click's usage text
+    refused = [
+        (["keys", "delete", token.split("_")[1]], "without --yes"),
+        (["keys", "create", "--owner", "o"], "Missing option '--name'"),
+    ]
+    for args, fragment in refused:
+        run = sh(*args)
+        assert run.returncode == 2 and run.stdout == "", run
+        assert run.stderr.startswith("keyguard: error: ") and fragment in run.stderr, run.stderr
+        assert len(run.stderr.splitlines()) == 1 and "Usage:" not in run.stderr
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
