@@ -5,6 +5,9 @@ in both modes: key mode (a `keyguard:admin` key, an operator) and host mode
 
 - A rotation's grace is at most 30 days, for every caller, and a refused grace
   spends no step-up code.
+- A tenant's scopes are checked against the key as stored, inside the store's
+  atomic change: a scope an operator removes after the tenant's request was read
+  is not added back.
 """
 
 from __future__ import annotations
@@ -152,3 +155,71 @@ async def test_a_grace_of_up_to_30_days_is_taken(
         assert record.previous_valid_until is None
     else:
         assert 0 < record.previous_valid_until - clock() <= 30 * 86400
+
+
+# -- grants checked inside the atomic change -----------------------------------------
+
+
+class Meanwhile(Asked):
+    """A `confirm` that lets an operator change the key between the admin app's
+    read (its early checks) and the change itself: the race window, made certain."""
+
+    def __init__(self, guard: KeyGuard) -> None:
+        super().__init__()
+        self.guard = guard
+        self.then: list[Any] = []
+
+    def __call__(self, request: Request, action: str) -> bool:
+        super().__call__(request, action)
+        while self.then:
+            self.then.pop(0)()
+        return True
+
+
+@pytest.fixture
+async def racy(guard: KeyGuard) -> AsyncIterator[tuple[httpx.AsyncClient, Meanwhile]]:
+    meanwhile = Meanwhile(guard)
+    app = admin_app(guard, authorize=principal, confirm=meanwhile)
+    async for c in _client(app, **{"x-requested-with": "t"}):
+        yield c, meanwhile
+
+
+async def test_a_scope_an_operator_removes_meanwhile_is_not_added_back(
+    guard: KeyGuard, racy: tuple[httpx.AsyncClient, Meanwhile]
+) -> None:
+    c, meanwhile = racy
+    key = guard.keys.create(owner="alice", name="k", scopes=["read", "billing"])
+    # The tenant keeps "billing" (held when its request is read); the operator
+    # removes it before the change is made: the change is refused, nothing added.
+    meanwhile.then.append(lambda: guard.keys.update(key.id, scopes=["read"]))
+    r = await c.patch(
+        f"/api/keys/{key.id}", json={"scopes": ["read", "billing"], "name": "x"}, headers=ALICE
+    )
+    refused(r, "scopes")
+    assert meanwhile.actions == ["update"]
+    info = guard.keys.get(key.id)
+    assert info.scopes == ("read",) and info.name == "k"
+    # Without the operator's change in between, keeping a held scope is fine.
+    r = await c.patch(f"/api/keys/{key.id}", json={"scopes": ["read"]}, headers=ALICE)
+    assert r.status_code == 200 and r.json()["scopes"] == ["read"]
+
+
+async def test_an_operator_is_not_bound_by_grants_in_the_race_either(
+    guard: KeyGuard, racy: tuple[httpx.AsyncClient, Meanwhile]
+) -> None:
+    c, meanwhile = racy
+    key = guard.keys.create(owner="alice", name="k", scopes=["read", "billing"])
+    meanwhile.then.append(lambda: guard.keys.update(key.id, scopes=["read"]))
+    r = await c.patch(f"/api/keys/{key.id}", json={"scopes": ["read", "billing"]}, headers=OPS)
+    assert r.status_code == 200 and r.json()["scopes"] == ["read", "billing"]
+
+
+async def test_a_tenant_may_still_narrow_and_rename_in_the_race(
+    guard: KeyGuard, racy: tuple[httpx.AsyncClient, Meanwhile]
+) -> None:
+    c, meanwhile = racy
+    key = guard.keys.create(owner="alice", name="k", scopes=["read", "billing"])
+    meanwhile.then.append(lambda: guard.keys.update(key.id, name="renamed by ops"))
+    r = await c.patch(f"/api/keys/{key.id}", json={"scopes": ["billing"]}, headers=ALICE)
+    assert r.status_code == 200 and r.json()["scopes"] == ["billing"]
+    assert r.json()["name"] == "renamed by ops"

@@ -515,6 +515,26 @@ async def test_an_expiry_moved_earlier_keeps_the_grace_within_it(
     assert code_of(guard, issued.token, client_ip=PUBLIC_IP) == "expired_key"
 
 
+async def test_update_with_grantable_adds_only_grantable_scopes(mode: str, guard: KeyGuard) -> None:
+    """`update(grantable=...)`: a self-service caller's scopes, checked against the
+    key as stored (inside the store's atomic change): held ones may stay, grantable
+    ones may be added, nothing else."""
+    key = await op(mode, guard, "create", owner="o", name="n", scopes=["billing", "read"])
+    mine = {"read", "write"}
+    info = await op(mode, guard, "update", key.id, scopes=["billing", "write"], grantable=mine)
+    assert info.scopes == ("billing", "write")
+    with pytest.raises(InvalidKeySettings) as caught:
+        await op(mode, guard, "update", key.id, scopes=["read", "admin"], grantable=mine)
+    assert caught.value.field == "scopes"
+    # Dropped once, "billing" is no longer held: it cannot come back.
+    await op(mode, guard, "update", key.id, scopes=["write"], grantable=mine)
+    with pytest.raises(InvalidKeySettings):
+        await op(mode, guard, "update", key.id, scopes=["billing"], grantable=mine)
+    assert (await op(mode, guard, "get", key.id)).scopes == ("write",)
+    # No grantable (an operator, plain Python): any scope.
+    assert (await op(mode, guard, "update", key.id, scopes=["billing"])).scopes == ("billing",)
+
+
 def test_update_allowed_ips_none_removes_the_allowlist() -> None:
     g = KeyGuard({"store": "memory://"})
     issued = g.keys.create(owner="o", name="n", allowed_ips=["8.8.8.8"])

@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -167,6 +167,22 @@ def _grace_within_expiry(old: KeyRecord, new: KeyRecord, now: float) -> KeyRecor
             previous_secret_hash=None, previous_encrypted_secret=None, previous_valid_until=None
         )
     return new.replace(previous_valid_until=was)
+
+
+GRANT_REFUSED = "holds a scope you may not grant"
+
+
+def check_grants(
+    scopes: Iterable[str], grantable: Collection[str] | None, held: Iterable[str] = ()
+) -> None:
+    """The grant rule: each of `scopes` is in `grantable` or already `held` by the
+    key (a key keeps what an operator gave it; nothing is added). `grantable` None:
+    any scope. Else InvalidKeySettings naming `scopes`."""
+    if grantable is None:
+        return
+    kept = frozenset(held)
+    if any(s not in grantable and s not in kept for s in scopes):
+        raise InvalidKeySettings("scopes", GRANT_REFUSED)
 
 
 def _rate(value: str | None) -> str | None:
@@ -480,14 +496,24 @@ class KeyManager:
         expires_at: datetime | None | _Unset = UNSET,
         rate_limit: str | None | _Unset = UNSET,
         metadata: Mapping[str, Any] | None | _Unset = UNSET,
+        grantable: Collection[str] | None = None,
     ) -> KeyInfo:
         """Change the given fields; others stay. `expires_at=None` removes the expiry
         (for a key without an allowlist the cap still applies). A later expiry that
-        makes an expired key live again counts against `max_keys_per_owner`."""
+        makes an expired key live again counts against `max_keys_per_owner`.
+
+        `grantable` (a self-service caller's): new `scopes` may add only these to
+        the ones the key holds (`check_grants`; else InvalidKeySettings naming
+        `scopes`). Checked against the key as stored, inside the store's atomic
+        change, so a scope an operator removes meanwhile is not added back."""
         now = self._clock()
         changes = self._changes(now, name, scopes, allowed_ips, expires_at, rate_limit, metadata)
+        if grantable is not None:
+            grantable = frozenset(grantable)
 
         def change(record: KeyRecord) -> KeyRecord:
+            if "scopes" in changes:
+                check_grants(changes["scopes"], grantable, record.scopes)
             new = record.replace(**changes)
             if _restricted(record) and not _restricted(new):  # lost its allowlist now
                 new = new.replace(unrestricted_since=now)

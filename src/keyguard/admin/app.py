@@ -48,7 +48,7 @@ from ..exceptions import (
     shown_id,
 )
 from ..guard import KeyGuard
-from ..keys import duration, rotation_grace
+from ..keys import check_grants, duration, rotation_grace
 from ..models import IssuedKey, KeyInfo, text_ok
 from .openapi import openapi_document
 from .page import render_page
@@ -63,6 +63,7 @@ CREATE_FIELDS = (
     "passphrase", "rate_limit", "max_uses", "metadata",
 )  # fmt: skip
 _READS = frozenset({"key.get", "key.list", "scopes"})
+_SCOPES_HINT = "(GET /api/scopes lists the ones you may)"
 OPERATOR_FIELDS = ("rate_limit", "max_uses", "metadata")  # not a tenant's to set (`_check_fields`)
 UPDATE_FIELDS = ("name", "scopes", "allowed_ips", "expires_at", "rate_limit", "metadata")
 ACTIONS = ("create", "rotate", "update", "suspend", "resume", "revoke", "delete")
@@ -331,14 +332,15 @@ class AdminAPI:
                     raise _Refused(name, "only an operator may set this on a key")
 
     def _check_grants(self, principal: Principal, scopes: Any, held: Sequence[str] = ()) -> None:
-        grantable = self.grantable(principal)
-        if grantable is None or not isinstance(scopes, list):  # not a list: keys refuses it
+        """`keys.check_grants` on a request's scopes, told in the API's words; for an
+        update, against the key as read (`guard.keys.update` checks it again against
+        the key as stored, inside the atomic change)."""
+        if not isinstance(scopes, list):  # not a list: guard.keys refuses it
             return
-        if any(s not in grantable and s not in held for s in scopes):
-            raise _Refused(
-                "scopes",
-                "holds a scope you may not grant (GET /api/scopes lists the ones you may)",
-            )
+        try:
+            check_grants(scopes, self.grantable(principal), held)
+        except InvalidKeySettings as exc:
+            raise _Refused(exc.field, f"{exc.message} {_SCOPES_HINT}") from None
 
     async def _confirmed(self, request: Request, action: str) -> None:
         """The host's step-up check, before any change (401 step_up_required)."""
@@ -559,6 +561,9 @@ class AdminAPI:
         self._check_grants(principal, args.get("scopes"), current.scopes)
         _precheck(self.guard.keys.check_update, args)  # told before a code is asked
         await self._confirmed(request, "update")
+        grantable = self.grantable(principal)
+        if grantable is not None:  # checked again inside the store's atomic change
+            args["grantable"] = grantable
         info: KeyInfo = await self.guard.keys.aupdate(key_id, **args)
         return _json(_key(info))
 
