@@ -337,6 +337,55 @@ def test_demo_runs_and_its_printed_key_works(tmp_path: Path, script: str, last_l
 # --- the other documented commands ------------------------------------------------
 
 
+def _section(title: str) -> str:
+    text = (ROOT / "README.md").read_text()
+    start = text.index(f"\n## {title}\n")
+    return text[start : text.index("\n## ", start + 1)]
+
+
+def test_readme_fastapi_quickstart_works_from_localhost(tmp_path: Path) -> None:
+    """The README's FastAPI quickstart as written: the key it creates, the app it shows
+    and the curl line it gives answer 200 from 127.0.0.1 (no allowlist that shuts
+    localhost out)."""
+    section = _section("Quickstart: FastAPI")
+    create = re.search(r"^TOKEN=\$\(keyguard (.+) --quiet\)$", section, re.M)
+    assert create, "the quickstart captures the token with --quiet"
+    app = re.search(r"```python\n# app\.py\n(.*?)```", section, re.S)
+    assert app
+    curl = (
+        'curl -X POST -H "Authorization: Bearer $TOKEN" http://127.0.0.1:8000/v1/chat/completions'
+    )
+    assert curl in section
+    (tmp_path / "app.py").write_text(app[1])
+    env = _clean_env(tmp_path)
+    argv = [sys.executable, "-m", "keyguard", *create[1].split(), "--quiet"]
+    made = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    port = free_port()
+    env["PYTHONPATH"] = os.pathsep.join([str(tmp_path), env["PYTHONPATH"]])
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port)], cwd=tmp_path,
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            try:
+                httpx.get(f"{base}/docs", timeout=2)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "uvicorn did not start"
+                time.sleep(0.05)
+        url = f"{base}/v1/chat/completions"
+        r = httpx.post(url, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+        assert r.status_code == 200 and r.json() == {"hello": "ci-bot"}, r.text
+        assert httpx.post(url, timeout=5).status_code == 401
+    finally:
+        stop_process(proc)
+
+
 def _clean_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGUARD_")}
     env["PYTHONPATH"] = os.pathsep.join([SRC, env.get("PYTHONPATH", "")])
