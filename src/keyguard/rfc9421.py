@@ -20,12 +20,29 @@ requires, RFC 9530 Content-Digest (sha-256, sha-512) checked against the body,
 and replays (the library checks no nonce; keyguard's replay cache refuses a
 signature seen before).
 
+The URL handed to the library is keyguard's own: the scheme, the one Host
+header (more than one is a 400) once it matches RFC 3986's host[:port]
+(narrowed to what a Host holds: a name of unreserved characters or a bracketed
+IPv6 literal; no `/ ? # @`, whitespace, control characters or comma, which
+would move the URL's parts: 400 otherwise), and the raw path and query the
+app routes. After the library has read it, each covered component derived
+from the target (`@path`, `@query`, `@request-target`, `@authority`) must be
+what keyguard computes from the request itself (400 otherwise), so what a
+signature covers is what the app routes. `@authority` is the Host header as
+received (lowercased, the scheme's default port dropped, as RFC 9421 section
+2.2.3 derives it): keyguard checks that it is well-formed and signed, not that
+it names this server, which keyguard does not know. Where one key may call
+several services, refuse other names in front of keyguard (Starlette's
+`TrustedHostMiddleware`, Werkzeug's `trusted_hosts`) or give each service its
+own keys.
+
 `sign_request` is the client half (`SignedAuth(..., profile="rfc9421")`).
 Nothing here does I/O or keeps state between requests.
 """
 
 from __future__ import annotations
 
+import re
 import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -65,6 +82,10 @@ if TYPE_CHECKING:
 ALG = "hmac-sha256"
 LABEL = "kg"  # the signature's label in SignedAuth's headers (the server accepts any one label)
 COVERED = ("@method", "@authority", "@path")  # always; "@query" with a query, a digest with a body
+# RFC 3986 host [":" port], narrowed to what a Host header holds: a reg-name of
+# unreserved characters (DNS names, IPv4 addresses) or a bracketed IPv6 literal.
+_AUTHORITY = re.compile(r"(?:[A-Za-z0-9._~-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]*)?").fullmatch
+_DEFAULT_PORT = {"http": "80", "https": "443"}
 
 
 class _Capture(HTTPSignatureAlgorithm):
@@ -136,11 +157,15 @@ def read(facts: Facts) -> Reading:
     fields = facts.fields  # set by the body need for this profile only
     if fields is None:
         raise _bad("This endpoint does not accept RFC 9421 signed requests.")
-    host = next((v.strip() for k, v in fields if k.lower() == "host"), "")
-    if not host:
-        raise _bad("An RFC 9421 signed request needs a Host header.")
-    path = facts.raw_path or facts.path
-    url = f"{facts.scheme}://{host}{path}" + (f"?{facts.query}" if facts.query else "")
+    hosts = [v for k, v in fields if k.lower() == "host"]
+    if len(hosts) != 1 or not hosts[0].strip():
+        raise _bad("An RFC 9421 signed request needs exactly one Host header.")
+    host = hosts[0].strip()
+    if not _AUTHORITY(host):  # a "/", "?", "#", "@" would move the URL's parts
+        raise _bad("The Host header is not a host[:port].")
+    scheme = facts.scheme or "http"
+    path = facts.raw_path if facts.raw_path is not None else facts.path or ""
+    url = f"{scheme}://{host}{path}" + (f"?{facts.query}" if facts.query else "")
     seen = _Seen()
     verifier = _Verifier(signature_algorithm=_Capture, key_resolver=seen)
     try:
@@ -157,6 +182,7 @@ def read(facts: Facts) -> Reading:
     if not isinstance(created, int):
         raise _bad("An RFC 9421 signature needs a created parameter.")
     ((mac, base),) = seen.seen
+    _same_target(result.covered_components, scheme, host, path, facts.query)
     return Reading(
         str(params["keyid"]),
         created,
@@ -165,6 +191,28 @@ def read(facts: Facts) -> Reading:
         base,
         result.covered_components,
     )
+
+
+def _same_target(covered: Mapping[str, str], scheme: str, host: str, path: str, query: str) -> None:
+    """Each covered component derived from the request target, as the library
+    derived it, must be the request's own: the raw path and query the app routes
+    and the Host header (400 otherwise; with the URL built from a checked Host,
+    a second guard that the signed target is the routed one)."""
+    name, colon, port = host.rpartition(":") if not host.endswith("]") else (host, "", "")
+    if not colon:
+        name, port = host, ""
+    if port.lstrip("0") == _DEFAULT_PORT.get(scheme.lower()):
+        port = ""
+    own = {
+        '"@path"': path or "/",
+        '"@query"': "?" + query,
+        '"@request-target"': (path or "/") + ("?" + query if query else ""),
+        '"@authority"': f"{name.lower()}:{port}" if port else name.lower(),
+    }
+    for component, value in own.items():
+        derived = covered.get(component)
+        if derived is not None and derived != value:
+            raise _bad(f"The signature's {component[1:-1]} is not this request's.")
 
 
 def require(reading: Reading, facts: Facts) -> None:

@@ -1,0 +1,158 @@
+"""Holes an outside review found in signed requests, each held over HTTP on both
+doors (ASGI and WSGI) where it applies; real uvicorn and werkzeug servers where
+only a socket can send what is tested (two Host lines, a body that stalls).
+
+1. rfc9421: the URL the library reads is built from a checked Host header, and
+   the covered target components must be the request's own.
+"""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+
+pytest.importorskip("http_message_signatures", reason="pip install http-message-signatures")
+
+from keyguard import KeyGuard  # noqa: E402
+from keyguard.decision import Facts  # noqa: E402
+
+from .clients.live import serve  # noqa: E402
+from .signing_util import Clock, Door, asgi_app, make_guard, wsgi_app, wsgi_server  # noqa: E402
+from .test_rfc9421 import _signed  # noqa: E402
+
+DOORS = [pytest.param("asgi", id="asgi"), pytest.param("wsgi", id="wsgi")]
+Q = ("@method", "@authority", "@path", "@query")
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+def _code(r: Any) -> str:
+    assert r.headers["content-type"] == "application/problem+json", r.text
+    return str(r.json()["code"])
+
+
+def _raw(base: str, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send `request` on a fresh connection to `base` and read the answer to its end."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(request)
+        reply = b""
+        try:
+            while chunk := s.recv(65536):
+                reply += chunk
+        except TimeoutError:
+            pass
+    return reply
+
+
+def _status(reply: bytes) -> int:
+    return int(reply.split(b" ", 2)[1])
+
+
+# -- 1. rfc9421: the Host header cannot move the signed target ------------------------
+
+
+@pytest.fixture
+def rfc_guard(clock: Clock) -> Iterator[KeyGuard]:
+    g = make_guard(clock, signing={"profile": "rfc9421"}, abuse={"max_failures": None})
+    yield g
+    g.close()
+
+
+@pytest.fixture(params=DOORS)
+async def rfc_door(request: pytest.FixtureRequest, rfc_guard: KeyGuard) -> AsyncIterator[Door]:
+    d = Door(request.param, rfc_guard)
+    yield d
+    await d.aclose()
+
+
+@pytest.mark.parametrize(
+    ("signed_url", "sent", "host"),
+    [
+        pytest.param("http://t/", "/secret?x=1", "t#", id="fragment-hides-the-target"),
+        pytest.param("http://t/", "/transfer?to=eve", "t#", id="fragment-post-target"),
+        pytest.param("http://t/admin/users", "/users", "t/admin", id="path-prefix-in-host"),
+        pytest.param("http://t/?a=1", "/", "t?a=1", id="query-in-host"),
+        pytest.param("http://t/", "/", "u@t", id="userinfo-in-host"),
+        pytest.param("http://t/", "/", "t x", id="space-in-host"),
+        pytest.param("http://t/", "/", "t,evil", id="comma-joined-hosts"),
+    ],
+)
+async def test_a_host_that_is_no_host_port_is_400(
+    rfc_door: Door, rfc_guard: KeyGuard, signed_url: str, sent: str, host: str
+) -> None:
+    """A signature captured for one target, sent to another with a Host header
+    that would splice the URL the library reads: refused before any proof."""
+    key = rfc_guard.keys.create(owner="o", name="rfc", kind="signing")
+    covered = Q if "?" in signed_url else Q[:3]
+    request = _signed("GET", signed_url, key.info.id, key.secret, covered=covered)
+    headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+    r = await rfc_door.request("GET", sent, headers={**headers, "Host": host})
+    assert r.status_code == 400 and _code(r) == "invalid_request", r.text
+    assert "Host" in r.json()["detail"]
+
+
+async def test_a_well_formed_host_still_passes(rfc_door: Door, rfc_guard: KeyGuard) -> None:
+    key = rfc_guard.keys.create(owner="o", name="rfc", kind="signing")
+    for n, host in enumerate(["t", "T:80", "[::1]:8080", "127.0.0.1:8000", "a-b.example_1~"]):
+        url = f"http://{host}/x?n={n}"
+        request = _signed("GET", url, key.info.id, key.secret, covered=Q, nonce=f"n{n}")
+        headers = {k: v for k, v in request.headers.items() if k.lower() != "host"}
+        r = await rfc_door.request("GET", f"/x?n={n}", headers={**headers, "Host": host})
+        assert r.status_code == 200, (host, r.text)
+
+
+@pytest.mark.parametrize(
+    ("raw_path", "query", "component"),
+    [
+        pytest.param("/a#frag", "", "@path", id="fragment-in-the-path"),
+        pytest.param("/a", "x=1#frag", "@query", id="fragment-in-the-query"),
+    ],
+)
+def test_covered_target_components_must_be_the_routed_ones(
+    rfc_guard: KeyGuard, raw_path: str, query: str, component: str
+) -> None:
+    """Whatever the URL's parse made of the target, the covered @path and @query
+    are compared with the raw path and query the app routes."""
+    key = rfc_guard.keys.create(owner="o", name="rfc", kind="signing")
+    signed_url = "http://t/a" + ("?x=1" if query else "")
+    request = _signed("GET", signed_url, key.info.id, key.secret, covered=Q if query else Q[:3])
+    lines = [(k.lower(), v) for k, v in request.headers.items()]
+    headers: dict[str, list[str]] = {}
+    for name, value in lines:
+        headers.setdefault(name, []).append(value)
+    facts = Facts("GET", "/a", "203.0.113.1", headers)
+    facts.body, facts.raw_path, facts.query, facts.fields = b"", raw_path, query, lines
+    error = rfc_guard.check(facts).error
+    assert error is not None and error.code == "invalid_request"
+    assert component in error.detail
+
+
+@pytest.mark.parametrize("kind", ["uvicorn", "werkzeug"])
+def test_two_host_lines_are_400_on_real_servers(rfc_guard: KeyGuard, kind: str) -> None:
+    """uvicorn hands both lines to the app; werkzeug joins them with a comma."""
+    key = rfc_guard.keys.create(owner="o", name="rfc", kind="signing")
+    app = asgi_app(rfc_guard) if kind == "uvicorn" else wsgi_app(rfc_guard)
+    with serve(app) if kind == "uvicorn" else wsgi_server(app) as base:
+        authority = base.removeprefix("http://")
+        for n, hosts in enumerate([[authority, "evil.example"], ["evil.example", authority]]):
+            request = _signed(
+                "GET", f"http://{authority}/a", key.info.id, key.secret, nonce=f"h{n}"
+            )
+            head = "".join(f"Host: {h}\r\n" for h in hosts)
+            head += "".join(
+                f"{k}: {v}\r\n" for k, v in request.headers.items() if k.lower() != "host"
+            )
+            reply = _raw(base, f"GET /a HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode())
+            assert _status(reply) == 400 and b"invalid_request" in reply, reply[:300]
+        # The same request with one Host line passes: the refusal is the duplicate's.
+        request = _signed("GET", f"http://{authority}/a", key.info.id, key.secret, nonce="one")
+        head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
+        reply = _raw(base, f"GET /a HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode())
+        assert _status(reply) == 200, reply[:300]
