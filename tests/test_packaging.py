@@ -75,12 +75,26 @@ def test_wheel_installs_into_a_fresh_venv_and_runs(tmp_path: Path) -> None:
     assert "keyguard/py.typed" in names
     assert re.search(r"^keyguard = keyguard\.cli:main$", entry_points, re.M)
     assert "Requires-Python: >=3.11" in metadata
+    assert "License-Expression: MIT" in metadata and "License-File: LICENSE" in metadata
+    assert f"{info}/licenses/LICENSE" in names
     for extra in ("fastapi", "flask", "redis", "postgresql", "signing", "client"):
         assert f"Provides-Extra: {extra}" in metadata
     with tarfile.open(sdist) as tf:
         members = {m.name.split("/", 1)[1] for m in tf.getmembers() if "/" in m.name}
-    for needed in ("pyproject.toml", "README.md", "src/keyguard/py.typed", "src/keyguard/cli.py"):
+    for needed in ("pyproject.toml", "README.md", "src/keyguard/py.typed", "src/keyguard/cli.py",
+                   "LICENSE", "SECURITY.md", "tests/conftest.py", "tests/servers.py",
+                   "tests/kgutil.py", "scripts/test.sh", "benchmarks/README.md"):  # fmt: skip
         assert needed in members, needed
+    # what the README refers to and what the tests need: every file of these folders
+    for folder in ("tests", "examples", "scripts", "benchmarks", "docs/screenshots"):
+        files = {
+            p.relative_to(ROOT).as_posix()
+            for p in (ROOT / folder).rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".db")
+        }
+        missing = files - members
+        assert files and not missing, f"{folder}: not in the sdist: {sorted(missing)}"
+    assert not [m for m in members if m.endswith((".pyc", ".db"))]
 
     t = time.monotonic()
     venv = tmp_path / "venv"
