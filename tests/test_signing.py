@@ -244,8 +244,8 @@ async def test_signed_request_passes_and_body_reaches_app(
             {"signature": base64.b64encode(b"x" * 31).decode()}, "invalid_signature", id="short-mac"
         ),
         pytest.param({"secret": "x" * 43}, "invalid_signature", id="wrong-secret"),
-        pytest.param({"key": "A" * 16}, "invalid_key", id="unknown-access-key"),
-        pytest.param({"key": "not-a-key"}, "invalid_key", id="malformed-access-key"),
+        pytest.param({"key": "A" * 16}, "invalid_signature", id="unknown-access-key"),
+        pytest.param({"key": "not-a-key"}, "invalid_signature", id="malformed-access-key"),
         pytest.param({"timestamp": "yesterday"}, "invalid_request", id="malformed-timestamp"),
     ],
 )
@@ -322,7 +322,8 @@ async def test_bearer_key_cannot_sign_and_signing_key_has_no_token(
     bearer = guard.keys.create(owner="acme", name="bearer")
     headers = signed(bearer.info.id, "whatever-secret", "GET", "/items", now=clock.now)
     r = await door.request("GET", "/items", headers=headers)
-    assert r.status_code == 401 and _code(r) == "invalid_key"
+    # Not proven: the same answer as a wrong signature (SPEC section 4), not the key's kind.
+    assert r.status_code == 401 and _code(r) == "invalid_signature"
     assert key.token is None and key.secret and key.info.kind == "signing"
     assert key.info.hint.startswith(key.info.id) and key.info.hint.endswith(key.secret[-4:])
 

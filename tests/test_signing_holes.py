@@ -4,6 +4,8 @@ only a socket can send what is tested (two Host lines, a body that stalls).
 
 1. rfc9421: the URL the library reads is built from a checked Host header, and
    the covered target components must be the request's own.
+5. No key-existence oracle: every signed request that did not prove its key's
+   secret is told `invalid_signature`, whatever the access key names.
 """
 
 from __future__ import annotations
@@ -20,7 +22,15 @@ from keyguard import KeyGuard  # noqa: E402
 from keyguard.decision import Facts  # noqa: E402
 
 from .clients.live import serve  # noqa: E402
-from .signing_util import Clock, Door, asgi_app, make_guard, wsgi_app, wsgi_server  # noqa: E402
+from .signing_util import (  # noqa: E402
+    Clock,
+    Door,
+    asgi_app,
+    make_guard,
+    signed,
+    wsgi_app,
+    wsgi_server,
+)
 from .test_rfc9421 import _signed  # noqa: E402
 
 DOORS = [pytest.param("asgi", id="asgi"), pytest.param("wsgi", id="wsgi")]
@@ -156,3 +166,84 @@ def test_two_host_lines_are_400_on_real_servers(rfc_guard: KeyGuard, kind: str) 
         head = "".join(f"{k}: {v}\r\n" for k, v in request.headers.items())
         reply = _raw(base, f"GET /a HTTP/1.1\r\n{head}Connection: close\r\n\r\n".encode())
         assert _status(reply) == 200, reply[:300]
+
+
+# -- 5. every unproven signed request gets one answer ---------------------------------
+
+
+@pytest.mark.parametrize("profile", ["kg", "rfc9421"])
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_unproven_signed_requests_all_answer_invalid_signature(
+    clock: Clock, kind: str, profile: str
+) -> None:
+    """Whether the access key is malformed, unknown, deleted, a bearer key's id,
+    revoked, suspended, expired or under another master key, a caller without its
+    secret hears the same 401 `invalid_signature`; codes that tell the key's
+    state go only to a caller that proved the secret, and bearer keys keep
+    `invalid_key`."""
+    from keyguard.crypto import MasterKeyRing, generate_master_key
+
+    guard = make_guard(clock, signing={"profile": profile}, abuse={"max_failures": None})
+    door = Door(kind, guard)
+    keys = guard.keys
+    try:
+        live = keys.create(owner="o", name="live", kind="signing")
+        revoked = keys.create(owner="o", name="revoked", kind="signing")
+        keys.revoke(revoked.info.id)
+        suspended = keys.create(owner="o", name="suspended", kind="signing")
+        keys.suspend(suspended.info.id)
+        expired = keys.create(owner="o", name="expired", kind="signing", expires_in=10)
+        deleted = keys.create(owner="o", name="deleted", kind="signing")
+        keys.delete(deleted.info.id)
+        locked = keys.create(owner="o", name="pp", kind="signing", passphrase="a long passphrase")
+        bearer = keys.create(owner="o", name="bearer")
+        foreign = keys.create(owner="o", name="foreign", kind="signing")
+        ring = MasterKeyRing([generate_master_key()])  # a secret this guard cannot decrypt
+        guard.store.modify(
+            foreign.info.id,
+            lambda r: r.replace(encrypted_secret=ring.encrypt(foreign.secret or "", r.id)),
+        )
+        guard.forget(foreign.info.id)
+        clock.advance(11)  # `expired` is now
+
+        n = 0
+
+        async def send(key_id: str, secret: str, **extra: str) -> tuple[int, str]:
+            nonlocal n
+            n += 1
+            path = f"/x{n}"
+            if profile == "rfc9421":
+                req = _signed("GET", f"http://t{path}", key_id, secret, created=clock.now)
+                headers = {k: v for k, v in req.headers.items() if k.lower() != "host"}
+            else:
+                headers = signed(key_id, secret, "GET", path, now=clock.now)
+            r = await door.request("GET", path, headers={**headers, **extra})
+            return r.status_code, r.json().get("code", "ok")
+
+        wrong = "x" * 43
+        unproven = {
+            "malformed": ("not-a-key!", wrong),
+            "unknown": ("A" * 16, wrong),
+            "deleted": (deleted.info.id, deleted.secret),
+            "bearer-id": (bearer.info.id, wrong),
+            "live-wrong-secret": (live.info.id, wrong),
+            "revoked-wrong-secret": (revoked.info.id, wrong),
+            "suspended-wrong-secret": (suspended.info.id, wrong),
+            "expired-wrong-secret": (expired.info.id, wrong),
+            "passphrase-wrong-secret": (locked.info.id, wrong),
+            "undecryptable": (foreign.info.id, foreign.secret or ""),
+        }
+        for name, (key_id, secret) in unproven.items():
+            got = await send(key_id, secret or "", **{"KG-Passphrase": "nope nope"})
+            assert got == (401, "invalid_signature"), name
+        # Proven: the key's state is told.
+        assert await send(revoked.info.id, revoked.secret or "") == (401, "revoked_key")
+        assert await send(suspended.info.id, suspended.secret or "") == (401, "suspended_key")
+        assert await send(expired.info.id, expired.secret or "") == (401, "expired_key")
+        assert await send(live.info.id, live.secret or "") == (200, "ok")
+        # A bearer credential keeps its own code.
+        r = await door.request("GET", "/b", headers={"Authorization": "Bearer kg_nope"})
+        assert r.status_code == 401 and _code(r) == "invalid_key"
+    finally:
+        await door.aclose()
+        guard.close()

@@ -332,7 +332,7 @@ async def test_signed_requests_take_the_warm_path_with_the_same_answers(kind: st
     clock.advance(0.001)
     as_signer = signed(bearer.info.id, "a" * 43, "POST", "/v1/x", "", b"{}", now=clock.now)
     wrong_kind = await door.request("POST", "/v1/x", headers=as_signer, content=b"{}")
-    assert wrong_kind.status_code == 401 and wrong_kind.json()["code"] == "invalid_key"
+    assert wrong_kind.status_code == 401 and wrong_kind.json()["code"] == "invalid_signature"
     assert len(calls) == 2
 
     guard.keys.revoke(key.info.id)  # a changed key: a new cache entry, checked whole

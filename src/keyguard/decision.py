@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hmac
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -37,6 +37,7 @@ from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, bucket, parse_ip
 from .scopes import MEMO_PATH_LEN, Router, Scopes
+from .signing import invalid_signature
 from .tokens import TokenParser
 
 if TYPE_CHECKING:
@@ -344,9 +345,10 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                 return Need(BODY, p.signing, k or Known())
             signed = p.signing.begin(f)  # pure: run again on each call, as cheap as keeping it
             key_id, now = signed.key_id, p.clock()
-            # 3. The key is found (a signing key), and the signature matches.
+            # 3. The key is found (a signing key), and the signature matches; refused
+            #    alike (`invalid_signature`) whatever the key is, until it is proven.
             slot = p.peek(key_id)
-            found = _found(p, k, slot, key_id)
+            found = _found(p, k, slot, key_id, invalid_signature)
             if isinstance(found, Need):
                 return found
             entry = found
@@ -455,15 +457,22 @@ def _peer_ip(peer: str | None) -> IPAddress | None:
     return parse_ip(peer) if peer else None
 
 
-def _found(p: Parts, k: Known | None, slot: Slot | None, key_id: str) -> Entry | Need:
-    """Step 3's look-up: the cached entry, or a Need to fetch it; unknown: 401."""
+def _found(
+    p: Parts,
+    k: Known | None,
+    slot: Slot | None,
+    key_id: str,
+    unknown: Callable[[], RequestRejected] = invalid_key,
+) -> Entry | Need:
+    """Step 3's look-up: the cached entry, or a Need to fetch it; no such key:
+    the 401 `unknown` makes (the credential's "not proven")."""
     entry = k.entry if k is not None and k.entry is not None else slot.entry if slot else None
     if entry is None:
         known = k or Known()
         known.key_id = key_id
         return Need(FETCH, key_id, known)
     if not isinstance(entry, Entry):  # ABSENT: no such key
-        raise invalid_key()
+        raise unknown()
     return entry
 
 

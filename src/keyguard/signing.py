@@ -23,11 +23,14 @@ their HTTP library percent-encode it afterwards. The pure functions
 `SignedRequests` (`guard.signing`) reads any profile into one `Signed` (key id,
 timestamp, MAC, the bytes the MAC covers), so `prove` never looks at the
 profile. In the step (decision.py) the order is: headers well-formed (400) ->
-timestamp fresh (401 `stale_request`, no I/O) -> key found (401
-`invalid_key`) -> signature matches, the previous secret too during a rotate
-grace (401 `invalid_signature`) -> the rest of SPEC section 4 -> signature not
-seen before (401 `replayed_request`, the replay cache: replay.py, asked last
-so that a refused request does not use its signature up).
+timestamp fresh (401 `stale_request`, no I/O) -> key found, a signing key ->
+signature matches, the previous secret too during a rotate grace -> the rest
+of SPEC section 4 -> signature not seen before (401 `replayed_request`, the
+replay cache: replay.py, asked last so that a refused request does not use its
+signature up). Every refusal of a signature that was not proven answers the
+same 401 `invalid_signature`, whatever the access key names (a malformed id,
+no such key, a bearer key, a revoked or suspended one): codes beyond "not
+proven" are told only to a caller that proved the secret (SPEC section 4).
 
 Two identical requests signed in the same millisecond (the same second for
 rfc9421's `created`) have the same signature: the second one is refused as a
@@ -288,7 +291,13 @@ def _bad(detail: str) -> BadRequest:
 
 
 def invalid_signature() -> AuthenticationError:
+    """What every signed request that did not prove its key's secret is told."""
     return AuthenticationError("invalid_signature", "The request signature does not match.")
+
+
+def _key_form(key_id: str) -> bool:
+    """Could `key_id` be an access key (ID_LEN ASCII letters and digits)?"""
+    return len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()
 
 
 def _stale() -> AuthenticationError:
@@ -388,9 +397,7 @@ class SignedRequests:
             string = self._to_sign(
                 timestamp, facts.method, path, facts.query, facts.body, key_id, window
             )
-        if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
-            raise AuthenticationError("invalid_key", "The API key is not valid.")
-        if len(mac) != MAC_SIZE:
+        if len(mac) != MAC_SIZE or not _key_form(key_id):
             raise invalid_signature()
         passphrases = h.get(self._pass)
         return Signed(key_id, ts, mac, string, passphrases[0] if passphrases else None)
@@ -442,10 +449,7 @@ class SignedRequests:
 
         signed, reading = self.read_rfc9421(facts)
         require(reading, facts)
-        key_id = signed.key_id
-        if not (len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()):
-            raise AuthenticationError("invalid_key", "The API key is not valid.")
-        if len(signed.mac) != MAC_SIZE:
+        if len(signed.mac) != MAC_SIZE or not _key_form(signed.key_id):
             raise invalid_signature()
         return signed
 
@@ -504,14 +508,15 @@ class SignedRequests:
 
     def prove(self, entry: _Entry, signed: Signed, now: float) -> bool:
         """True when the signature matches the key's secret (or the previous one
-        within a rotate grace). False (-> `invalid_key`) when the key is not a
-        signing key or its secret cannot be decrypted; `invalid_signature` otherwise."""
+        within a rotate grace); otherwise `invalid_signature`, also when the key
+        is not a signing key or its secret cannot be decrypted (the caller proved
+        nothing, so it learns nothing about the key)."""
         record = entry.record
         if record.kind != "signing":
-            return False
+            raise invalid_signature()
         secret = self._secret(record.encrypted_secret, record.id)
         if secret is None:
-            return False
+            raise invalid_signature()
         if hmac.compare_digest(secret.digest(signed.message), signed.mac):
             return True
         until = record.previous_valid_until
