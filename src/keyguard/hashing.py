@@ -188,4 +188,3 @@ class Hasher:
                         retry_after=1,
                     )
                 spent[name] = (second, runs)
-
