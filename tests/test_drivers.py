@@ -11,7 +11,18 @@ from typing import Any
 import pytest
 
 from keyguard import KeyGuard
-from keyguard.decision import ADMIT, BODY, FAILED, FETCH, REMEMBER, SLOW, Facts, Need, step
+from keyguard.decision import (
+    ADMIT,
+    BODY,
+    FAILED,
+    FETCH,
+    REMEMBER,
+    SLOW,
+    TARGET,
+    Facts,
+    Need,
+    step,
+)
 
 from .kgutil import facts as make_facts
 from .kgutil import other_secret
@@ -147,6 +158,8 @@ def test_every_need_kind_is_reachable() -> None:
     key = guard.keys.create(owner="o", name="s", kind="signing")
     record(signed_facts(key))  # fetch, remember
     unread = Facts("GET", "/x", "203.0.113.5", signed_facts(key).headers)
+    assert step(guard.parts, unread).kind == TARGET  # type: ignore[union-attr]
+    unread.raw_path = "/x"  # the target gathered (no I/O), the key able to sign: the body
     assert step(guard.parts, unread).kind == BODY  # type: ignore[union-attr]
     assert seen == {FETCH, SLOW, ADMIT, REMEMBER, FAILED}
     guard.close()

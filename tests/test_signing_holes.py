@@ -4,14 +4,24 @@ only a socket can send what is tested (two Host lines, a body that stalls).
 
 1. rfc9421: the URL the library reads is built from a checked Host header, and
    the covered target components must be the request's own.
+2. The body is read only after everything that needs none (headers, their
+   form, the timestamp, the access key's form, the key found and able to
+   sign), within a deadline, and a body the WSGI server cannot read is a 400.
 5. No key-existence oracle: every signed request that did not prove its key's
    secret is told `invalid_signature`, whatever the access key names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,8 +31,10 @@ pytest.importorskip("http_message_signatures", reason="pip install http-message-
 from keyguard import KeyGuard  # noqa: E402
 from keyguard.decision import Facts  # noqa: E402
 
+from . import servers  # noqa: E402
 from .clients.live import serve  # noqa: E402
 from .signing_util import (  # noqa: E402
+    MASTER,
     Clock,
     Door,
     asgi_app,
@@ -247,3 +259,260 @@ async def test_unproven_signed_requests_all_answer_invalid_signature(
     finally:
         await door.aclose()
         guard.close()
+
+
+# -- 2. nothing is read before the request names a key that can sign ------------------
+
+SERVERS = [pytest.param("uvicorn", id="asgi-uvicorn"), pytest.param("werkzeug", id="wsgi-werkzeug")]
+PROFILES = ["kg", "bitget", "okx", "bybit", "rfc9421"]
+
+
+def _served(guard: KeyGuard, kind: str) -> Any:
+    return serve(asgi_app(guard)) if kind == "uvicorn" else wsgi_server(wsgi_app(guard))
+
+
+def _signed_headers(
+    profile: str, base: str, key_id: str, secret: str, body: bytes, now: float
+) -> dict[str, str]:
+    """Headers signing `POST /x` with `body` under `profile` (Host included)."""
+    authority = base.removeprefix("http://")
+    if profile == "rfc9421":
+        req = _signed("POST", f"http://{authority}/x", key_id, secret, body=body, created=now)
+        return dict(req.headers.items())
+    return {
+        "Host": authority,
+        **signed(key_id, secret, "POST", "/x", "", body, now=now, profile=profile),
+    }
+
+
+def _head(headers: dict[str, str], length: int) -> bytes:
+    lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k.lower() != "content-length")
+    return (
+        f"POST /x HTTP/1.1\r\n{lines}Content-Length: {length}\r\nConnection: close\r\n\r\n".encode()
+    )
+
+
+def _answer_while_the_body_is_unsent(base: str, head: bytes, timeout: float = 3.0) -> bytes:
+    """Send the head and a tenth of the body, then nothing: the answer must come
+    without the rest (the body was never waited for)."""
+    host, port = base.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=timeout) as s:
+        s.sendall(head + b"x" * 100)
+        reply = b""
+        while chunk := s.recv(65536):  # a timeout here: the server waited for the body
+            reply += chunk
+    return reply
+
+
+@pytest.mark.parametrize("profile", PROFILES)
+@pytest.mark.parametrize("kind", SERVERS)
+def test_refusals_that_need_no_body_come_before_it_is_read(kind: str, profile: str) -> None:
+    """A junk signing header, a stale timestamp, a malformed, unknown or Bearer
+    access key, a key whose secret no master key decrypts: each answered while
+    the client has sent only a tenth of its declared body, under every profile."""
+    from keyguard.crypto import MasterKeyRing, generate_master_key
+
+    guard = make_guard(signing={"profile": profile}, abuse={"max_failures": None})
+    key = guard.keys.create(owner="o", name="s", kind="signing")
+    bearer = guard.keys.create(owner="o", name="b")
+    foreign = guard.keys.create(owner="o", name="f", kind="signing")
+    ring = MasterKeyRing([generate_master_key()])
+    guard.store.modify(
+        foreign.info.id, lambda r: r.replace(encrypted_secret=ring.encrypt("x" * 43, r.id))
+    )
+    guard.forget(foreign.info.id)
+    body = b"x" * 1000
+    try:
+        with _served(guard, kind) as base:
+            now = time.time()
+            good = _signed_headers(profile, base, key.info.id, key.secret or "", body, now)
+            junk_name = guard.signing.profile.signature
+            cases: dict[str, tuple[dict[str, str], str]] = {
+                "junk-signature-header": (
+                    {"Host": "t", junk_name: "x"},
+                    "invalid_request",
+                ),
+                "stale": (
+                    _signed_headers(profile, base, key.info.id, key.secret or "", body, now - 60),
+                    "stale_request",
+                ),
+                "malformed-key": (
+                    _signed_headers(profile, base, "not a key!", "y" * 43, body, now),
+                    "invalid_signature",
+                ),
+                "unknown-key": (
+                    _signed_headers(profile, base, "A" * 16, "y" * 43, body, now),
+                    "invalid_signature",
+                ),
+                "bearer-key": (
+                    _signed_headers(profile, base, bearer.info.id, "y" * 43, body, now),
+                    "invalid_signature",
+                ),
+                "undecryptable": (
+                    _signed_headers(profile, base, foreign.info.id, "x" * 43, body, now),
+                    "invalid_signature",
+                ),
+            }
+            if profile == "rfc9421":  # the signing header alone is not a signature
+                cases["junk-signature-header"] = (
+                    {"Host": "t", "Signature": "x"},
+                    "invalid_request",
+                )
+            for name, (headers, code) in cases.items():
+                reply = _answer_while_the_body_is_unsent(base, _head(headers, len(body)))
+                assert code.encode() in reply, (name, reply[:300])
+            # The request signed right waits for its body (so the helper above tells a
+            # wait), and passes with it.
+            with pytest.raises(TimeoutError):
+                _answer_while_the_body_is_unsent(base, _head(good, len(body)), timeout=1.0)
+            reply = _raw(base, _head(good, len(body)) + body)
+            assert _status(reply) == 200, reply[:300]
+    finally:
+        guard.close()
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_refusals_before_the_body_count_as_failed_attempts(clock: Clock, kind: str) -> None:
+    guard = make_guard(clock, abuse={"max_failures": "2/minute"})
+    door = Door(kind, guard)
+    try:
+        key = guard.keys.create(owner="o", name="s", kind="signing")
+        old = signed(key.info.id, key.secret or "", "POST", "/x", "", b"{}", now=clock.now - 60)
+        unknown = signed("A" * 16, "y" * 43, "POST", "/x", "", b"{}", now=clock.now)
+        for headers, code in ((old, "stale_request"), (unknown, "invalid_signature")):
+            r = await door.request("POST", "/x", headers=headers, content=b"{}")
+            assert r.status_code == 401 and _code(r) == code
+        good = signed(key.info.id, key.secret or "", "POST", "/x", "", b"{}", now=clock.now)
+        r = await door.request("POST", "/x", headers=good, content=b"{}")
+        assert r.status_code == 429 and _code(r) == "too_many_failures"
+    finally:
+        await door.aclose()
+        guard.close()
+
+
+def _stall_or_trickle(base: str, head: bytes, trickle: bool, seconds: float) -> tuple[bytes, float]:
+    """Send a tenth of the body, then nothing (or one byte every 50 ms); the answer
+    and how long it took."""
+    host, port = base.removeprefix("http://").split(":")
+    start = time.monotonic()
+    with socket.create_connection((host, int(port)), timeout=seconds + 5) as s:
+        s.sendall(head + b"x" * 10)
+        s.setblocking(False)
+        reply = b""
+        while time.monotonic() - start < seconds + 5:
+            try:
+                chunk = s.recv(65536)
+            except BlockingIOError:
+                if trickle:
+                    with contextlib.suppress(OSError):
+                        s.send(b"x")
+                time.sleep(0.05)
+                continue
+            except OSError:
+                break
+            if not chunk:
+                break
+            reply += chunk
+            if b"\r\n\r\n" in reply and reply.endswith(b"}"):
+                break
+    return reply, time.monotonic() - start
+
+
+@pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickled"])
+@pytest.mark.parametrize("kind", SERVERS)
+def test_a_body_that_does_not_arrive_in_time_is_400(
+    kind: str, trickle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signed request that names a live key but sends its body too slowly
+    (stops, or one byte at a time) is answered 400 at the deadline, on both
+    doors: the connection is not held for as long as the client likes."""
+    monkeypatch.setattr("keyguard.body.READ_SECONDS", 0.5)
+    guard = make_guard(abuse={"max_failures": None})
+    key = guard.keys.create(owner="o", name="s", kind="signing")
+    try:
+        with _served(guard, kind) as base:
+            body = b"x" * 100_000
+            headers = _signed_headers("kg", base, key.info.id, key.secret or "", body, time.time())
+            reply, took = _stall_or_trickle(base, _head(headers, len(body)), trickle, 0.5)
+            assert _status(reply) == 400 and b"did not arrive within 0.5 seconds" in reply, reply
+            assert took < 3.0
+            # The server serves the next request as usual.
+            fresh = _signed_headers("kg", base, key.info.id, key.secret or "", b"ok", time.time())
+            assert _status(_raw(base, _head(fresh, 2) + b"ok")) == 200
+    finally:
+        guard.close()
+
+
+def test_a_malformed_chunked_body_is_400_not_500() -> None:
+    """werkzeug's de-chunking reader raises on a bad chunk header; a signed request
+    that names a live key gets that far, and is answered 400."""
+    guard = make_guard(abuse={"max_failures": None})
+    key = guard.keys.create(owner="o", name="s", kind="signing")
+    try:
+        with wsgi_server(wsgi_app(guard)) as base:
+            headers = _signed_headers("kg", base, key.info.id, key.secret or "", b"x", time.time())
+            lines = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+            request = f"POST /x HTTP/1.1\r\n{lines}Transfer-Encoding: chunked\r\n\r\nzz\r\n"
+            reply = _raw(base, request.encode())
+            assert _status(reply) == 400 and b"could not be read" in reply, reply[:300]
+    finally:
+        guard.close()
+
+
+GUNICORN_APP = """
+import json, os
+import keyguard.body
+from keyguard import KeyGuard
+from keyguard.wsgi import KeyGuardMiddleware
+
+keyguard.body.READ_SECONDS = 0.5
+
+
+def ok(environ, start_response):
+    start_response("200 OK", [("content-type", "text/plain")])
+    return [environ["wsgi.input"].read()]
+
+
+app = KeyGuardMiddleware(ok, guard=KeyGuard(json.loads(os.environ["KG_SETTINGS"])))
+"""
+
+
+def test_gunicorn_a_stalled_body_frees_the_worker(tmp_path: Path) -> None:
+    """gunicorn (one worker, one thread): a signed request whose body stalls is
+    answered 400 at the deadline, and the worker serves the next request."""
+    pytest.importorskip("gunicorn", reason="pip install gunicorn")
+    settings = {
+        "store": f"sqlite:///{tmp_path}/k.db",
+        "signing": {"master_keys": [MASTER]},
+        "abuse": {"max_failures": None},
+    }
+    guard = KeyGuard(settings)
+    key = guard.keys.create(owner="o", name="s", kind="signing")
+    guard.close()
+    (tmp_path / "kgapp.py").write_text(GUNICORN_APP)
+    port = servers.free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "KG_SETTINGS": json.dumps(settings)}
+    command = [sys.executable, "-m", "gunicorn", "-b", f"127.0.0.1:{port}", "-w", "1", "kgapp:app"]
+    process = subprocess.Popen(  # noqa: S603
+        command, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    pytest.fail("gunicorn did not start")
+                time.sleep(0.05)
+        body = b"x" * 1000
+        headers = _signed_headers("kg", base, key.info.id, key.secret or "", body, time.time())
+        reply, took = _stall_or_trickle(base, _head(headers, len(body)), False, 0.5)
+        assert _status(reply) == 400 and b"did not arrive" in reply and took < 3.0, reply
+        fresh = _signed_headers("kg", base, key.info.id, key.secret or "", b"ok", time.time())
+        assert _status(_raw(base, _head(fresh, 2) + b"ok")) == 200
+    finally:
+        process.terminate()
+        process.wait(10)

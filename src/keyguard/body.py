@@ -1,28 +1,55 @@
 """The request target and body of a signed request, for both doors.
 
-Only signed requests come here (a bearer request's body is never touched).
-The body is read once, bounded by `signing.max_body_bytes` (413
-`payload_too_large`, also when Content-Length says so before any byte is
-read), and handed back to the app unchanged: ASGI wraps `receive`, WSGI
-replaces `wsgi.input` with a `BytesIO` and sets `CONTENT_LENGTH`. Chunked and
-empty bodies work. A body that ends before its Content-Length (the client
-stopped sending) is a 400, not a hang.
+Only signed requests come here (a bearer request's body is never touched),
+and only once the step has checked all it can without the body (the headers,
+the timestamp, the key: decision.py). The body is read once, bounded by
+`signing.max_body_bytes` (413 `payload_too_large`, also when Content-Length
+says so before any byte is read) and in time (`READ_SECONDS` from the first
+read: 400 `invalid_request` when the body has not arrived by then, so a client
+that stops sending holds a connection no longer), and handed back to the app
+unchanged: ASGI wraps `receive`, WSGI replaces `wsgi.input` with a `BytesIO`
+and sets `CONTENT_LENGTH`. Chunked and empty bodies work. A body that ends
+before its Content-Length (the client stopped sending) is a 400, not a hang,
+and so is one the WSGI server's reader refuses (a malformed chunk), never a
+500.
+
+The deadline: on ASGI the reading is cancelled (`anyio.fail_after`). On WSGI
+a blocked `wsgi.input.read` cannot be cancelled, so where the server hands the
+app its connection's socket (gunicorn's `gunicorn.socket`, werkzeug's
+`werkzeug.socket`) one watchdog thread per process shuts that socket's read
+side at the deadline: the read returns, the answer is still written, and the
+server closes the connection after it. Elsewhere the deadline is checked
+between reads, and the server's own timeouts bound a read that hangs (waitress
+and uWSGI read the body before the app runs; set mod_wsgi's
+`request-timeout`). 408 would name the case, but SPEC section 5's codes are
+answered with their own statuses: it is 400 `invalid_request`, with a detail
+that says the body came too slowly. The deadline is shorter than the freshness
+window on purpose: a request whose body came later than that would find its
+timestamp stale anyway (the step judges freshness again once the body is in).
 
 The target is the raw path and query as sent (a client signs the bytes it
 puts on the wire, not their percent-decoded form).
 
-`read` and `aread` do the step's body need for a door's facts: `facts.source`
-is the WSGI environ or the ASGI scope; for ASGI, `facts.receive` is replaced by
-one that replays the body to the app.
+`target`/`atarget` and `read`/`aread` do the step's target and body needs for
+a door's facts: `facts.source` is the WSGI environ or the ASGI scope; for
+ASGI, `facts.receive` is replaced by one that replays the body to the app.
 """
 
 from __future__ import annotations
 
+import contextlib
+import heapq
 import io
+import itertools
+import os
+import socket
+import threading
+import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+import anyio
 from starlette.types import Message, Receive, Scope
 
 from .exceptions import BadRequest, PayloadTooLarge
@@ -35,10 +62,25 @@ if TYPE_CHECKING:
 
 _CHUNK = 65_536
 _PATH_SAFE = "/!$&'()*+,;=:@-._~"  # RFC 3986 pchar and "/": left as is by clients
+READ_SECONDS = 10.0  # a signed body must have arrived this long after its first read
 
 
 def _short() -> BadRequest:
     return BadRequest("invalid_request", "The request body ended before its Content-Length.")
+
+
+def _late(seconds: float) -> BadRequest:
+    return BadRequest(
+        "invalid_request", f"The request body did not arrive within {seconds:g} seconds."
+    )
+
+
+def _unreadable() -> BadRequest:
+    return BadRequest("invalid_request", "The request body could not be read.")
+
+
+def _no_body() -> BadRequest:  # a caller without a door cannot give a body
+    return BadRequest("invalid_request", "This endpoint does not accept signed requests.")
 
 
 def _declared(value: str | None, limit: int) -> int | None:
@@ -151,30 +193,26 @@ def wsgi_fields(environ: WSGIEnvironment) -> tuple[str, list[tuple[str, str]]]:
     return environ.get("wsgi.url_scheme", "http"), lines
 
 
-def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
-    """Read the whole body (at most `limit` bytes) and put it back for the app."""
+def wsgi_body(environ: WSGIEnvironment, limit: int, seconds: float = READ_SECONDS) -> bytes:
+    """Read the whole body (at most `limit` bytes, within `seconds`) and put it
+    back for the app."""
     stream = environ.get("wsgi.input")
     declared = _declared(environ.get("CONTENT_LENGTH"), limit)
     chunked = environ.get("HTTP_TRANSFER_ENCODING", "").lower() == "chunked"
     chunks: list[bytes] = []
-    size = 0
-    if stream is not None and declared is not None and not chunked:
-        while size < declared:
-            chunk = stream.read(min(_CHUNK, declared - size))
-            if not chunk:
-                raise _short()
-            chunks.append(chunk)
-            size += len(chunk)
-    elif stream is not None and environ.get("wsgi.input_terminated"):
-        # The server de-chunks and ends the stream; read until it does, within the limit.
-        while True:
-            chunk = stream.read(min(_CHUNK, limit + 1 - size))
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge()
+    if stream is not None and (
+        (declared is not None and not chunked) or environ.get("wsgi.input_terminated")
+    ):
+        deadline = time.monotonic() + seconds
+        ticket = _WATCHDOG.arm(_connection(environ), deadline)
+        try:
+            _gather(stream, chunks, declared if not chunked else None, limit, deadline)
+        except BadRequest:  # cut short: by the watchdog, the deadline or the client
+            if _WATCHDOG.disarm(ticket) or time.monotonic() >= deadline:
+                raise _late(seconds) from None
+            raise
+        finally:
+            _WATCHDOG.disarm(ticket)
     elif chunked:  # a server that does not de-chunk: reading could hang or see framing
         raise BadRequest("invalid_request", "Send a Content-Length with a signed body.")
     # Otherwise no body (PEP 3333: do not read past a missing Content-Length).
@@ -185,27 +223,157 @@ def wsgi_body(environ: WSGIEnvironment, limit: int) -> bytes:
     return body
 
 
-# -- the step's body need -------------------------------------------------------
+def _gather(
+    stream: Any, chunks: list[bytes], declared: int | None, limit: int, deadline: float
+) -> None:
+    """Read `declared` bytes (None: until the server ends the de-chunked stream,
+    within `limit`) into `chunks`, checking the deadline between reads."""
+    size = 0
+    while declared is None or size < declared:
+        want = min(_CHUNK, (declared if declared is not None else limit + 1) - size)
+        if time.monotonic() >= deadline:
+            raise _short()  # (told apart as late by the caller)
+        try:
+            chunk = stream.read(want)
+        except Exception:  # the server's reader refused the framing, or the connection failed
+            raise _unreadable() from None
+        if not chunk:
+            if declared is None:
+                return
+            raise _short()
+        chunks.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge()
 
 
-def read(facts: Facts, signing: SignedRequests) -> None:
-    """The WSGI door's signed body and target (and for rfc9421 every header
-    line), into `facts`."""
+def _connection(environ: WSGIEnvironment) -> Any:
+    """The connection's socket, where the WSGI server hands it to the app."""
+    return environ.get("gunicorn.socket") or environ.get("werkzeug.socket")
+
+
+def _shut_reading(sock: Any) -> None:
+    """End any read on `sock`: shut its read side (the OS socket's, also under an
+    `ssl.SSLSocket`, whose own `shutdown` would drop its TLS state and so the
+    answer); the write side stays open for the answer."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RD)
+    except (OSError, TypeError, ValueError):  # closed already, or not a stdlib socket
+        with contextlib.suppress(Exception):
+            sock.shutdown(socket.SHUT_RD)
+
+
+class _Watchdog:
+    """One daemon thread per process that ends the WSGI body reads outliving their
+    deadline (see the module docstring). `arm` registers a socket and a deadline,
+    `disarm` withdraws it and says whether the deadline came first."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:  # also in a forked child: no thread, no lock held
+        self._cond = threading.Condition()
+        self._armed: dict[int, Any] = {}  # ticket -> socket
+        self._fired: set[int] = set()
+        self._due: list[tuple[float, int]] = []  # (deadline, ticket), a heap
+        self._tickets = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def arm(self, sock: Any, deadline: float) -> int | None:
+        if sock is None:
+            return None
+        with self._cond:
+            ticket = next(self._tickets)
+            self._armed[ticket] = sock
+            heapq.heappush(self._due, (deadline, ticket))
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="keyguard-body-deadline", daemon=True
+                )
+                self._thread.start()
+            elif self._due[0][1] == ticket:  # the earliest now: wake the thread
+                self._cond.notify()
+        return ticket
+
+    def disarm(self, ticket: int | None) -> bool:
+        if ticket is None:
+            return False
+        with self._cond:
+            self._armed.pop(ticket, None)
+            if ticket in self._fired:
+                self._fired.discard(ticket)
+                return True
+        return False
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                due = self._due
+                while due and due[0][1] not in self._armed:  # read in time: forget it
+                    heapq.heappop(due)
+                if not due:
+                    self._cond.wait()
+                    continue
+                deadline, ticket = due[0]
+                wait = deadline - time.monotonic()
+                if wait > 0:
+                    self._cond.wait(wait)
+                    continue
+                heapq.heappop(due)
+                self._fired.add(ticket)
+                _shut_reading(self._armed.pop(ticket))
+
+
+_WATCHDOG = _Watchdog()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_WATCHDOG._reset)
+
+
+# -- the step's target and body needs -------------------------------------------
+
+
+def target(facts: Facts, signing: SignedRequests) -> None:
+    """The WSGI door's target as sent (and for rfc9421 every header line), into
+    `facts` (a caller without a door: its `path`)."""
     environ = facts.source
+    if environ is None:
+        facts.raw_path = facts.path or ""
+        return
     facts.raw_path, facts.query = wsgi_target(environ)
     if signing.wants_fields:
         facts.fields = wsgi_fields(environ)[1]
-    facts.body = wsgi_body(environ, signing.max_body_bytes)
 
 
-async def aread(facts: Facts, signing: SignedRequests) -> None:
-    """The ASGI door's signed body and target (and for rfc9421 every header
-    line), into `facts`, and a `receive` that replays the body into
-    `facts.receive`."""
+def atarget(facts: Facts, signing: SignedRequests) -> None:
+    """The ASGI door's target as sent (and for rfc9421 every header line), into
+    `facts` (no I/O: the scope holds them)."""
     scope = facts.source
+    if scope is None:
+        facts.raw_path = facts.path or ""
+        return
     facts.raw_path, facts.query = asgi_target(scope)
     if signing.wants_fields:
         facts.fields = asgi_fields(scope)[1]
+
+
+def read(facts: Facts, signing: SignedRequests) -> None:
+    """The WSGI door's signed body, into `facts`."""
+    environ = facts.source
+    if environ is None:
+        raise _no_body()
+    facts.body = wsgi_body(environ, signing.max_body_bytes, READ_SECONDS)
+
+
+async def aread(facts: Facts, signing: SignedRequests) -> None:
+    """The ASGI door's signed body, into `facts`, and a `receive` that replays
+    the body to the app into `facts.receive`."""
+    scope = facts.source
+    if scope is None:
+        raise _no_body()
     lengths = facts.headers.get("content-length", ())
-    limit = signing.max_body_bytes
-    facts.body, facts.receive = await asgi_body(scope, facts.receive, limit, lengths)
+    limit, seconds = signing.max_body_bytes, READ_SECONDS
+    try:
+        with anyio.fail_after(seconds):
+            facts.body, facts.receive = await asgi_body(scope, facts.receive, limit, lengths)
+    except TimeoutError:
+        raise _late(seconds) from None

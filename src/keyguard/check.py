@@ -3,9 +3,10 @@ door) and `arun` (async: `averify`, the ASGI door, the admin app).
 
 Each calls `step` until it answers with a `Verdict`, doing the I/O each `Need`
 names in between; they differ only in how: `run` inline, `arun` on the event
-loop for what costs nothing (in-memory counters and replay cache) and in a
-worker thread for anything that may block (a store or Redis call; argon2, at
-most `SLOW_THREADS` at a time) or by awaiting the ASGI body. Then `settle`
+loop for what costs nothing (in-memory counters and replay cache, a signed
+request's target) and in a worker thread for anything that may block (a store
+or Redis call; argon2, at most `SLOW_THREADS` at a time) or by awaiting the
+ASGI body. Then `settle`
 (one function for both) applies what the verdict says besides the answer: the
 memo the warm path may keep, the buffered last use, and the observers (audit,
 metrics). The async driver's first step call is plain (`start`): a request
@@ -24,7 +25,19 @@ import anyio
 import anyio.to_thread
 
 from . import body
-from .decision import ADMIT, BODY, FETCH, REMEMBER, SLOW, Facts, Known, Need, Verdict, step
+from .decision import (
+    ADMIT,
+    BODY,
+    FETCH,
+    REMEMBER,
+    SLOW,
+    TARGET,
+    Facts,
+    Known,
+    Need,
+    Verdict,
+    step,
+)
 from .exceptions import RequestRejected
 
 if TYPE_CHECKING:
@@ -76,6 +89,8 @@ class Drivers:
             try:
                 if kind is FETCH:
                     known.entry, known.fetched = self.cache.load(arg), True
+                elif kind is TARGET:
+                    body.target(facts, arg)
                 elif kind is BODY:
                     body.read(facts, arg)
                 elif kind is SLOW:
@@ -120,6 +135,8 @@ class Drivers:
             try:
                 if kind is FETCH:
                     known.entry, known.fetched = await self.cache.aload(arg), True
+                elif kind is TARGET:
+                    body.atarget(facts, arg)
                 elif kind is BODY:
                     await body.aread(facts, arg)
                 elif kind is SLOW:

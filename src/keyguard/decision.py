@@ -6,8 +6,9 @@
 
 `step` reads the facts a door gathered (or `verify` made) and what the key
 cache holds, and answers either a `Verdict` or the one piece of I/O it needs
-next: a `Need` (fetch this key id, read this signed body, run this slow hash,
-count this key, remember this signature, count this failure). A driver
+next: a `Need` (fetch this key id, gather a signed request's target, read its
+body, run this slow hash, count this key, remember this signature, count this
+failure). A driver
 (check.py: sync for `verify` and the WSGI door, async for `averify`, the ASGI
 door and the admin app) performs it, records the answer in the need's `Known`
 and calls `step` again, until it answers. A request whose key is cached and
@@ -19,7 +20,10 @@ by the driver in the key cache (`cache.Slot`, whose invariant is written there).
 
 Order matters: `revoked_key`, `expired_key`, `suspended_key` and every later
 code are only told to a caller that proved the key's secret, and the rate limit is spent only by
-a request that passed everything else.
+a request that passed everything else. A signed request's body is read only
+after everything that needs no body passed (its headers, the timestamp, the
+access key's form, the key found and able to sign): an anonymous caller cannot
+make a body be read.
 """
 
 from __future__ import annotations
@@ -116,7 +120,8 @@ class Facts:
     token: str | None = None  # verify(): the credential itself
     passphrase: str | None = None  # verify()'s
     target: str | None = None  # the path the audit trail names when `path` is None
-    # Filled in by the body need for a signed request (`fields`: rfc9421 only):
+    # Filled in for a signed request by the target need (`raw_path`, `query`;
+    # `fields`: rfc9421 only) and then the body need (`body`):
     body: bytes | None = None
     raw_path: str | None = None
     query: str = ""
@@ -158,7 +163,8 @@ class Need(NamedTuple):
 
 
 FETCH = "fetch"  # arg: key id -> known.entry = Entry | ABSENT
-BODY = "body"  # arg: the signed-request checker -> facts.body, .raw_path, .query (.fields)
+TARGET = "target"  # arg: the signed-request checker -> facts.raw_path, .query (.fields): no I/O
+BODY = "body"  # arg: the signed-request checker -> facts.body (bounded in size and time)
 SLOW = "slow"  # arg: (stored hash, presented) -> known.slow[stored] = matched?
 ADMIT = "admit"  # arg: Entry -> known.admitted (step 8: spend the rate limit and quota)
 REMEMBER = "remember"  # arg: Signed -> known.remembered (the replay cache)
@@ -340,18 +346,26 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
             passphrase = _first(h, p.passphrase_header) if given is None else f.passphrase
             signed: Signed | None = None
         else:
-            # 2. A signed request: headers well-formed, timestamp fresh, body read once.
-            if f.body is None:
-                return Need(BODY, p.signing, k or Known())
+            # 2. A signed request, as far as it can be checked without its body: the
+            #    target as sent (gathered from the door, no I/O), headers present once
+            #    and well-formed, timestamp fresh, the access key's form.
+            if f.raw_path is None:
+                return Need(TARGET, p.signing, k or Known())
             signed = p.signing.begin(f)  # pure: run again on each call, as cheap as keeping it
             key_id, now = signed.key_id, p.clock()
-            # 3. The key is found (a signing key), and the signature matches; refused
-            #    alike (`invalid_signature`) whatever the key is, until it is proven.
+            # 3. The key is found and can sign, and only then is the body read (once,
+            #    bounded); then the signature matches. Refused alike (`invalid_signature`)
+            #    whatever the key is, until it is proven.
             slot = p.peek(key_id)
             found = _found(p, k, slot, key_id, invalid_signature)
             if isinstance(found, Need):
                 return found
             entry = found
+            if signed.message is None:  # no body yet
+                p.signing.signer(entry)
+                known = k or Known()
+                known.key_id = key_id
+                return Need(BODY, p.signing, known)
             proven = p.signing.prove(entry, signed, now)
             passphrase = signed.passphrase
         if not proven:

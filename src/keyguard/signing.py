@@ -22,15 +22,25 @@ their HTTP library percent-encode it afterwards. The pure functions
 
 `SignedRequests` (`guard.signing`) reads any profile into one `Signed` (key id,
 timestamp, MAC, the bytes the MAC covers), so `prove` never looks at the
-profile. In the step (decision.py) the order is: headers well-formed (400) ->
-timestamp fresh (401 `stale_request`, no I/O) -> key found, a signing key ->
-signature matches, the previous secret too during a rotate grace -> the rest
-of SPEC section 4 -> signature not seen before (401 `replayed_request`, the
-replay cache: replay.py, asked last so that a refused request does not use its
-signature up). Every refusal of a signature that was not proven answers the
-same 401 `invalid_signature`, whatever the access key names (a malformed id,
-no such key, a bearer key, a revoked or suspended one): codes beyond "not
-proven" are told only to a caller that proved the secret (SPEC section 4).
+profile. In the step (decision.py) the order is the same for every profile,
+and everything that needs no body comes before the body is read, so that a
+caller who names no signing key cannot make a body be read: the request
+target gathered (no I/O) -> headers present once and well-formed, the target's
+shape (400) -> timestamp fresh (401 `stale_request`) -> the access key's form
+-> the key found, and a signing key whose secret decrypts -> only then the
+body, read once (bounded in size and time: body.py) -> signature matches, the
+previous secret too during a rotate grace -> the rest of SPEC section 4 ->
+signature not seen before (401 `replayed_request`, the replay cache:
+replay.py, asked last so that a refused request does not use its signature
+up). `begin` is that first half, run again on each call of the step (pure, as
+cheap as keeping it): freshness is judged again once the body is in.
+
+Every refusal of a signature that was not proven answers the same 401
+`invalid_signature`, whatever the access key names (a malformed id, no such
+key, a bearer key, a revoked or suspended one): codes beyond "not proven" are
+told only to a caller that proved the secret (SPEC section 4). One thing
+still differs: the body of a request whose access key names no signing key is
+never read (see SECURITY.md, known limits).
 
 Two identical requests signed in the same millisecond (the same second for
 rfc9421's `created`) have the same signature: the second one is refused as a
@@ -300,6 +310,14 @@ def _key_form(key_id: str) -> bool:
     return len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()
 
 
+def _one_part() -> BadRequest:
+    """bybit signs a GET's query or another method's body: the other part is refused."""
+    return _bad(
+        "Under this signing profile a GET signs its query and other methods their "
+        "body: send no body with a GET, and no query with other methods."
+    )
+
+
 def _stale() -> AuthenticationError:
     return AuthenticationError(
         "stale_request", "The request timestamp is outside the allowed window."
@@ -309,13 +327,14 @@ def _stale() -> AuthenticationError:
 @dataclass(slots=True)  # not frozen: made per request, and frozen __init__ is slower
 class Signed:
     """A signed request whose headers parsed and whose timestamp is fresh, under
-    any profile: `message` is what `mac` must be the HMAC of. The signature, the
-    signed text (it holds the body) and the passphrase stay out of `repr`."""
+    any profile: `message` is what `mac` must be the HMAC of (None until the
+    body is read). The signature, the signed text (it holds the body) and the
+    passphrase stay out of `repr`."""
 
     key_id: str
     ts: float
     mac: bytes = dataclasses.field(repr=False)
-    message: bytes = dataclasses.field(repr=False)
+    message: bytes | None = dataclasses.field(repr=False)
     passphrase: str | None = dataclasses.field(repr=False)
 
 
@@ -344,6 +363,7 @@ class SignedRequests:
         self.names = own - {self._pass} if self.enabled else frozenset()  # any: a signed one
         self.header_names = own if self.enabled else frozenset()
         self._iso, self._hex, self._to_sign = p.iso_time, p.hex_mac, p.to_sign
+        self._one_part = p.to_sign is bybit_message  # GET: the query alone; else the body
         self._plain = not (p.recv_window or p.hex_mac)  # `begin` needs no `_special`
         self.max_skew = float(s.max_skew_seconds)
         self._max_window = s.max_skew_seconds * 1000  # ms, the longest recv window (bybit)
@@ -369,18 +389,19 @@ class SignedRequests:
         return not self.names.isdisjoint(headers)
 
     def begin(self, facts: _Facts) -> Signed:
-        """Step 1 and freshness for a signed request; raises the rejection."""
+        """Everything a signed request can be checked for before its key is looked
+        up and its body read (raises the refusal): its headers, present once and
+        well-formed, the target's shape, the timestamp fresh, the access key's
+        form; once the body is read (`facts.body`) also the string to sign
+        (`Signed.message`, None before)."""
         h = facts.headers  # (a bearer credential beside it: refused by the step's rule 1)
         if self.wants_fields:
             return self._begin_rfc9421(facts)
         key_id, timestamp, signature = self._one(h)
-        if facts.body is None:  # a door that cannot give the body cannot check a signature
-            raise _bad("This endpoint does not accept signed requests.")
         ts = parse_timestamp(timestamp, self._iso)
         if ts is None:
             raise _bad(f"{self.profile.timestamp} is not a valid timestamp.")
         now = self._clock()
-        path = facts.raw_path if facts.raw_path is not None else facts.path or ""
         if self._plain:  # kg, bitget, okx: the usual window, a base64 MAC
             if ts < now - self.max_skew or ts > now + FUTURE_SKEW:
                 raise _stale()
@@ -388,18 +409,21 @@ class SignedRequests:
                 mac = binascii.a2b_base64(signature, strict_mode=True)
             except (binascii.Error, ValueError):
                 mac = b""
-            # A function kept on the instance: fetched as an attribute, then called
-            # (`self._to_sign(...)` would take CPython's unspecialised method path).
-            to_sign = self._to_sign
-            string = to_sign(timestamp, facts.method, path, facts.query, facts.body)
+            window = ""
         else:
             window, mac = self._special(facts, ts, now, signature)
-            string = self._to_sign(
-                timestamp, facts.method, path, facts.query, facts.body, key_id, window
-            )
         if len(mac) != MAC_SIZE or not _key_form(key_id):
             raise invalid_signature()
         passphrases = h.get(self._pass)
+        body, string = facts.body, None
+        if body is not None:
+            if body and self._one_part and facts.method.upper() == "GET":
+                raise _one_part()
+            path = facts.raw_path if facts.raw_path is not None else facts.path or ""
+            # A function kept on the instance: fetched as an attribute, then called
+            # (`self._to_sign(...)` would take CPython's unspecialised method path).
+            to_sign = self._to_sign
+            string = to_sign(timestamp, facts.method, path, facts.query, body, key_id, window)
         return Signed(key_id, ts, mac, string, passphrases[0] if passphrases else None)
 
     def _special(self, facts: _Facts, ts: float, now: float, signature: str) -> tuple[str, bytes]:
@@ -436,31 +460,30 @@ class SignedRequests:
             past = int(text) / 1000
         else:
             raise _bad(f"{self.profile.recv_window} must be 1 to {self._max_window} milliseconds.")
-        if facts.body if facts.method.upper() == "GET" else facts.query:
-            raise _bad(
-                "Under this signing profile a GET signs its query and other methods their "
-                "body: send no body with a GET, and no query with other methods."
-            )
+        if facts.query and facts.method.upper() != "GET":  # (a GET's body: once it is read)
+            raise _one_part()
         return text, past
 
     def _begin_rfc9421(self, facts: _Facts) -> Signed:
-        """`begin` for rfc9421: the RFC's reading, then SPEC section 6's policy."""
+        """`begin` for rfc9421: the RFC's reading, then SPEC section 6's policy (the
+        Content-Digest once the body is read: until then `message` is None)."""
         from .rfc9421 import require
 
         signed, reading = self.read_rfc9421(facts)
         require(reading, facts)
         if len(signed.mac) != MAC_SIZE or not _key_form(signed.key_id):
             raise invalid_signature()
+        if facts.body is None:
+            signed.message = None
         return signed
 
     def read_rfc9421(self, facts: _Facts) -> tuple[Signed, Reading]:
         """RFC 9421 alone, before keyguard's policy (`rfc9421.require`, the key id's
         form): the signature read by the library, `created` (and `expires`)
-        inside the window by this guard's clock."""
+        inside the window by this guard's clock. Needs the header lines and the
+        target, not the body."""
         from .rfc9421 import read
 
-        if facts.body is None:  # a door that cannot give the body cannot check a signature
-            raise _bad("This endpoint does not accept signed requests.")
         reading = read(facts)
         now = self._clock()
         created = reading.created
@@ -506,24 +529,32 @@ class SignedRequests:
         cache[ciphertext] = value
         return value
 
-    def prove(self, entry: _Entry, signed: Signed, now: float) -> bool:
-        """True when the signature matches the key's secret (or the previous one
-        within a rotate grace); otherwise `invalid_signature`, also when the key
-        is not a signing key or its secret cannot be decrypted (the caller proved
-        nothing, so it learns nothing about the key)."""
+    def signer(self, entry: _Entry) -> HmacSha256:
+        """The key's secret, keyed for HMAC: asked before the body is read, so a
+        key that cannot prove a signature (not a signing key, or a secret no
+        master key decrypts) costs no body. `invalid_signature` otherwise, as for
+        any signature that does not verify: the caller proved nothing, so it
+        learns nothing about the key."""
         record = entry.record
-        if record.kind != "signing":
-            raise invalid_signature()
-        secret = self._secret(record.encrypted_secret, record.id)
+        secret = None
+        if record.kind == "signing":
+            secret = self._secret(record.encrypted_secret, record.id)
         if secret is None:
             raise invalid_signature()
-        if hmac.compare_digest(secret.digest(signed.message), signed.mac):
+        return secret
+
+    def prove(self, entry: _Entry, signed: Signed, now: float) -> bool:
+        """True when the signature matches the key's secret (or the previous one
+        within a rotate grace); otherwise `invalid_signature` (see `signer`)."""
+        secret, message = self.signer(entry), signed.message
+        if message is None:  # the body is not read: nothing can be proven yet
+            raise invalid_signature()
+        if hmac.compare_digest(secret.digest(message), signed.mac):
             return True
+        record = entry.record
         until = record.previous_valid_until
         if until is not None and now < until:
             previous = self._secret(record.previous_encrypted_secret, record.id)
-            if previous is not None and hmac.compare_digest(
-                previous.digest(signed.message), signed.mac
-            ):
+            if previous is not None and hmac.compare_digest(previous.digest(message), signed.mac):
                 return True
         raise invalid_signature()
