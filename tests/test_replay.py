@@ -5,6 +5,7 @@ Sentinel: tests/test_redis_tier.py.)"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import secrets
@@ -15,7 +16,8 @@ import pytest
 
 from keyguard.exceptions import AuthenticationError, ServiceUnavailable
 from keyguard.redis import RedisTier
-from keyguard.replay import ReplayCache
+from keyguard.replay import CLOCK_MARGIN, ReplayCache
+from keyguard.signing import FUTURE_SKEW
 
 from . import servers
 from .kgutil import Clock
@@ -131,3 +133,44 @@ def test_redis_down_falls_back_to_the_local_replay_cache_and_says_so(
     finally:
         cache.close()
         tier.close()
+
+
+def _pttl(tier: RedisTier, key_id: str, signature: bytes) -> int:
+    key = tier.key("replay", key_id, base64.urlsafe_b64encode(signature).decode())
+    return int(tier.call(lambda client: client.pttl(key)))
+
+
+@pytest.mark.parametrize("age", [SKEW - 1, 0.0, -(FUTURE_SKEW - 1)], ids=["old", "now", "ahead"])
+@pytest.mark.parametrize("offset", [-9.0, 0.0, 9.0], ids=["clock-behind", "clock-right", "ahead"])
+def test_redis_keeps_a_signature_for_a_constant_time(
+    tiers: tuple[RedisTier, RedisTier], age: float, offset: float
+) -> None:
+    """However old the timestamp and whatever this instance's clock says, Redis
+    keeps the signature for max_skew + 5 s + CLOCK_MARGIN from when it was used:
+    an instance whose clock is behind finds the timestamp fresh for longer than
+    the one that remembered it."""
+    clock = Clock()
+    clock.advance(offset)
+    cache = ReplayCache(tiers[0], SKEW, clock)
+    signature = mac()
+    assert outcome(cache, "k", signature, clock.now - offset - age) == "ok"
+    expected = (SKEW + FUTURE_SKEW + CLOCK_MARGIN) * 1000
+    assert expected - 1000 < _pttl(tiers[0], "k", signature) <= expected
+
+
+def test_a_replay_to_an_instance_whose_clock_is_behind_is_refused(
+    tiers: tuple[RedisTier, RedisTier],
+) -> None:
+    """f05: A's clock 9 s ahead, B's 9 s behind, a timestamp 20 s old by the real
+    clock. Under a ttl counted from A's clock the entry was gone after 2 s, while
+    B still found the timestamp fresh; now it outlives B's window."""
+    ahead, behind = Clock(), Clock()
+    ahead.advance(9)
+    behind.advance(-9)
+    one, two = ReplayCache(tiers[0], SKEW, ahead), ReplayCache(tiers[1], SKEW, behind)
+    signature, ts = mac(), ahead.now - 9 - 20
+    assert outcome(one, "k", signature, ts) == "ok"
+    left = _pttl(tiers[0], "k", signature) / 1000
+    # B finds ts fresh until its clock reads ts + SKEW: that many real seconds from now.
+    assert left > (ts + SKEW) - behind.now
+    assert outcome(two, "k", signature, ts) == "replayed_request"

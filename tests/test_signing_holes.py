@@ -7,6 +7,8 @@ only a socket can send what is tested (two Host lines, a body that stalls).
 2. The body is read only after everything that needs none (headers, their
    form, the timestamp, the access key's form, the key found and able to
    sign), within a deadline, and a body the WSGI server cannot read is a 400.
+4. How long Redis keeps a signature does not depend on the clock of the
+   instance that remembered it.
 5. No key-existence oracle: every signed request that did not prove its key's
    secret is told `invalid_signature`, whatever the access key names.
 """
@@ -516,3 +518,42 @@ def test_gunicorn_a_stalled_body_frees_the_worker(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(10)
+
+
+# -- 4. the replay entry outlives every instance's window ------------------------------
+
+
+@pytest.mark.servers
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_a_replay_to_an_instance_whose_clock_is_behind_is_refused(
+    tmp_path: Path, redis_url: str, redis_prefix: str, kind: str
+) -> None:
+    """Two instances on one Redis, one clock 9 s ahead and one 9 s behind: a
+    signature used on the first, sent to the second after the time a ttl
+    computed from the first's clock would have given it (1.5 s), is a replay."""
+    from .test_signing import _cleanup
+
+    settings = {
+        "store": f"sqlite:///{tmp_path}/k.db",
+        "cache": f"{redis_url}?prefix={redis_prefix}",
+        "abuse": {"max_failures": None},
+    }
+    ahead = make_guard(lambda: time.time() + 9, **settings)  # type: ignore[arg-type]
+    behind = make_guard(lambda: time.time() - 9, **settings)  # type: ignore[arg-type]
+    one, two = Door(kind, ahead), Door(kind, behind)
+    try:
+        key = ahead.keys.create(owner="o", name="s", kind="signing")
+        ts = time.time() - 20.5  # fresh for both; the old ttl: ts + 31 - (now + 9) = 1.5 s
+        headers = signed(key.info.id, key.secret or "", "POST", "/pay", "", b"{}", now=ts)
+        assert (
+            await one.request("POST", "/pay", headers=headers, content=b"{}")
+        ).status_code == 200
+        time.sleep(1.6)
+        r = await two.request("POST", "/pay", headers=headers, content=b"{}")
+        assert r.status_code == 401 and _code(r) == "replayed_request"
+    finally:
+        await one.aclose()
+        await two.aclose()
+        ahead.close()
+        behind.close()
+        _cleanup(redis_url, redis_prefix)

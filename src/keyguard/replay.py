@@ -1,12 +1,20 @@
 """The replay cache of signed requests (SPEC section 6): a signature seen again
 inside its window is refused with 401 `replayed_request`.
 
-Owns: remembering each proven signature (its MAC) until its timestamp leaves
-the window (`max_skew` + 1 s), in this process always, and through the
-guard's `RedisTier` (`SET NX PX` on `<prefix>replay:{<key id>}:<MAC>`) when
-there is one, so another instance refuses it too. Must not: check a
-signature or a timestamp (signing.py does, before asking), or remember a
-request that was refused (the caller asks last).
+Owns: remembering each proven signature (its MAC), in this process always and
+through the guard's `RedisTier` (`SET NX PX` on `<prefix>replay:{<key
+id>}:<MAC>`) when there is one, so another instance refuses it too. Must not:
+check a signature or a timestamp (signing.py does, before asking), or remember
+a request that was refused (the caller asks last).
+
+How long: in this process, until the signature's timestamp leaves the window
+on the clock that judged it fresh (`ts + max_skew + 1 s`: one clock, so
+nothing is forgotten while it could still pass). In Redis, for a constant
+`ttl` = `max_skew` + the 5 s a timestamp may be ahead + `CLOCK_MARGIN`,
+counted by Redis from the moment it is remembered: never from this instance's
+clock, since another instance whose clock is behind finds the timestamp fresh
+for longer. Replays across instances are refused as long as their clocks are
+less than `CLOCK_MARGIN` (30 s) apart.
 
 Redis unavailable (keyguard.redis has the outage table): the check falls back
 to this process's memory alone and logs a warning at most once a minute: a
@@ -28,11 +36,13 @@ from collections.abc import Callable
 
 from .exceptions import AuthenticationError, ServiceUnavailable
 from .redis import RedisTier, Unavailable
+from .signing import FUTURE_SKEW
 
 log = logging.getLogger("keyguard.replay")
 
 REPLAY_LIMIT = 1_000_000  # remembered signatures per process before refusing (fail closed)
 WARN_EVERY = 60.0  # seconds between two warnings that Redis cannot be asked
+CLOCK_MARGIN = 30.0  # seconds the clocks of two instances may differ by (the Redis ttl's margin)
 
 
 class ReplayCache:
@@ -45,6 +55,9 @@ class ReplayCache:
         self._tier = tier
         self.shared = tier is not None  # remembering does I/O (Redis)
         self.max_skew = float(max_skew)
+        # How long Redis keeps a signature: longer than any instance finds it fresh.
+        self.ttl = self.max_skew + FUTURE_SKEW + CLOCK_MARGIN
+        self._ttl_ms = int(self.ttl * 1000)
         self._clock = clock
         self._seen: dict[bytes, float] = {}  # MAC -> until when it is remembered
         self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
@@ -99,7 +112,7 @@ class ReplayCache:
         tier = self._tier
         if tier is None:
             return True
-        ttl_ms = max(1000, int((ts + self.max_skew + 1.0 - now) * 1000))
+        ttl_ms = self._ttl_ms  # constant: the local clock says nothing of the others'
         key = tier.key("replay", key_id, base64.urlsafe_b64encode(mac).decode())
         try:
             return bool(tier.call(lambda client: client.set(key, b"1", nx=True, px=ttl_ms)))
