@@ -10,7 +10,9 @@ import hashlib
 import logging
 import secrets
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -34,6 +36,21 @@ def outcome(cache: ReplayCache, key_id: str, signature: bytes, ts: float) -> str
     try:
         cache.remember(key_id, signature, ts)
     except (AuthenticationError, ServiceUnavailable) as exc:
+        return exc.code
+    return "ok"
+
+
+UNREACHABLE = "cannot be reached"  # the detail of the 503 while Redis does not answer
+LOST = "lost what it remembered"  # the detail of the 503 for a signature made before a loss
+
+
+def answer(cache: ReplayCache, key_id: str, signature: bytes, ts: float) -> str:
+    """`outcome`, with the reason of a 503."""
+    try:
+        cache.remember(key_id, signature, ts)
+    except ServiceUnavailable as exc:
+        return "unreachable" if UNREACHABLE in exc.detail else "lost" if LOST in exc.detail else "?"
+    except AuthenticationError as exc:
         return exc.code
     return "ok"
 
@@ -117,22 +134,126 @@ def test_replay_to_another_instance_is_refused_through_redis(
     assert outcome(two, "key1", mac(), clock.now) == "ok"  # another signature passes
 
 
-def test_redis_down_falls_back_to_the_local_replay_cache_and_says_so(
+def test_redis_down_refuses_signed_requests_and_says_so(
     clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
+    """Fail closed: this process alone cannot tell a replay sent to another
+    instance from a first use, so while Redis cannot be asked every signature is
+    refused (503 `unavailable`), and none is remembered (the client's retry may
+    pass once Redis answers)."""
     tier = RedisTier(f"redis://127.0.0.1:{servers.free_port()}/0")  # nothing listens there
     cache = ReplayCache(tier, SKEW, clock)
     try:
         signature = mac()
         with caplog.at_level(logging.WARNING):
-            assert outcome(cache, "k", signature, clock.now) == "ok"  # fail open, loudly
-            assert outcome(cache, "k", mac(), clock.now) == "ok"
+            assert outcome(cache, "k", signature, clock.now) == "unavailable"
+            assert outcome(cache, "k", mac(), clock.now) == "unavailable"  # the breaker's second
         warned = [r for r in caplog.records if "replay cache unreachable" in r.getMessage()]
         assert len(warned) == 1  # once a minute, not once a request
-        assert outcome(cache, "k", signature, clock.now) == "replayed_request"  # this process
+        assert "refused" in warned[0].getMessage()
+        assert not cache._seen  # nothing taken in this process either
     finally:
         cache.close()
         tier.close()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[servers.RedisServer]:
+    """A redis-server of this test's own (no persistence), to stop and restart."""
+    server = servers.RedisServer(servers.free_port(), str(tmp_path)).start()
+    yield server
+    server.stop()
+
+
+def _restart(server: servers.RedisServer) -> None:
+    server.stop()  # killed: without persistence, everything it held is gone
+    server.start()
+
+
+def _until_redis_answers(attempt: Callable[[], str]) -> str:
+    """Call `attempt` (an `answer`) until Redis answers it (past the breaker's probe
+    period); each refusal meanwhile remembered nothing."""
+    deadline = time.monotonic() + 10
+    while True:
+        got = attempt()
+        if got != "unreachable" or time.monotonic() > deadline:
+            return got
+        time.sleep(0.1)
+
+
+def test_a_signature_refused_while_redis_was_down_passes_when_it_is_back(
+    own_redis: servers.RedisServer, clock: Clock
+) -> None:
+    tier = RedisTier(f"{own_redis.url}?prefix=t:")
+    cache = ReplayCache(tier, SKEW, clock)
+    try:
+        assert answer(cache, "k", mac(), clock.now) == "ok"
+        own_redis.stop()
+        signature = mac()
+        assert answer(cache, "k", signature, clock.now) == "unreachable"
+        own_redis.start()  # (what it held is gone: a loss)
+        assert _until_redis_answers(lambda: answer(cache, "k", signature, clock.now)) == "lost"
+        clock.advance(FUTURE_SKEW + 1)  # the retry the client makes: signed again, later
+        assert answer(cache, "k", mac(), clock.now) == "ok"
+    finally:
+        cache.close()
+        tier.close()
+
+
+@pytest.mark.parametrize("how", ["restart", "flush"])
+def test_signatures_made_before_redis_lost_its_memory_are_refused(
+    own_redis: servers.RedisServer, clock: Clock, how: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two instances; a signature used on one; Redis restarts without persistence
+    (or is flushed): sent to the other, that signature is no longer in Redis,
+    yet it is refused (503), as is every signature timestamped before the loss
+    (+ 5 s), on every instance that had used the replay cache, until they are
+    stale. Signatures made after pass."""
+    url = f"{own_redis.url}?prefix=t:"
+    one_tier, two_tier = RedisTier(url), RedisTier(url)
+    one, two = ReplayCache(one_tier, SKEW, clock), ReplayCache(two_tier, SKEW, clock)
+    try:
+        used_on_one, used_on_two = mac(), mac()  # each instance has seen the marker
+        t0 = clock.now
+        assert answer(one, "k", used_on_one, t0) == "ok"
+        assert answer(two, "k", used_on_two, t0) == "ok"
+        clock.advance(2)
+        if how == "restart":
+            _restart(own_redis)
+        else:
+            one_tier.call(lambda client: client.flushall())
+        with caplog.at_level(logging.WARNING, logger="keyguard.replay"):
+            # Replays to the other instance: Redis forgot them, the loss is seen.
+            assert _until_redis_answers(lambda: answer(two, "k", used_on_one, t0)) == "lost"
+            lost_at = clock.now
+            assert _until_redis_answers(lambda: answer(one, "k", used_on_two, t0)) == "lost"
+            # Timestamped after the loss, but inside the 5 s a client's clock may be ahead
+            # of the instance that took it: it may have been used before the loss too.
+            assert answer(one, "k", mac(), lost_at + FUTURE_SKEW - 0.5) == "lost"
+        assert any("lost what it held" in r.getMessage() for r in caplog.records)
+        clock.advance(FUTURE_SKEW + 1)
+        assert answer(one, "k", mac(), clock.now) == "ok"
+        assert answer(two, "k", mac(), clock.now) == "ok"
+    finally:
+        one.close()
+        two.close()
+        one_tier.close()
+        two_tier.close()
+
+
+def test_the_first_use_of_a_redis_is_no_loss(own_redis: servers.RedisServer, clock: Clock) -> None:
+    """A Redis that never held a marker: the first signatures pass on every
+    instance (the first use cannot be told from a loss, and is not refused)."""
+    url = f"{own_redis.url}?prefix=t:"
+    tiers = [RedisTier(url) for _ in range(2)]
+    caches = [ReplayCache(t, SKEW, clock) for t in tiers]
+    try:
+        assert [outcome(c, "k", mac(), clock.now - 1) for c in caches] == ["ok", "ok"]
+    finally:
+        for c in caches:
+            c.close()
+        for t in tiers:
+            t.close()
 
 
 def _pttl(tier: RedisTier, key_id: str, signature: bytes) -> int:

@@ -1025,19 +1025,26 @@ async def test_replay_to_another_instance_is_refused_through_redis(
         _cleanup(redis_url, redis_prefix)
 
 
-async def test_redis_down_falls_back_to_the_local_replay_cache_and_says_so(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_redis_down_refuses_signed_requests_and_not_bearer_ones(
+    caplog: pytest.LogCaptureFixture, kind: str
 ) -> None:
+    """Fail closed: while the shared replay cache cannot be asked, a signed
+    request is 503 `unavailable` (another instance may have taken its signature);
+    a Bearer request, which no replay cache concerns, passes."""
     guard = make_guard(cache=f"redis://127.0.0.1:{servers.free_port()}/0")  # nothing listens there
-    d = Door("asgi", guard)
+    d = Door(kind, guard)
     try:
         k = guard.keys.create(owner="a", name="n", kind="signing")
+        token = guard.keys.create(owner="a", name="b").token
         headers = signed(k.info.id, k.secret, "GET", "/x")
         with caplog.at_level(logging.WARNING, logger="keyguard.replay"):
-            assert (await d.request("GET", "/x", headers=headers)).status_code == 200
+            r = await d.request("GET", "/x", headers=headers)
+        assert r.status_code == 503 and _code(r) == "unavailable"
+        assert r.headers["retry-after"]
         assert any("replay cache unreachable" in rec.getMessage() for rec in caplog.records)
-        r = await d.request("GET", "/x", headers=headers)
-        assert r.status_code == 401 and _code(r) == "replayed_request"
+        r = await d.request("GET", "/x", headers={"Authorization": f"Bearer {token}"})
+        assert r.status_code == 200
     finally:
         await d.aclose()
         guard.close()

@@ -7,6 +7,9 @@ only a socket can send what is tested (two Host lines, a body that stalls).
 2. The body is read only after everything that needs none (headers, their
    form, the timestamp, the access key's form, the key found and able to
    sign), within a deadline, and a body the WSGI server cannot read is a 400.
+3. The shared replay cache fails closed: while Redis cannot be asked a signed
+   request is 503, and after Redis lost what it held, signatures made before
+   are refused until they are stale.
 4. How long Redis keeps a signature does not depend on the clock of the
    instance that remembered it.
 5. No key-existence oracle: every signed request that did not prove its key's
@@ -557,3 +560,67 @@ async def test_a_replay_to_an_instance_whose_clock_is_behind_is_refused(
         ahead.close()
         behind.close()
         _cleanup(redis_url, redis_prefix)
+
+
+# -- 3. replays across instances are refused while Redis is down or forgot -------------
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_replay_protection_fails_closed_across_a_redis_outage_and_restart(
+    tmp_path: Path, clock: Clock, kind: str
+) -> None:
+    """f04: two instances on a redis-server of this test's own. Redis down: signed
+    requests 503 on either instance, Bearer ones pass. Redis restarted without
+    persistence: a signature used on one instance before the restart is refused
+    on the other (503, not a pass), until a signature made after the loss."""
+    redis = servers.RedisServer(servers.free_port(), str(tmp_path)).start()
+    settings = {
+        "store": f"sqlite:///{tmp_path}/k.db",
+        "cache": f"{redis.url}?prefix=f04:",
+        "abuse": {"max_failures": None},
+    }
+    one, two = make_guard(clock, **settings), make_guard(clock, **settings)
+    a, b = Door(kind, one), Door(kind, two)
+    key = one.keys.create(owner="o", name="s", kind="signing")
+    token = one.keys.create(owner="o", name="b").token
+
+    def sign() -> dict[str, str]:
+        clock.advance(0.001)
+        return signed(key.info.id, key.secret or "", "GET", "/a", now=clock.now)
+
+    async def send(door: Door, headers: dict[str, str]) -> tuple[int, str]:
+        r = await door.request("GET", "/a", headers=headers)
+        return r.status_code, r.json().get("detail", "") if r.status_code != 200 else "ok"
+
+    try:
+        healthy = sign()
+        assert await send(a, healthy) == (200, "ok")
+        status, _ = await send(b, healthy)
+        assert status == 401  # replayed, through Redis (and `b` has seen its marker)
+        before = sign()
+        assert await send(a, before) == (200, "ok")
+
+        redis.stop()
+        for door in (a, b):
+            status, detail = await send(door, sign())
+            assert status == 503 and "cannot be reached" in detail
+            bearer = await door.request("GET", "/a", headers={"Authorization": f"Bearer {token}"})
+            assert bearer.status_code == 200
+
+        redis.start()  # empty: it kept nothing
+        deadline = time.monotonic() + 10
+        while True:  # the breaker lets one probe through a second
+            status, detail = await send(b, before)
+            if "cannot be reached" not in detail or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert status == 503 and "lost what it remembered" in detail  # not a pass
+        clock.advance(6)  # signed after the loss (+ the 5 s a clock may be ahead)
+        assert await send(b, sign()) == (200, "ok")
+        assert await send(a, sign()) == (200, "ok")
+    finally:
+        await a.aclose()
+        await b.aclose()
+        one.close()
+        two.close()
+        redis.stop()

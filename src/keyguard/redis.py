@@ -49,9 +49,12 @@ when Redis answers again.
 |                      | carries the marker the reader last read  | them from the store            |
 |                      | (read every `local_cache_ttl / 2`)       |                                |
 +----------------------+------------------------------------------+--------------------------------+
-| replay cache         | this process's memory only: a replay to  | SET NX in Redis again          |
-| (replay.py)          | another instance is not caught; warned   |                                |
-|                      | once a minute                            |                                |
+| replay cache         | every signed request is refused with     | SET NX in Redis again; if      |
+| (replay.py)          | 503 `unavailable` (fail closed: no       | Redis lost what it held (its   |
+|                      | instance can tell a replay from a first  | epoch marker is new), a        |
+|                      | use), and not remembered, so a retry     | signature timestamped before   |
+|                      | passes later; Bearer requests are not    | the loss (+ 5 s) is refused    |
+|                      | affected; warned once a minute           | with 503 until it is stale     |
 +----------------------+------------------------------------------+--------------------------------+
 | per-key rate limits  | this process's memory, a breaker period  | Redis counters again; what was |
 | (ratelimit.py)       | at a time: each instance counts alone    | counted in memory is forgotten |
@@ -291,7 +294,8 @@ class RedisTier:
         if started:
             log.warning(
                 "keyguard: Redis unreachable (%s at %s); until it answers, keys are read from "
-                "the store, replays are checked and limits counted in this process only",
+                "the store, signed requests are refused (503) and limits counted in this "
+                "process only",
                 type(exc).__name__,
                 self.where,
             )

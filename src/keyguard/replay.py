@@ -16,19 +16,38 @@ clock, since another instance whose clock is behind finds the timestamp fresh
 for longer. Replays across instances are refused as long as their clocks are
 less than `CLOCK_MARGIN` (30 s) apart.
 
-Redis unavailable (keyguard.redis has the outage table): the check falls back
-to this process's memory alone and logs a warning at most once a minute: a
-replay to *another* instance is then not caught until Redis is back. It does
-not fail closed there, since that would turn a cache outage into a full
-outage of signed traffic; it does not fail silently either. The in-process
-set is bounded (`REPLAY_LIMIT`): full of live signatures, a new one is
-refused with 503 `unavailable` (fail closed), unremembered.
+Redis unavailable (keyguard.redis has the outage table): a signed request is
+refused with 503 `unavailable` (fail closed: this process's memory alone
+cannot say whether another instance took the signature, and SPEC sections 6
+and 7 want replays refused across instances and no wrong decision while Redis
+is down), and not remembered here either, so the client's retry passes once
+Redis answers. A warning is logged at most once a minute. Bearer requests
+never ask the replay cache.
+
+Redis that lost what it held (a restart without persistence, a flush, an
+eviction): each signature is remembered by one script that also reads an
+epoch marker, `<prefix>replay:{epoch}` (`<prefix>replay:{<key id>}` on a
+Cluster, so in the same slot as that key's signatures), and sets it when it
+is missing, to the time it was set. An instance that saw one marker and then
+meets another knows the signatures remembered before were lost: until they
+can no longer be fresh, it refuses (503 `unavailable`, `Retry-After`) every
+signature whose timestamp is not later than the new marker's time plus the
+5 s a timestamp may be ahead, since any of them may have been used before the
+loss. A marker an instance meets first is taken as it is (the first use of a
+Redis cannot be told from a loss): an instance that had not used the replay
+cache since it started, and meets a marker made by a loss, does not refuse
+that window.
+
+The in-process set is bounded (`REPLAY_LIMIT`): full of live signatures, a
+new one is refused with 503 `unavailable` (fail closed), unremembered.
 """
 
 from __future__ import annotations
 
 import base64
+import itertools
 import logging
+import secrets
 import threading
 import time
 from collections import deque
@@ -43,6 +62,21 @@ log = logging.getLogger("keyguard.replay")
 REPLAY_LIMIT = 1_000_000  # remembered signatures per process before refusing (fail closed)
 WARN_EVERY = 60.0  # seconds between two warnings that Redis cannot be asked
 CLOCK_MARGIN = 30.0  # seconds the clocks of two instances may differ by (the Redis ttl's margin)
+EPOCHS_LIMIT = 100_000  # markers remembered (one per key id on a Cluster) before starting afresh
+
+# KEYS[1]: the epoch marker, KEYS[2]: the signature; ARGV[1]: a new marker, ARGV[2]: ttl (ms).
+# -> {the marker, 1 when the signature was not there (now it is), else 0}
+_REMEMBER = """
+local epoch = redis.call('GET', KEYS[1])
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('SET', KEYS[1], epoch)
+end
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', ARGV[2]) then
+  return {epoch, 1}
+end
+return {epoch, 0}
+"""
 
 
 class ReplayCache:
@@ -63,14 +97,29 @@ class ReplayCache:
         self._expiry: deque[tuple[float, bytes]] = deque()  # (until, MAC) in arrival order
         self._lock = threading.Lock()
         self._warned = -WARN_EVERY  # time.monotonic() of the last warning
+        # The epoch marker's tag: one per Redis, or per key id on a Cluster (its slot).
+        self._per_key = tier is not None and tier.url.scheme == "redis+cluster"
+        self._marker = secrets.token_hex(4)  # this instance's part of a marker it sets
+        self._markers = itertools.count()  # and a new one each time: no two markers alike
+        # marker tag -> (the marker last seen, the time Redis lost its memory, if it did)
+        self._epochs: dict[str, tuple[bytes, float | None]] = {}
 
     def remember(self, key_id: str, mac: bytes, ts: float) -> None:
-        """Refuse a signature seen before inside its window (blocking, with Redis)."""
+        """Refuse a signature seen before inside its window (blocking, with Redis);
+        503 `unavailable` when Redis cannot say (see the module docstring)."""
         now = self._clock()
-        if not self._remember_here(mac, ts, now) or not self._remember_shared(key_id, mac, ts, now):
-            raise AuthenticationError(
-                "replayed_request", "This signed request was already received."
-            )
+        if self._remember_here(mac, ts, now):
+            try:
+                if self._remember_shared(key_id, mac, ts, now):
+                    return
+            except ServiceUnavailable:
+                self._forget(mac)  # not taken: the client's retry may pass later
+                raise
+        raise AuthenticationError("replayed_request", "This signed request was already received.")
+
+    def _forget(self, mac: bytes) -> None:
+        with self._lock:
+            self._seen.pop(mac, None)
 
     def _remember_here(self, mac: bytes, ts: float, now: float) -> bool:
         """Record the MAC; False when it was already seen inside its window.
@@ -108,23 +157,59 @@ class ReplayCache:
                 )
 
     def _remember_shared(self, key_id: str, mac: bytes, ts: float, now: float) -> bool:
-        """SET NX in Redis; False when another request (anywhere) had this MAC."""
+        """SET NX in Redis; False when another request (anywhere) had this MAC;
+        503 when Redis cannot be asked, or lost what it held and `ts` may be of a
+        signature used before (fail closed)."""
         tier = self._tier
         if tier is None:
             return True
-        ttl_ms = self._ttl_ms  # constant: the local clock says nothing of the others'
+        tag = key_id if self._per_key else "epoch"
+        marker = tier.key("replay", tag)
         key = tier.key("replay", key_id, base64.urlsafe_b64encode(mac).decode())
+        fresh_marker = f"{now:.3f} {self._marker}.{next(self._markers)}"
         try:
-            return bool(tier.call(lambda client: client.set(key, b"1", nx=True, px=ttl_ms)))
-        except Unavailable:  # fall back to this process's memory, loudly
+            epoch, taken = tier.script(_REMEMBER, [marker, key], [fresh_marker, self._ttl_ms])
+        except Unavailable:
             wall = time.monotonic()
             if wall - self._warned >= WARN_EVERY:
                 self._warned = wall
                 log.warning(
-                    "keyguard: Redis replay cache unreachable; signed requests are checked "
-                    "against this process's replay cache only until it is back"
+                    "keyguard: Redis replay cache unreachable; signed requests are refused "
+                    "(503) until it answers"
                 )
-            return True
+            raise ServiceUnavailable(
+                detail="The replay cache cannot be reached; try again later."
+            ) from None
+        lost = self._lost(tag, epoch)
+        if not taken:
+            return False
+        if lost is not None and ts < lost + FUTURE_SKEW:  # may have been used before the loss
+            raise ServiceUnavailable(
+                detail="The replay cache lost what it remembered; sign the request again."
+            )
+        return True
+
+    def _lost(self, tag: str, epoch: bytes) -> float | None:
+        """When Redis lost what it held under this marker's tag, if this instance
+        saw it happen: a marker other than the one it saw before."""
+        seen = self._epochs.get(tag)
+        if seen is not None and seen[0] == epoch:
+            return seen[1]
+        lost = None
+        if seen is not None:  # the marker is new: Redis forgot the one before, and all
+            try:
+                lost = float(epoch.split(b" ")[0])  # the time it was set, by its setter's clock
+            except ValueError:
+                lost = self._clock()
+            log.warning(
+                "keyguard: the Redis replay cache lost what it held (a restart without "
+                "persistence, a flush or an eviction); signatures made before are refused "
+                "until they expire"
+            )
+        if len(self._epochs) >= EPOCHS_LIMIT:
+            self._epochs.clear()
+        self._epochs[tag] = (epoch, lost)
+        return lost
 
     def close(self) -> None:
         """Forget every signature (the tier is closed by its owner, the guard)."""
