@@ -261,6 +261,39 @@ def test_replay_refused_across_instances(cache_url: str) -> None:
             tier.close()
 
 
+def test_a_replay_cache_that_lost_its_keys_is_noticed(cache_url: str) -> None:
+    """The replay keys under this prefix vanish (what a restart without persistence
+    or a flush does to them; on a Cluster the epoch marker is per key id, in the
+    slot of that key's signatures): a signature used before is refused (503) by
+    the other instance instead of passing, and one made later passes."""
+    clock = Clock()
+    tiers = [RedisTier(cache_url), RedisTier(cache_url)]
+    one, two = (ReplayCache(t, 30, clock) for t in tiers)
+    prefix = tiers[0].prefix
+    try:
+        used, seen = secrets.token_bytes(32), secrets.token_bytes(32)
+        one.remember("key1", used, clock.now)
+        two.remember("key1", seen, clock.now)  # both instances have met the marker
+        clock.advance(1)
+
+        def forget(client: Any) -> int:
+            keys = list(client.scan_iter(match=f"{prefix}replay:*"))
+            for key in keys:  # one at a time: a Cluster's keys are in many slots
+                client.delete(key)
+            return len(keys)
+
+        assert tiers[0].call(forget) >= 3  # two signatures and the marker(s)
+        with pytest.raises(RequestRejected) as info:
+            two.remember("key1", used, clock.now - 1)
+        assert info.value.code == "unavailable" and "lost" in info.value.detail
+        clock.advance(6)
+        one.remember("key1", secrets.token_bytes(32), clock.now)
+        two.remember("key1", secrets.token_bytes(32), clock.now)
+    finally:
+        for tier in tiers:
+            tier.close()
+
+
 # -- rate limits, quotas, failures --------------------------------------------
 
 
