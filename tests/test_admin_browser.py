@@ -892,3 +892,50 @@ def test_self_service_on_a_narrow_screen(page: Any, example: Example) -> None:
     expect(page.get_by_role("dialog", name="Copy your new key")).to_be_visible()
     assert layout_problems(page, "#secret-dialog") == []
     close_secret(page, take_secret(page, "API key"))
+
+
+def test_self_service_offers_no_resume_of_an_operators_suspension(
+    page: Any, example: Example
+) -> None:
+    """A key an operator suspended shows so on the self-service page, without a
+    Resume button (the API would refuse it); the owner's own suspension keeps it.
+    An operator who takes a suspension over meanwhile: the page tells the refusal
+    before any code is asked, and the key stays suspended."""
+    guard = example.guard
+    held = guard.keys.create(owner="alice", name="held-by-ops", scopes=["project"])
+    guard.keys.suspend(held.id)  # an operator's (Python, as the CLI)
+    own = guard.keys.create(owner="alice", name="paused-by-me", scopes=["project"])
+    guard.keys.suspend(own.id, by_owner=True)
+    try:
+        log_in(page, example, "alice")
+        page.goto(f"{example.base}/account/keys/")
+        expect(row(page, held.id).locator(".status")).to_have_text("Suspended")
+        expect(row(page, held.id).locator(".suspended-by")).to_have_text(
+            "by an operator: only an operator can resume it"
+        )
+        expect(page.get_by_role("button", name="Resume key held-by-ops")).to_have_count(0)
+        expect(page.get_by_role("button", name="Suspend key held-by-ops")).to_have_count(0)
+        expect(page.get_by_role("button", name="Edit key held-by-ops")).to_be_visible()
+        expect(row(page, own.id).locator(".suspended-by")).to_have_text("by you")
+        resume = page.get_by_role("button", name="Resume key paused-by-me")
+        expect(resume).to_be_visible()
+        guard.keys.suspend(own.id)  # an operator takes it over after the page loaded
+        resume.click()
+        expect(page.locator("#status")).to_contain_text("only an operator can resume it")
+        expect(page.get_by_role("dialog", name=STEP_UP)).to_be_hidden()  # no code asked
+        assert guard.keys.get(own.id).suspended_by == "operator"
+        expect(page.get_by_role("button", name="Resume key paused-by-me")).to_have_count(0)
+
+        # The operator console offers Resume, and says whose suspension it is.
+        page.goto(f"{example.base}/")
+        page.get_by_role("button", name="Sign out").click()
+        log_in(page, example, "ops")
+        page.goto(f"{example.base}/ops/keys/")
+        expect(row(page, held.id).locator(".suspended-by")).to_have_text("by an operator")
+        page.get_by_role("button", name="Resume key held-by-ops").click()
+        confirmed(page, example.code("ops"))
+        expect(row(page, held.id).locator(".status")).to_have_text("Active")
+        assert guard.keys.get(held.id).status() == "active"
+    finally:
+        for key in (held, own):
+            guard.keys.delete(key.id)

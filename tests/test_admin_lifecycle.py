@@ -85,9 +85,11 @@ async def test_suspend_refuses_after_proof_and_resume_restores(any_guard: KeyGua
         assert code_of(guard, token) == "suspended_key"
         # Nothing else about it changed; it is listed, with its status.
         after = guard.keys.get(issued.id).to_dict()
-        assert {k: v for k, v in after.items() if k not in ("suspended_at", "status")} == {
-            k: v for k, v in before.items() if k not in ("suspended_at", "status")
+        suspension = ("suspended_at", "suspended_by", "status")
+        assert {k: v for k, v in after.items() if k not in suspension} == {
+            k: v for k, v in before.items() if k not in suspension
         }
+        assert (before["suspended_by"], after["suspended_by"]) == (None, "operator")
         listed = {k.id: k.status() for k in guard.keys.list()}
         assert listed[issued.id] == "suspended"
         assert guard.keys.suspend(issued.id).suspended_at == info.suspended_at  # idempotent

@@ -8,11 +8,17 @@ in both modes: key mode (a `keyguard:admin` key, an operator) and host mode
 - A tenant's scopes are checked against the key as stored, inside the store's
   atomic change: a scope an operator removes after the tenant's request was read
   is not added back.
+- A tenant may move its key's expiry earlier, never later nor remove it (422
+  naming `expires_at`); an operator may. A tenant may suspend and resume its own
+  key, but not resume a key an operator suspended (422 naming `key`); the key
+  says who suspended it (`suspended_by`), in every backend.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -22,7 +28,8 @@ from starlette.requests import Request
 from keyguard import KeyGuard
 from keyguard.admin import Principal, admin_app
 
-from .kgutil import Clock
+from .kgutil import DAY_S, Clock
+from .test_stores import BACKENDS, store_url
 
 IP = "203.0.113.7"
 
@@ -223,3 +230,248 @@ async def test_a_tenant_may_still_narrow_and_rename_in_the_race(
     r = await c.patch(f"/api/keys/{key.id}", json={"scopes": ["billing"]}, headers=ALICE)
     assert r.status_code == 200 and r.json()["scopes"] == ["billing"]
     assert r.json()["name"] == "renamed by ops"
+
+
+# -- a tenant does not lift the operator's expiry --------------------------------------
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat().replace("+00:00", "Z")
+
+
+def trial(guard: KeyGuard) -> Any:
+    """What an operator issues: a 7-day trial key with an allowlist and a quota."""
+    return guard.keys.create(
+        owner="alice",
+        name="trial",
+        scopes=["read"],
+        allowed_ips=[IP],
+        expires_in=7 * DAY_S,
+        max_uses=100,
+    )
+
+
+@pytest.mark.parametrize(
+    "later",
+    [
+        pytest.param(None, id="removed"),
+        pytest.param(8 * DAY_S, id="a-day-later"),
+        pytest.param(36_500 * DAY_S, id="a-century-later"),
+        pytest.param(7 * DAY_S + 1, id="a-second-later"),
+    ],
+)
+async def test_a_tenant_cannot_lengthen_or_remove_an_expiry(
+    guard: KeyGuard, host: httpx.AsyncClient, asked: Asked, clock: Clock, later: float | None
+) -> None:
+    key = trial(guard)
+    before = stored(guard, key.id)
+    body = {"expires_at": None if later is None else iso(clock() + later)}
+    r = await host.patch(f"/api/keys/{key.id}", json=body, headers=ALICE)
+    assert "only an operator can extend" in refused(r, "expires_at")["detail"]
+    assert stored(guard, key.id) == before
+    assert asked.actions == []  # refused before a step-up code is asked
+
+
+@pytest.mark.parametrize("client", ["host", "keymode"])
+async def test_an_operator_may_lengthen_or_remove_an_expiry(
+    guard: KeyGuard,
+    host: httpx.AsyncClient,
+    keymode: httpx.AsyncClient,
+    clock: Clock,
+    client: str,
+) -> None:
+    key = trial(guard)
+    c, h = (host, OPS) if client == "host" else (keymode, {})
+    later = clock() + 30 * DAY_S
+    r = await c.patch(f"/api/keys/{key.id}", json={"expires_at": iso(later)}, headers=h)
+    assert r.status_code == 200 and stored(guard, key.id).expires_at == later
+    r = await c.patch(f"/api/keys/{key.id}", json={"expires_at": None}, headers=h)
+    assert r.status_code == 200 and r.json()["expires_at"] is None
+
+
+async def test_a_tenant_may_shorten_an_expiry_or_set_the_same(
+    guard: KeyGuard, host: httpx.AsyncClient, clock: Clock
+) -> None:
+    key = trial(guard)
+    shown = (await host.get(f"/api/keys/{key.id}", headers=ALICE)).json()["expires_at"]
+    r = await host.patch(f"/api/keys/{key.id}", json={"expires_at": shown}, headers=ALICE)
+    assert r.status_code == 200 and r.json()["expires_at"] == shown  # as read: not later
+    sooner = clock() + DAY_S
+    r = await host.patch(f"/api/keys/{key.id}", json={"expires_at": iso(sooner)}, headers=ALICE)
+    assert r.status_code == 200 and stored(guard, key.id).expires_at == sooner
+    r = await host.patch(  # and not back again
+        f"/api/keys/{key.id}", json={"expires_at": iso(clock() + 2 * DAY_S)}, headers=ALICE
+    )
+    refused(r, "expires_at")
+
+
+async def test_a_tenant_may_give_an_expiry_to_a_key_without_one_but_not_take_it_back(
+    guard: KeyGuard, host: httpx.AsyncClient, clock: Clock
+) -> None:
+    key = guard.keys.create(owner="alice", name="k", allowed_ips=[IP])
+    r = await host.patch(
+        f"/api/keys/{key.id}", json={"expires_at": iso(clock() + 30 * DAY_S)}, headers=ALICE
+    )
+    assert r.status_code == 200
+    refused(
+        await host.patch(f"/api/keys/{key.id}", json={"expires_at": None}, headers=ALICE),
+        "expires_at",
+    )
+    r = await host.patch(f"/api/keys/{key.id}", json={"expires_at": None}, headers=OPS)
+    assert r.status_code == 200 and r.json()["expires_at"] is None
+
+
+async def test_a_tenant_cannot_revive_an_expired_key(
+    guard: KeyGuard, host: httpx.AsyncClient, clock: Clock
+) -> None:
+    key = trial(guard)
+    clock.advance(8 * DAY_S)
+    r = await host.patch(
+        f"/api/keys/{key.id}", json={"expires_at": iso(clock() + DAY_S)}, headers=ALICE
+    )
+    refused(r, "expires_at")
+    assert guard.keys.get(key.id).status(datetime.fromtimestamp(clock(), UTC)) == "expired"
+
+
+async def test_an_expiry_an_operator_shortens_meanwhile_holds(
+    guard: KeyGuard, racy: tuple[httpx.AsyncClient, Meanwhile], clock: Clock
+) -> None:
+    """The tenant asks for day 5 (earlier than day 7, as read); the operator moves the
+    key to day 2 before the change is made: day 5 would lengthen it, so it is refused."""
+    c, meanwhile = racy
+    key = trial(guard)
+    day2 = clock() + 2 * DAY_S
+    meanwhile.then.append(
+        lambda: guard.keys.update(key.id, expires_at=datetime.fromtimestamp(day2, UTC))
+    )
+    r = await c.patch(
+        f"/api/keys/{key.id}", json={"expires_at": iso(clock() + 5 * DAY_S)}, headers=ALICE
+    )
+    refused(r, "expires_at")
+    assert meanwhile.actions == ["update"] and stored(guard, key.id).expires_at == day2
+
+
+async def test_the_attackers_trial_key(guard: KeyGuard, host: httpx.AsyncClient) -> None:
+    """/tmp/attack-admin/t2e_operator_limits.py: the operator's 7-day trial, its
+    expiry cleared or moved to 2120 by the tenant."""
+    r = await host.post(
+        "/api/keys",
+        headers=OPS,
+        json={
+            "name": "trial",
+            "owner": "alice",
+            "scopes": ["read"],
+            "allowed_ips": ["203.0.113.0/24"],
+            "expires_in": "7d",
+            "max_uses": 100,
+        },
+    )
+    key = r.json()["key"]
+    for expires_at in (None, "2120-01-01T00:00:00Z"):
+        r = await host.patch(
+            f"/api/keys/{key['id']}", json={"expires_at": expires_at}, headers=ALICE
+        )
+        refused(r, "expires_at")
+    assert (await host.get(f"/api/keys/{key['id']}", headers=ALICE)).json() == key
+
+
+# -- a tenant does not resume an operator's suspension -----------------------------------
+
+
+async def suspend(c: httpx.AsyncClient, key_id: str, h: dict[str, str]) -> dict[str, Any]:
+    r = await c.post(f"/api/keys/{key_id}/suspend", headers=h)
+    assert r.status_code == 200, r.text
+    return dict(r.json())
+
+
+@pytest.mark.parametrize("by", ["host-operator", "admin-key", "python"])
+async def test_a_tenant_cannot_resume_what_an_operator_suspended(
+    guard: KeyGuard,
+    host: httpx.AsyncClient,
+    keymode: httpx.AsyncClient,
+    asked: Asked,
+    by: str,
+) -> None:
+    key = guard.keys.create(owner="alice", name="k", allowed_ips=[IP])
+    if by == "python":
+        guard.keys.suspend(key.id)
+    else:
+        c, h = (host, OPS) if by == "host-operator" else (keymode, {})
+        assert (await suspend(c, key.id, h))["suspended_by"] == "operator"
+    asked.actions.clear()
+    shown = (await host.get(f"/api/keys/{key.id}", headers=ALICE)).json()
+    assert shown["status"] == "suspended" and shown["suspended_by"] == "operator"
+    before = stored(guard, key.id)
+    r = await host.post(f"/api/keys/{key.id}/resume", headers=ALICE)
+    assert "only an operator can resume it" in refused(r, "key")["detail"]
+    assert stored(guard, key.id) == before and asked.actions == []
+    # Suspending it again as the tenant changes nothing: still the operator's.
+    assert (await suspend(host, key.id, ALICE))["suspended_by"] == "operator"
+    refused(await host.post(f"/api/keys/{key.id}/resume", headers=ALICE), "key")
+    # An operator may resume it, in either mode.
+    c, h = (keymode, {}) if by == "host-operator" else (host, OPS)
+    r = await c.post(f"/api/keys/{key.id}/resume", headers=h)
+    assert r.status_code == 200 and r.json()["status"] == "active"
+    assert r.json()["suspended_by"] is None
+
+
+async def test_a_tenant_suspends_and_resumes_its_own_key(
+    guard: KeyGuard, host: httpx.AsyncClient
+) -> None:
+    key = guard.keys.create(owner="alice", name="k", allowed_ips=[IP])
+    assert (await suspend(host, key.id, ALICE))["suspended_by"] == "owner"
+    listed = (await host.get("/api/keys", headers=OPS)).json()["keys"]
+    assert [k["suspended_by"] for k in listed if k["id"] == key.id] == ["owner"]
+    r = await host.post(f"/api/keys/{key.id}/resume", headers=ALICE)
+    assert r.status_code == 200 and r.json()["status"] == "active"
+    assert guard.verify(key.token or "", client_ip=IP).id == key.id
+
+
+@pytest.mark.parametrize("client", ["host", "keymode"])
+async def test_an_operators_suspension_takes_over_the_owners(
+    guard: KeyGuard, host: httpx.AsyncClient, keymode: httpx.AsyncClient, client: str
+) -> None:
+    key = guard.keys.create(owner="alice", name="k", allowed_ips=[IP])
+    first = await suspend(host, key.id, ALICE)
+    c, h = (host, OPS) if client == "host" else (keymode, {})
+    taken = await suspend(c, key.id, h)
+    assert taken["suspended_by"] == "operator" and taken["suspended_at"] == first["suspended_at"]
+    refused(await host.post(f"/api/keys/{key.id}/resume", headers=ALICE), "key")
+
+
+async def test_a_suspension_an_operator_takes_over_meanwhile_holds(
+    guard: KeyGuard, racy: tuple[httpx.AsyncClient, Meanwhile]
+) -> None:
+    c, meanwhile = racy
+    key = guard.keys.create(owner="alice", name="k", allowed_ips=[IP])
+    guard.keys.suspend(key.id, by_owner=True)
+    meanwhile.then.append(lambda: guard.keys.suspend(key.id))  # after the app's read
+    refused(await c.post(f"/api/keys/{key.id}/resume", headers=ALICE), "key")
+    assert meanwhile.actions == ["resume"]
+    assert guard.keys.get(key.id).suspended_by == "operator"
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_who_suspended_is_kept_in_every_backend(
+    request: pytest.FixtureRequest, tmp_path: Path, backend: str
+) -> None:
+    for url in store_url(backend, request, tmp_path):
+        guard = KeyGuard({"store": url})
+        try:
+            app = admin_app(guard, authorize=principal)
+            async for c in _client(app, **{"x-requested-with": "t"}):
+                mine = guard.keys.create(owner="alice", name="mine", allowed_ips=[IP])
+                held = guard.keys.create(owner="alice", name="held", allowed_ips=[IP])
+                assert (await suspend(c, mine.id, ALICE))["suspended_by"] == "owner"
+                assert (await suspend(c, held.id, OPS))["suspended_by"] == "operator"
+                record = guard.store.get(mine.id)
+                assert record is not None and record.suspended_by_owner is True
+                listed = {k.id: k.suspended_by for k in guard.keys.list(owner="alice")}
+                assert listed == {mine.id: "owner", held.id: "operator"}
+                refused(await c.post(f"/api/keys/{held.id}/resume", headers=ALICE), "key")
+                r = await c.post(f"/api/keys/{mine.id}/resume", headers=ALICE)
+                assert r.status_code == 200 and r.json()["suspended_by"] is None
+                record = guard.store.get(mine.id)
+                assert record is not None and record.suspended_by_owner is False
+        finally:
+            guard.close()

@@ -535,6 +535,83 @@ async def test_update_with_grantable_adds_only_grantable_scopes(mode: str, guard
     assert (await op(mode, guard, "update", key.id, scopes=["billing"])).scopes == ("billing",)
 
 
+async def test_an_owner_may_shorten_an_expiry_never_lengthen_or_remove_it(
+    mode: str, guard: KeyGuard, clock: Clock
+) -> None:
+    """`update(by_owner=True)`: the owner changes its own key; its expiry may move
+    earlier only (InvalidKeySettings naming `expires_at`); an operator's may not."""
+    at = lambda days: datetime.fromtimestamp(clock() + days * DAY_S, UTC)  # noqa: E731
+    key = await op(
+        mode, guard, "create", owner="o", name="n", expires_in=7 * DAY_S, allowed_ips=[PUBLIC_IP]
+    )
+    for later in (None, at(8), at(36000)):
+        with pytest.raises(InvalidKeySettings) as caught:
+            await op(mode, guard, "update", key.id, expires_at=later, by_owner=True)
+        assert caught.value.field == "expires_at"
+        assert "only an operator can extend" in caught.value.message
+    assert (await op(mode, guard, "get", key.id)).expires_at == at(7)
+    info = await op(mode, guard, "update", key.id, expires_at=at(3), by_owner=True)
+    assert info.expires_at == at(3)
+    # The same expiry, as the API shows it (rounded to microseconds), is no longer one.
+    same = datetime.fromisoformat(info.expires_at.isoformat())
+    assert (await op(mode, guard, "update", key.id, expires_at=same, by_owner=True)).expires_at
+    # Other fields are the owner's to change; an operator may lengthen or remove.
+    assert (await op(mode, guard, "update", key.id, name="m", by_owner=True)).name == "m"
+    assert (await op(mode, guard, "update", key.id, expires_at=at(30))).expires_at == at(30)
+    assert (await op(mode, guard, "update", key.id, expires_at=None)).expires_at is None
+
+
+async def test_suspensions_remember_who_and_an_owner_resumes_only_its_own(
+    mode: str, guard: KeyGuard
+) -> None:
+    key = await op(mode, guard, "create", owner="o", name="n")
+    assert (await op(mode, guard, "get", key.id)).suspended_by is None
+    # The owner's own suspension: the owner may resume it.
+    info = await op(mode, guard, "suspend", key.id, by_owner=True)
+    assert info.suspended_by == "owner" and info.status() == "suspended"
+    info = await op(mode, guard, "resume", key.id, by_owner=True)
+    assert info.suspended_by is None and info.status() == "active"
+    # An operator's (the default): the owner may not; an operator's takes over the owner's.
+    await op(mode, guard, "suspend", key.id, by_owner=True)
+    taken = await op(mode, guard, "suspend", key.id)
+    assert taken.suspended_by == "operator"
+    again = await op(mode, guard, "suspend", key.id, by_owner=True)  # changes nothing
+    assert again.suspended_by == "operator" and again.suspended_at == taken.suspended_at
+    with pytest.raises(InvalidKeySettings) as caught:
+        await op(mode, guard, "resume", key.id, by_owner=True)
+    assert caught.value.field == "key" and caught.value.status_code == 422
+    assert "only an operator can resume it" in caught.value.message
+    assert (await op(mode, guard, "get", key.id)).suspended_by == "operator"
+    assert code_of(guard, key.token) == "suspended_key"
+    assert (await op(mode, guard, "resume", key.id)).status() == "active"
+    assert code_of(guard, key.token) == "ok"
+
+
+def test_who_suspended_is_an_optional_field_of_the_stored_document() -> None:
+    """`suspended_by_owner` is written only when True, so rows of keys an owner did
+    not suspend are as earlier versions wrote (and read) them; a row without it
+    (any row written before it) reads as an operator's suspension: the safe way."""
+    import json
+
+    from keyguard.models import KeyRecord
+
+    base = KeyRecord(
+        id="AbCdEfGh12345678", owner="o", name="n", kind="bearer", scopes=(),
+        allowed_ips=(), created_at=1000.0, hint="kg_…abcd", suspended_at=2000.0,
+    )  # fmt: skip
+    doc = json.loads(base.to_json())
+    assert "suspended_by_owner" not in doc
+    old = KeyRecord.from_json(json.dumps(doc))
+    assert old == base and old.suspended_by_owner is False
+    assert old.info().suspended_by == "operator"
+    owners = base.replace(suspended_by_owner=True)
+    assert json.loads(owners.to_json())["suspended_by_owner"] is True
+    assert KeyRecord.from_json(owners.to_json()).info().suspended_by == "owner"
+    assert base.replace(suspended_at=None).info().suspended_by is None
+    with pytest.raises(ValueError, match="suspended_by_owner"):
+        KeyRecord.from_json(json.dumps({**doc, "suspended_by_owner": "yes"}))
+
+
 def test_update_allowed_ips_none_removes_the_allowlist() -> None:
     g = KeyGuard({"store": "memory://"})
     issued = g.keys.create(owner="o", name="n", allowed_ips=["8.8.8.8"])

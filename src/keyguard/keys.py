@@ -185,6 +185,35 @@ def check_grants(
         raise InvalidKeySettings("scopes", GRANT_REFUSED)
 
 
+# What an owner (a self-service caller) may not do to its own key: give it a longer
+# life, or take back a suspension an operator put on it. `update`, `suspend` and
+# `resume` check these against the key as stored, inside the store's atomic change.
+EXTEND_REFUSED = (
+    "may only be moved earlier: only an operator can extend a key's life or remove its expiry"
+)
+RESUME_REFUSED = "an operator suspended this key: only an operator can resume it"
+
+
+def owner_expiry(current: float | None, wanted: float | None) -> float | None:
+    """The expiry an owner may set on its key: `wanted`, if it is not later than
+    `current` (an expiry may be shortened, never lengthened nor removed), else
+    InvalidKeySettings naming `expires_at`. A key without an expiry may be given
+    any. Within a millisecond of `current` is `current` (an expiry read from the
+    API and sent back, rounded to microseconds, is not a longer one)."""
+    if current is None or (wanted is not None and wanted <= current):
+        return wanted
+    if wanted is not None and wanted - current <= 0.001:
+        return current
+    raise InvalidKeySettings("expires_at", EXTEND_REFUSED)
+
+
+def check_owner_resume(suspended_by: str | None) -> None:
+    """An owner may resume only its own suspension, never an operator's
+    (InvalidKeySettings naming `key`; 422 in the admin API)."""
+    if suspended_by == "operator":
+        raise InvalidKeySettings("key", RESUME_REFUSED)
+
+
 def _rate(value: str | None) -> str | None:
     try:
         return _check_rate(value)
@@ -497,24 +526,32 @@ class KeyManager:
         rate_limit: str | None | _Unset = UNSET,
         metadata: Mapping[str, Any] | None | _Unset = UNSET,
         grantable: Collection[str] | None = None,
+        by_owner: bool = False,
     ) -> KeyInfo:
         """Change the given fields; others stay. `expires_at=None` removes the expiry
         (for a key without an allowlist the cap still applies). A later expiry that
         makes an expired key live again counts against `max_keys_per_owner`.
 
-        `grantable` (a self-service caller's): new `scopes` may add only these to
-        the ones the key holds (`check_grants`; else InvalidKeySettings naming
-        `scopes`). Checked against the key as stored, inside the store's atomic
-        change, so a scope an operator removes meanwhile is not added back."""
+        For a self-service caller (the admin app's owner-bound principal):
+        `grantable`: new `scopes` may add only these to the ones the key holds
+        (`check_grants`; else InvalidKeySettings naming `scopes`); `by_owner=True`:
+        the key's owner makes the change, so `expires_at` may only move earlier
+        (`owner_expiry`; a later one or None: InvalidKeySettings naming
+        `expires_at`). Both are checked against the key as stored, inside the
+        store's atomic change, so what an operator changes meanwhile holds."""
         now = self._clock()
         changes = self._changes(now, name, scopes, allowed_ips, expires_at, rate_limit, metadata)
         if grantable is not None:
             grantable = frozenset(grantable)
 
         def change(record: KeyRecord) -> KeyRecord:
+            mine = changes
             if "scopes" in changes:
                 check_grants(changes["scopes"], grantable, record.scopes)
-            new = record.replace(**changes)
+            if by_owner and "expires_at" in changes:
+                wanted = owner_expiry(record.expires_at, changes["expires_at"])
+                mine = {**changes, "expires_at": wanted}
+            new = record.replace(**mine)
             if _restricted(record) and not _restricted(new):  # lost its allowlist now
                 new = new.replace(unrestricted_since=now)
             return _grace_within_expiry(record, self._cap(new), now)
@@ -565,28 +602,43 @@ class KeyManager:
         )
 
     @audited("key.suspend")
-    def suspend(self, key_id: str) -> KeyInfo:
+    def suspend(self, key_id: str, *, by_owner: bool = False) -> KeyInfo:
         """Refuse the key (401 `suspended_key`) until `resume`; nothing else changes.
-        Suspending a suspended key changes nothing; a revoked one: KeyStateConflict."""
+        A revoked key: KeyStateConflict.
+
+        The key remembers who suspended it (`KeyInfo.suspended_by`): an operator
+        (the default: Python, the CLI, an operator of the admin app), whom only an
+        operator may undo, or its owner (`by_owner=True`: self-service), who may
+        resume it. Suspending a suspended key changes nothing, except that an
+        operator's suspension takes over the owner's."""
         now = self._clock()
 
         def change(record: KeyRecord) -> KeyRecord:
             if record.revoked_at is not None:
                 raise KeyStateConflict("a revoked key cannot be suspended")
-            return record if record.suspended_at is not None else record.replace(suspended_at=now)
+            if record.suspended_at is None:
+                return record.replace(suspended_at=now, suspended_by_owner=by_owner)
+            if record.suspended_by_owner and not by_owner:
+                return record.replace(suspended_by_owner=False)  # now the operator's
+            return record
 
         return self._info(self._modify(key_id, change, now))
 
     @audited("key.resume")
-    def resume(self, key_id: str) -> KeyInfo:
+    def resume(self, key_id: str, *, by_owner: bool = False) -> KeyInfo:
         """Accept a suspended key again. Counts against `max_keys_per_owner` as a
-        create does (a suspended key does not count). A revoked key: KeyStateConflict."""
+        create does (a suspended key does not count). A revoked key: KeyStateConflict.
+        `by_owner=True` (self-service): a key an operator suspended is refused
+        (`check_owner_resume`: InvalidKeySettings naming `key`), checked against the
+        key as stored, inside the store's atomic change."""
         now = self._clock()
 
         def change(record: KeyRecord) -> KeyRecord:
             if record.revoked_at is not None:
                 raise KeyStateConflict("a revoked key cannot be resumed")
-            return record.replace(suspended_at=None)
+            if by_owner:
+                check_owner_resume(record.suspended_by)
+            return record.replace(suspended_at=None, suspended_by_owner=False)
 
         return self._info(self._modify(key_id, change, now))
 

@@ -29,6 +29,7 @@ from typing import Any, Literal
 from .exceptions import InvalidKeySettings
 
 Kind = Literal["bearer", "signing"]
+SuspendedBy = Literal["operator", "owner"]
 MAX_JSON_DEPTH = 8  # metadata nesting: objects and arrays inside one another
 MAX_JSON_BYTES = 16_384  # metadata as compact JSON
 
@@ -135,6 +136,9 @@ class KeyInfo:
     max_uses: int | None
     metadata: Mapping[str, Any]
     hint: str
+    # Who suspended the key, while it is suspended: "operator" (only an operator
+    # may resume it) or "owner" (its owner, self-service, who may resume it).
+    suspended_by: SuspendedBy | None = None
 
     @property
     def is_revoked(self) -> bool:
@@ -229,6 +233,10 @@ class KeyRecord:
     rate_limit: str | None = None
     max_uses: int | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The owner suspended the key (self-service) and may resume it. False: an
+    # operator did (or the key is not suspended), so only an operator may resume
+    # it; a row from before this field reads so, which is the safe reading.
+    suspended_by_owner: bool = False
 
     def replace(self, **changes: Any) -> KeyRecord:
         return dataclasses.replace(self, **changes)
@@ -252,11 +260,22 @@ class KeyRecord:
             max_uses=self.max_uses,
             metadata=frozen(self.metadata),
             hint=self.hint,
+            suspended_by=self.suspended_by,
         )
+
+    @property
+    def suspended_by(self) -> SuspendedBy | None:
+        """Who suspended the key ("operator" or "owner"); None when it is not suspended."""
+        if self.suspended_at is None:
+            return None
+        return "owner" if self.suspended_by_owner else "operator"
 
     # One serialisation for every backend: a JSON document.
     def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), separators=(",", ":"))
+        doc = dataclasses.asdict(self)
+        if not doc["suspended_by_owner"]:  # the default: rows stay as earlier versions read them
+            del doc["suspended_by_owner"]
+        return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> KeyRecord:
@@ -316,6 +335,7 @@ _TYPE_OK: dict[str, Callable[[object], bool]] = {
     "int?": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)),
     "strs": lambda v: isinstance(v, list) and all(_is_text(x) for x in v),
     "json": lambda v: v is None or isinstance(v, dict),  # checked by metadata_value
+    "bool": lambda v: isinstance(v, bool),
 }
 # Every field of KeyRecord and what a stored value must be.
 _FIELDS = {
@@ -342,6 +362,7 @@ _FIELDS = {
     "rate_limit": "str?",
     "max_uses": "int?",
     "metadata": "json",
+    "suspended_by_owner": "bool",  # optional: absent in rows written before it, and when False
 }
 _REQUIRED = frozenset(
     {"id", "owner", "name", "kind", "scopes", "allowed_ips", "created_at", "hint"}

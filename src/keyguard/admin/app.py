@@ -48,8 +48,8 @@ from ..exceptions import (
     shown_id,
 )
 from ..guard import KeyGuard
-from ..keys import check_grants, duration, rotation_grace
-from ..models import IssuedKey, KeyInfo, text_ok
+from ..keys import check_grants, check_owner_resume, duration, owner_expiry, rotation_grace
+from ..models import IssuedKey, KeyInfo, text_ok, to_ts
 from .openapi import openapi_document
 from .page import render_page
 
@@ -192,9 +192,10 @@ def _arguments(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def _precheck(check: Callable[..., None], args: Mapping[str, Any]) -> None:
-    """`guard.keys.check_create`/`check_update`: a refused setting, before the change
-    is confirmed (step-up) and made; audited as the admin API's own refusals are."""
+def _precheck(check: Callable[..., object], args: Mapping[str, Any]) -> None:
+    """`guard.keys.check_create`/`check_update` (or a `keys` rule on the key as read):
+    a refused setting, before the change is confirmed (step-up) and made; audited as
+    the admin API's own refusals are."""
     try:
         check(**args)
     except InvalidKeySettings as exc:
@@ -560,10 +561,18 @@ class AdminAPI:
         self._check_fields(principal, args)
         self._check_grants(principal, args.get("scopes"), current.scopes)
         _precheck(self.guard.keys.check_update, args)  # told before a code is asked
+        owner_bound = principal.owner is not None
+        if owner_bound and "expires_at" in args:  # only earlier (keys.owner_expiry)
+            held, wanted = to_ts(current.expires_at), to_ts(args["expires_at"])
+            _precheck(lambda: owner_expiry(held, wanted), {})
         await self._confirmed(request, "update")
+        # The grants and the owner's expiry are checked again by guard.keys against
+        # the key as stored, inside the store's atomic change.
         grantable = self.grantable(principal)
-        if grantable is not None:  # checked again inside the store's atomic change
+        if grantable is not None:
             args["grantable"] = grantable
+        if owner_bound:
+            args["by_owner"] = True
         info: KeyInfo = await self.guard.keys.aupdate(key_id, **args)
         return _json(_key(info))
 
@@ -583,14 +592,21 @@ class AdminAPI:
         return _json(_issued(issued))
 
     def _change(self, action: str) -> Callable[[Request], Awaitable[Response]]:
-        """The route of a bodiless change (`guard.keys.a<action>`): revoke, suspend, resume."""
+        """The route of a bodiless change (`guard.keys.a<action>`): revoke, suspend,
+        resume. An owner-bound principal suspends and resumes `by_owner`: it may
+        resume its own suspension, never an operator's (422 naming `key`)."""
         call = getattr(self.guard.keys, "a" + action)
+        owners = action in ("suspend", "resume")
 
         async def handler(request: Request, principal: Principal) -> Response:
             key_id = request.path_params["key_id"]
-            await self._own(principal, key_id)
+            info = await self._own(principal, key_id)
+            by_owner = owners and principal.owner is not None
+            if by_owner and action == "resume":  # told before a code is asked
+                _precheck(lambda: check_owner_resume(info.suspended_by), {})
             await self._confirmed(request, action)
-            return _json(_key(await call(key_id)))
+            kwargs = {"by_owner": True} if by_owner else {}
+            return _json(_key(await call(key_id, **kwargs)))
 
         async def route(request: Request) -> Response:
             return await self._run(request, f"key.{action}", handler)

@@ -95,6 +95,14 @@ def openapi_document(title: str, root_path: str) -> dict[str, Any]:
         "last_used_from": {"type": ["string", "null"], "description": "client IP of that use"},
         "revoked_at": _WHEN,
         "suspended_at": _WHEN,
+        "suspended_by": {
+            "type": ["string", "null"],
+            "enum": ["operator", "owner", None],
+            "description": (
+                "who suspended the key, while it is suspended: an operator (only an"
+                " operator may resume it) or its owner (self-service)"
+            ),
+        },
         "has_passphrase": {"type": "boolean"},
         "rate_limit": {"type": ["string", "null"]},
         "max_uses": {"type": ["integer", "null"]},
@@ -232,7 +240,9 @@ def openapi_document(title: str, root_path: str) -> dict[str, Any]:
                     "summary": "Change name, scopes, trusted IPs, expiry, rate limit or metadata",
                     "description": (
                         "An expiry that brings an expired key back counts against the owner's"
-                        " key limit (422 naming `owner`)." + change
+                        " key limit (422 naming `owner`). A self-service caller may move"
+                        " `expires_at` earlier, never later nor remove it (422 naming"
+                        " `expires_at`: only an operator can extend a key's life)." + change
                     ),
                     "requestBody": _body(update_schema, "Fields to change"),
                     "responses": _responses("200 The key", _KEY_REF, 400, 404, 413, 422),
@@ -274,7 +284,10 @@ def openapi_document(title: str, root_path: str) -> dict[str, Any]:
                 "parameters": [_ID],
                 "post": {
                     "summary": "Refuse the key (401 suspended_key) until it is resumed",
-                    "description": change.strip(),
+                    "description": (
+                        "The key records who suspended it (`suspended_by`); an operator's"
+                        " suspension takes over its owner's." + change
+                    ),
                     "responses": _responses("200 The suspended key", _KEY_REF, 404, 409),
                 },
             },
@@ -282,8 +295,12 @@ def openapi_document(title: str, root_path: str) -> dict[str, Any]:
                 "parameters": [_ID],
                 "post": {
                     "summary": "Accept a suspended key again",
-                    "description": "Counts against the owner's key limit (422 naming `owner`)."
-                    + change,
+                    "description": (
+                        "Counts against the owner's key limit (422 naming `owner`). A"
+                        " self-service caller may resume only a key it suspended itself: a key"
+                        " an operator suspended (`suspended_by: operator`) is 422 naming `key`."
+                        + change
+                    ),
                     "responses": _responses("200 The resumed key", _KEY_REF, 404, 409, 422),
                 },
             },

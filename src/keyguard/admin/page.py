@@ -644,14 +644,22 @@ _JS = r"""
                      key.last_used_from ? el('span', {class: 'sub', text: 'from ' + key.last_used_from}) : null));
       tr.append(cell('Expires', when(key.expires_at, 'never')));
       const since = state === 'revoked' ? key.revoked_at : state === 'suspended' ? key.suspended_at : null;
+      // Who suspended it: only an operator may resume a key an operator suspended.
+      const heldByOps = key.suspended_at && key.suspended_by === 'operator';
+      const by = !key.suspended_at ? null : me.operator
+        ? (key.suspended_by === 'owner' ? 'by its owner' : 'by an operator')
+        : (heldByOps ? 'by an operator: only an operator can resume it' : 'by you');
       tr.append(cell('Status', el('span', {class: 'status status-' + state, text: STATUS[state] || state}),
-                     since ? el('span', {class: 'sub'}, 'since ', el('span', {class: 'nowrap', text: new Date(since).toLocaleDateString(undefined, {dateStyle: 'medium'})})) : null));
+                     since ? el('span', {class: 'sub'}, 'since ', el('span', {class: 'nowrap', text: new Date(since).toLocaleDateString(undefined, {dateStyle: 'medium'})})) : null,
+                     state === 'suspended' && by ? el('span', {class: 'sub suspended-by', text: by}) : null));
       const actions = el('div', {class: 'row-actions'});
       if (state !== 'revoked') {
         actions.append(button('Edit', 'Edit key ' + key.name, '', () => openEdit(key.id)));
         actions.append(button('Rotate', 'Rotate key ' + key.name, '', () => confirmRotate(key.id)));
-        if (key.suspended_at) actions.append(button('Resume', 'Resume key ' + key.name, '', () => resume(key.id)));
-        else actions.append(button('Suspend', 'Suspend key ' + key.name, '', () => confirmEnd('suspend', key.id)));
+        if (key.suspended_at) {
+          // The API refuses a tenant's resume of an operator's suspension: not offered.
+          if (me.operator || !heldByOps) actions.append(button('Resume', 'Resume key ' + key.name, '', () => resume(key.id)));
+        } else actions.append(button('Suspend', 'Suspend key ' + key.name, '', () => confirmEnd('suspend', key.id)));
         actions.append(button('Revoke', 'Revoke key ' + key.name, '', () => confirmEnd('revoke', key.id)));
       }
       actions.append(button('Delete', 'Delete key ' + key.name, 'danger', () => confirmEnd('delete', key.id)));
@@ -1078,7 +1086,11 @@ _JS = r"""
     const key = keysById.get(id);
     const res = await change('POST', keyPath(id, '/resume'), undefined, 'resume');
     if (res.ok) { await load(); say('Key "' + key.name + '" resumed.'); }
-    else if (!refused(res)) say('Key "' + key.name + '" was not resumed: ' + problemText(res), true);
+    else if (!refused(res)) {
+      // Refused for the key's state (revoked, or an operator's suspension meanwhile): show it as it is now.
+      if (res.status === 409 || res.status === 422) await load();
+      say('Key "' + key.name + '" was not resumed: ' + problemText(res), true);
+    }
   }
 
   // Suspend, revoke, delete: asked first; done to the key this page signs in
