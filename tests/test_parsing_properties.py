@@ -169,3 +169,198 @@ def test_wsgi_door_never_passes_never_500(environ: dict[str, str]) -> None:
     body = WSGI({"REQUEST_METHOD": "GET", **environ}, lambda status, headers: got.append(status))
     assert got[0].split()[0] in ("400", "401", "403")
     assert json.loads(b"".join(body))["code"] in CODES
+
+
+# -- the decoded query of bitget and bybit (SPEC section 6) -----------------------------
+# Their clients sign the query text they wrote and send it percent-encoded, so the
+# server decodes the query it received. No two raw queries the app parses
+# differently may share one decoded text, or a signature for one would pass the other.
+
+from urllib.parse import parse_qsl, quote, unquote, urlencode  # noqa: E402
+
+from starlette.datastructures import QueryParams  # noqa: E402
+from werkzeug.wrappers import Request as WerkzeugRequest  # noqa: E402
+
+from keyguard.signing import decoded_message, decoded_query  # noqa: E402
+
+from .kgutil import Clock  # noqa: E402
+from .kgutil import facts as make_facts  # noqa: E402
+from .signing_util import MASTER  # noqa: E402
+
+Params = list[tuple[str, str]]
+SIGNERS: dict[str, tuple[KeyGuard, str, str, Clock]] = {}
+
+
+def _signer(profile: str) -> tuple[KeyGuard, str, str, Clock]:
+    """A guard under `profile` and a signing key (made once per profile)."""
+    if profile not in SIGNERS:
+        clock = Clock()
+        guard = KeyGuard(
+            {
+                "store": "memory://",
+                "signing": {"profile": profile, "master_keys": [MASTER]},
+                "abuse": {"max_failures": None},
+            },
+            clock=clock,
+        )
+        issued = guard.keys.create(owner="o", name=profile, kind="signing")
+        SIGNERS[profile] = (guard, issued.info.id, issued.secret or "", clock)
+    return SIGNERS[profile]
+
+
+def _answer(profile: str, wire: str, signed_text: bytes) -> str:
+    """What the guard answers a GET /x?`wire` whose signature covers the query text
+    `signed_text` (as the client signed it), with a timestamp of its own."""
+    import hmac as hmac_
+
+    guard, key_id, secret, clock = _signer(profile)
+    clock.advance(0.001)  # a new timestamp: a new signature, never a replay
+    ts = str(round(clock.now * 1000))
+    if profile == "bitget":
+        string = (ts + "GET/x?").encode() + signed_text
+        headers = {"access-key": key_id, "access-timestamp": ts}
+        mac = hmac_.digest(secret.encode(), string, "sha256")
+        headers["access-sign"] = __import__("base64").b64encode(mac).decode()
+    else:  # bybit
+        string = (ts + key_id + "5000").encode() + signed_text
+        headers = {"x-bapi-api-key": key_id, "x-bapi-timestamp": ts, "x-bapi-recv-window": "5000"}
+        headers["x-bapi-sign"] = hmac_.digest(secret.encode(), string, "sha256").hex()
+    facts = make_facts(
+        "GET",
+        "/x",
+        "203.0.113.7",
+        {k: [v] for k, v in headers.items()},
+        body=b"",
+        raw_path="/x",
+        query=wire,
+    )
+    error = guard.check(facts).error
+    return "ok" if error is None else error.code
+
+
+def _parsed(wire: str) -> tuple[Params, list[tuple[str, list[str]]]]:
+    """The parameters as Starlette and as Werkzeug read the raw query `wire`
+    (Werkzeug's MultiDict groups a key's values: compared as its `lists()`)."""
+    starlette = list(QueryParams(wire.encode("latin-1")).multi_items())
+    werkzeug = list(WerkzeugRequest({"QUERY_STRING": wire}).args.lists())
+    return starlette, werkzeug
+
+
+def _grouped(ps: Params) -> list[tuple[str, list[str]]]:
+    grouped: dict[str, list[str]] = {}
+    for key, value in ps:
+        grouped.setdefault(key, []).append(value)
+    return list(grouped.items())
+
+
+def _ccxt(params: Params) -> tuple[str, bytes]:
+    """(the wire query, the signed text) as ccxt's bitget sign(): urlencode with
+    quote on the wire, and its unquoted text signed."""
+    wire = urlencode(params, quote_via=quote)
+    return wire, unquote(wire).encode()
+
+
+def _python_bitget(params: Params) -> tuple[str, bytes]:
+    """As python-bitget: k=v joined raw and signed, then requests quotes the URL."""
+    from requests.utils import requote_uri
+
+    text = "&".join(f"{k}={v}" for k, v in params)
+    return requote_uri("/x?" + text).partition("?")[2], text.encode()
+
+
+# Values as SDK users write them, without "&" and "=" (which no decoded query can
+# carry unambiguously: refused, below), with spaces, "+", "%" and non-ASCII text.
+text = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters="&=#"),
+    max_size=8,
+)
+params = st.lists(st.tuples(text.filter(bool), text), min_size=1, max_size=4)
+
+
+def _spellings(signed_text: str) -> st.SearchStrategy[str]:
+    """Raw queries whose characters each spell one of `signed_text`'s: as is (where a
+    query may carry it), percent-encoded in either case, a space as "+", a "+" as
+    is (which decodes to a space), and "&" or "=" encoded."""
+
+    def spell(char: str) -> st.SearchStrategy[str]:
+        escapes = "".join(f"%{b:02X}" for b in char.encode())
+        choices = [escapes, escapes.lower()]
+        if char.isascii() and (char.isalnum() or char in "-._~!$'()*,;:@/?&=+"):
+            choices.append(char)
+        if char == " ":
+            choices.append("+")
+        return st.sampled_from(choices)
+
+    return st.tuples(*(spell(c) for c in signed_text)).map("".join)
+
+
+@PROPS
+@given(params, st.sampled_from(["bitget", "bybit"]), st.data())
+def test_a_decoded_query_verifies_only_where_the_app_reads_the_signed_parameters(
+    ps: Params, profile: str, data: st.DataObject
+) -> None:
+    """The raw query ccxt sends verifies, and so does python-bitget's where it
+    means what was signed; any other raw query that verifies with the same
+    signature parses (Starlette's and Werkzeug's parse_qsl) to the same
+    parameters; one with an encoded & or = is refused (400)."""
+    wire, signed_text = _ccxt(ps)
+    assert _answer(profile, wire, signed_text) == "ok"
+    assert decoded_query(wire) == signed_text
+    expected = _parsed(wire)
+    assert expected == (ps, _grouped(ps))
+    if profile == "bitget":
+        theirs, their_text = _python_bitget(ps)
+        if "+" not in their_text.decode() and "%" not in their_text.decode():
+            assert _answer(profile, theirs, their_text) == "ok"  # ("+", "%": sent as is)
+    other = data.draw(_spellings(signed_text.decode()))
+    answer = _answer(profile, other, signed_text)
+    if answer == "ok":
+        assert _parsed(other) == expected, (wire, other)
+    else:
+        assert answer in ("invalid_signature", "invalid_request"), answer
+
+
+def _respellings(decoded: bytes) -> st.SearchStrategy[str]:
+    """Raw queries that decode (`decoded_query`) to `decoded`: each byte as is where
+    a query may carry it, or percent-encoded in either case, a space also as "+"."""
+
+    def spell(byte: int) -> st.SearchStrategy[str]:
+        choices = [f"%{byte:02X}", f"%{byte:02x}"]
+        char = chr(byte)
+        if char.isascii() and (char.isalnum() or char in "-._~!$'()*,;:@/?&="):
+            choices.append(char)
+        if char == " ":
+            choices.append("+")
+        return st.sampled_from(choices)
+
+    return st.tuples(*(spell(b) for b in decoded)).map("".join)
+
+
+@PROPS
+@given(st.text(alphabet="ab=&+%2B0F6Dd3 ", min_size=1, max_size=12), st.data())
+def test_two_raw_queries_with_one_decoded_text_parse_alike(one: str, data: st.DataObject) -> None:
+    """Any raw query (from a small alphabet, so that escapes and separators meet),
+    and any other spelling of its decoded text: when keyguard accepts both
+    (neither holds an encoded & or =), Starlette and Werkzeug parse them alike."""
+    one = one.replace(" ", "")
+
+    def accepted(wire: str) -> bool:
+        return "%26" not in wire and "%3D" not in wire.upper()
+
+    two = data.draw(_respellings(decoded_query(one)))
+    assert decoded_query(two) == decoded_query(one)
+    if accepted(one) and accepted(two):
+        assert parse_qsl(one, keep_blank_values=True) == parse_qsl(two, keep_blank_values=True)
+        assert _parsed(one) == _parsed(two)
+
+
+@PROPS
+@given(params, st.sampled_from(["%26", "%3D", "%3d"]), st.sampled_from(["bitget", "bybit"]))
+def test_an_encoded_separator_in_a_decoded_query_is_refused(
+    ps: Params, separator: str, profile: str
+) -> None:
+    """`?a=1%26b%3D2` is one parameter for the app and would verify as `?a=1&b=2`,
+    two: refused (400) whatever was signed."""
+    wire = urlencode(ps, quote_via=quote) + "x" + separator + "y"
+    assert _answer(profile, wire, decoded_query(wire)) == "invalid_request"
+    assert decoded_message("1", "GET", "/x", "a=1%26b").endswith(b"a=1&b")  # why

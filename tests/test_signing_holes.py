@@ -14,6 +14,9 @@ only a socket can send what is tested (two Host lines, a body that stalls).
    instance that remembered it.
 5. No key-existence oracle: every signed request that did not prove its key's
    secret is told `invalid_signature`, whatever the access key names.
+6. bitget and bybit sign the query decoded: one decoded text never stands for
+   two parses (an encoded & or = is refused; a "+" is a space, as the app
+   reads it). (The property over generated parameters: test_parsing_properties.py.)
 """
 
 from __future__ import annotations
@@ -624,3 +627,61 @@ async def test_replay_protection_fails_closed_across_a_redis_outage_and_restart(
         one.close()
         two.close()
         redis.stop()
+
+
+# -- 6. a decoded query means one thing -----------------------------------------------
+
+
+def _exchange(profile: str, key: Any, now: float, text: bytes) -> dict[str, str]:
+    """Headers signing GET /a whose query text, decoded, is `text` (as an SDK signs)."""
+    import base64
+    import hmac
+
+    ts = str(round(now * 1000))
+    if profile == "bitget":
+        mac = hmac.digest(key.secret.encode(), (ts + "GET/a?").encode() + text, "sha256")
+        return {
+            "ACCESS-KEY": key.info.id,
+            "ACCESS-TIMESTAMP": ts,
+            "ACCESS-SIGN": base64.b64encode(mac).decode(),
+        }
+    string = (ts + key.info.id + "5000").encode() + text
+    return {
+        "X-BAPI-API-KEY": key.info.id,
+        "X-BAPI-TIMESTAMP": ts,
+        "X-BAPI-RECV-WINDOW": "5000",
+        "X-BAPI-SIGN": hmac.digest(key.secret.encode(), string, "sha256").hex(),
+    }
+
+
+@pytest.mark.parametrize("profile", ["bitget", "bybit"])
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_a_decoded_query_cannot_be_respelled_into_other_parameters(
+    clock: Clock, kind: str, profile: str
+) -> None:
+    """f02 (b): `?a=1&b=2` signed, sent as `?a=1%26b%3D2` (one parameter for the
+    app): 400 for every case of the escapes. A "+" signed (ccxt sends it as %2B)
+    does not verify as a literal "+", which the app reads as a space."""
+    guard = make_guard(clock, signing={"profile": profile}, abuse={"max_failures": None})
+    door = Door(kind, guard)
+    try:
+        key = guard.keys.create(owner="o", name="x", kind="signing")
+
+        async def send(wire: str, text: bytes) -> tuple[int, str]:
+            clock.advance(0.001)
+            r = await door.request(
+                "GET", "/a?" + wire, headers=_exchange(profile, key, clock.now, text)
+            )
+            return r.status_code, r.json().get("code", "ok")
+
+        for wire in ("a=1%26b%3D2", "a=1%26b=2", "a=1&b%3d2", "a%3D1"):
+            text = b"a=1&b=2" if "b" in wire else b"a=1"
+            assert await send(wire, text) == (400, "invalid_request"), wire
+        assert await send("a=1&b=2", b"a=1&b=2") == (200, "ok")
+        assert await send("n=1%2B2", b"n=1+2") == (200, "ok")  # as ccxt sends a "+"
+        assert await send("n=1+2", b"n=1+2") == (401, "invalid_signature")  # the app: "1 2"
+        assert await send("n=1+2", b"n=1 2") == (200, "ok")  # what the app reads
+        assert await send("n=1%202", b"n=1 2") == (200, "ok")
+    finally:
+        await door.aclose()
+        guard.close()

@@ -16,9 +16,15 @@ the string to sign is built (`to_sign`) and how the MAC is written:
 `path` and the query are the request target as the client sent it (not
 percent-decoded), except where a row says decoded: Bitget's and Bybit's own
 clients (ccxt, python-bitget, pybit) sign the query text they wrote and let
-their HTTP library percent-encode it afterwards. The pure functions
-(`message`, `decoded_message`, `bybit_message`, `sign`, `format_timestamp`,
-`parse_timestamp`) are shared with `keyguard.client`.
+their HTTP library percent-encode it afterwards. Decoded means as the app's
+query parser reads it (`decoded_query`: a `+` is a space, then percent-escapes
+are decoded), so two queries the app parses differently never share one
+string to sign; and a query holding an encoded `&` or `=` (`%26`, `%3D`, any
+case) is refused (400), since decoding it would change its structure:
+`?a=1%26b%3D2`, one parameter for the app, would verify as `?a=1&b=2`, two.
+The pure functions (`message`, `decoded_message`, `bybit_message`,
+`decoded_query`, `sign`, `format_timestamp`, `parse_timestamp`) are shared
+with `keyguard.client`.
 
 `SignedRequests` (`guard.signing`) reads any profile into one `Signed` (key id,
 timestamp, MAC, the bytes the MAC covers), so `prove` never looks at the
@@ -85,6 +91,7 @@ _ISO = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]{1,6})?(Z|[+-][0-9]{2}:[0-9]{2})"
 ).fullmatch
 _HEADER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]*").fullmatch
+_ENCODED_SEPARATOR = re.compile(r"%(?:26|3[Dd])").search  # an encoded "&" or "="
 
 
 # -- the strings to sign (one function per layout; `Profile.to_sign`) ------------
@@ -107,6 +114,15 @@ def message(
     return (timestamp + method.upper() + target).encode("utf-8") + body
 
 
+def decoded_query(query: str) -> bytes:
+    """The query as the app's parser reads it, as one text: `+` is a space, then
+    percent-escapes are decoded (`coin=USDT%2CBTC&n=a+b` -> `coin=USDT,BTC&n=a b`).
+    Bitget's and Bybit's clients sign that text. An encoded `&` or `=` would be
+    read as a separator here and not by the parser: `SignedRequests` refuses such
+    a query before it gets here."""
+    return unquote_to_bytes(query.replace("+", " "))
+
+
 def decoded_message(
     timestamp: str,
     method: str,
@@ -116,14 +132,13 @@ def decoded_message(
     key_id: str = "",
     recv_window: str = "",
 ) -> bytes:
-    """`message` with the query percent-decoded (`bitget`): Bitget's clients sign
-    the text they wrote (`coin=USDT,BTC`) and send it encoded (`coin=USDT%2CBTC`)."""
-    if "%" not in query:  # nothing to decode: `message`'s string (no call to unquote)
+    """`message` with the query decoded (`bitget`, `decoded_query`): Bitget's
+    clients sign the text they wrote (`coin=USDT,BTC`) and send it encoded
+    (`coin=USDT%2CBTC`)."""
+    if "%" not in query and "+" not in query:  # nothing to decode: `message`'s string
         target = path + "?" + query if query else path
         return (timestamp + method.upper() + target).encode("utf-8") + body
-    return (
-        (timestamp + method.upper() + path + "?").encode("utf-8") + unquote_to_bytes(query) + body
-    )
+    return (timestamp + method.upper() + path + "?").encode("utf-8") + decoded_query(query) + body
 
 
 def bybit_message(
@@ -136,10 +151,11 @@ def bybit_message(
     recv_window: str = "",
 ) -> bytes:
     """timestamp + access key + recv window + (the decoded query for GET, the body
-    otherwise) (`bybit`, as pybit and ccxt sign Bybit v5 requests). Neither the
-    method nor the path is signed: see `SignedRequests._begin_headers`."""
+    otherwise) (`bybit`, as pybit and ccxt sign Bybit v5 requests; `decoded_query`).
+    Neither the method nor the path is signed (Bybit's design; see the module
+    docstring)."""
     head = (timestamp + key_id + recv_window).encode("utf-8")
-    return head + (unquote_to_bytes(query) if method.upper() == "GET" else body)
+    return head + (decoded_query(query) if method.upper() == "GET" else body)
 
 
 class ToSign(Protocol):
@@ -364,6 +380,7 @@ class SignedRequests:
         self.header_names = own if self.enabled else frozenset()
         self._iso, self._hex, self._to_sign = p.iso_time, p.hex_mac, p.to_sign
         self._one_part = p.to_sign is bybit_message  # GET: the query alone; else the body
+        self._decodes_query = p.to_sign in (decoded_message, bybit_message)
         self._plain = not (p.recv_window or p.hex_mac)  # `begin` needs no `_special`
         self.max_skew = float(s.max_skew_seconds)
         self._max_window = s.max_skew_seconds * 1000  # ms, the longest recv window (bybit)
@@ -398,6 +415,11 @@ class SignedRequests:
         if self.wants_fields:
             return self._begin_rfc9421(facts)
         key_id, timestamp, signature = self._one(h)
+        if self._decodes_query and "%" in facts.query and _ENCODED_SEPARATOR(facts.query):
+            raise _bad(
+                "Under this signing profile the query is signed decoded: an encoded & or = "
+                "(%26, %3D) in it cannot be told from a separator. Send the values without them."
+            )
         ts = parse_timestamp(timestamp, self._iso)
         if ts is None:
             raise _bad(f"{self.profile.timestamp} is not a valid timestamp.")
