@@ -26,6 +26,15 @@ The pure functions (`message`, `decoded_message`, `bybit_message`,
 `decoded_query`, `sign`, `format_timestamp`, `parse_timestamp`) are shared
 with `keyguard.client`.
 
+What the exchange strings cannot pin (the exchanges' designs, kept so that
+their SDKs work unchanged; README "What the exchange formats cannot pin"):
+`kg`, `okx` and `bitget` run path, query and body together without
+separators, so a signed `POST /a` with the body `?admin=1` is the same string
+as `POST /a?admin=1` with an empty body; `bybit` signs neither the method nor
+the path. The replay cache lets each signature through once, so this needs
+the request before the server sees it: TLS, and `rfc9421` (whose signature
+base names each component) for sensitive routes.
+
 `SignedRequests` (`guard.signing`) reads any profile into one `Signed` (key id,
 timestamp, MAC, the bytes the MAC covers), so `prove` never looks at the
 profile. In the step (decision.py) the order is the same for every profile,
