@@ -158,12 +158,12 @@ class KeyGuardMiddleware:
             client[0] if client else None,
             headers,
             scope.get("scheme", "http"),
-            scope,  # source and receive: where a signed body is read from
-            receive,
         )
         verdict = self._start(facts)  # the warm path answers here, without an await
-        if verdict.__class__ is not Verdict:
+        if verdict.__class__ is not Verdict:  # I/O: where a signed request is read from
+            facts.source, facts.receive = scope, receive
             verdict = await self._finish(facts, verdict)
+            receive = facts.receive  # (a signed body, replayed to the app)
         if verdict.error is not None:
             await verdict.error.asgi(scope, send)
             return
@@ -179,7 +179,6 @@ class KeyGuardMiddleware:
                     self._views.clear()
                 view = self._views[entry] = _view(entry)
             scope["auth"], scope["user"] = view
-            receive = facts.receive  # a signed request's body, replayed to the app
         else:  # a public path: `request.user` and `@requires` answer (403), never assert
             if "auth" not in scope:
                 scope["auth"] = AuthCredentials()

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from .ratelimit import Abuse
     from .signing import Signed, SignedRequests
 
+INF = math.inf
 WARM_ROUTES = 256  # routes one cached key remembers as passed (see cache.Slot)
 _NO_HEADERS: Mapping[str, Sequence[str]] = MappingProxyType({})
 
@@ -126,6 +127,11 @@ class Facts:
     raw_path: str | None = None
     query: str = ""
     fields: Sequence[tuple[str, str]] | None = None
+    # Where those needs read from: the WSGI environ or the ASGI scope, and ASGI's
+    # `receive` (replaced by one that replays the body). Set by a door before the
+    # driver's I/O (the ASGI door: only when the step needs some).
+    source: Any = None
+    receive: Any = None
 
     def __init__(
         self,
@@ -134,16 +140,12 @@ class Facts:
         peer: str | None,
         headers: Mapping[str, Sequence[str]] = _NO_HEADERS,
         scheme: str | None = "http",
-        source: Any = None,
-        receive: Any = None,
     ) -> None:
         self.method = method
         self.path = path
         self.peer = peer
         self.headers = headers
         self.scheme = scheme
-        self.source = source
-        self.receive = receive
 
     def __repr__(self) -> str:
         return f"Facts(method={self.method!r}, path={self.path!r}, peer={self.peer!r})"
@@ -240,9 +242,9 @@ def credential(authorization: Sequence[str], api_key: Sequence[str], signed: boo
     # Fast paths for the usual request (one bearer credential); the same answers as below.
     if not signed:
         if not api_key and len(authorization) == 1:
-            scheme, _, token = authorization[0].strip().partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip()
+            value = authorization[0]
+            if value[:7].lower() == "bearer ":  # (else: the general reading below)
+                return value[7:].strip()
         elif not authorization and len(api_key) == 1:
             return api_key[0].strip()
     tokens = set()
@@ -322,7 +324,7 @@ def step(p: Parts, f: Facts, k: Known | None = None) -> Verdict | Need:  # noqa:
                     given is None
                     and (f.peer, f.method, path) in slot.routes
                     and p.cold.isdisjoint(h)
-                    and p.clock() < entry.until
+                    and (entry.until == INF or p.clock() < entry.until)
                 ):  # steps 4-7 passed for this peer and route before (see cache.Slot)
                     if entry.limited and not (k is not None and k.admitted):
                         return _admit(entry, k, claimed)

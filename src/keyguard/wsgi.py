@@ -77,8 +77,8 @@ class KeyGuardMiddleware:
             environ.get("REMOTE_ADDR"),
             headers,
             environ.get("wsgi.url_scheme", "http"),
-            environ,  # source: where a signed body is read from
         )
+        facts.source = environ  # where a signed request's target and body are read from
         verdict = self._check(facts)
         if verdict.error is not None:
             return verdict.error.wsgi(start_response)
