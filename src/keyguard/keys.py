@@ -16,7 +16,7 @@ import functools
 import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
 import anyio.to_thread
@@ -401,13 +401,15 @@ class KeyManager:
         names the first refused one."""
         if expires_at is not None and expires_in is not None:
             raise InvalidKeySettings("expires_in", "give expires_at or expires_in, not both")
-        field = "expires_at"
+        expires: float | None
         if expires_in is not None:
-            lifetime = duration("expires_in", expires_in)
-            if lifetime <= 0:  # now + 0 may round up a microsecond and pass the check below
+            # Added to now as it is (no datetime between): a lifetime of exactly 100
+            # years is within 100 years, whatever a datetime would round it to.
+            expires = now + duration("expires_in", expires_in)
+            if expires <= now:  # 0, or too small to move now
                 raise InvalidKeySettings("expires_in", "must be in the future")
-            expires_at = datetime.fromtimestamp(now + lifetime, UTC)
-            field = "expires_in"
+        else:
+            expires = _when(expires_at, now)
         if kind not in ("bearer", "signing"):
             raise InvalidKeySettings("kind", "must be 'bearer' or 'signing'")
         if passphrase is not None and (
@@ -431,7 +433,7 @@ class KeyManager:
             allowed_ips=self._allowlist(allowed_ips),
             created_at=now,
             hint="",
-            expires_at=_when(expires_at, now, field),
+            expires_at=expires,
             rate_limit=_rate(rate_limit),
             max_uses=max_uses,
             metadata=metadata_value(metadata),

@@ -48,15 +48,23 @@ from ..exceptions import (
     shown_id,
 )
 from ..guard import KeyGuard
-from ..keys import check_grants, check_owner_resume, duration, owner_expiry, rotation_grace
+from ..keys import (
+    MAX_GRACE,
+    MAX_SECONDS,
+    check_grants,
+    check_owner_resume,
+    duration,
+    owner_expiry,
+    rotation_grace,
+)
 from ..models import IssuedKey, KeyInfo, text_ok, to_ts
-from .openapi import openapi_document
+from .openapi import EXPIRES_IN_PATTERN, GRACE_PATTERN, openapi_document
 from .page import render_page
 
 ADMIN_SCOPE = "keyguard:admin"
 MAX_BODY = 64 * 1024
 _UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)")  # openapi.DURATION_PATTERN
+_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)([smhdw]?)")  # how to read openapi's patterns
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 CREATE_FIELDS = (
     "owner", "name", "scopes", "allowed_ips", "expires_at", "expires_in", "kind",
@@ -151,17 +159,32 @@ def _datetime(field: str, value: Any) -> datetime | None:
         ) from None
 
 
+# Durations as the OpenAPI document gives them: (string pattern, least and most
+# seconds as a number, the range in words). A string is read with the document's
+# own pattern, whole (as a JSON Schema validator reads `^...$`: no newline after).
+_DURATIONS = {
+    "expires_in": (re.compile(EXPIRES_IN_PATTERN), 1.0, MAX_SECONDS, "1 second to 100 years"),
+    "grace": (re.compile(GRACE_PATTERN), 0.0, MAX_GRACE, "0 seconds to 30 days"),
+}
+
+
 def _seconds(field: str, value: Any) -> float | None:
-    """A duration: seconds as a number, or a string such as '90d', '24h', '30m'."""
+    """A duration: seconds as a number, or a string such as '90d', '24h', '1.5h':
+    exactly what the OpenAPI document's schema for `field` admits, else 422."""
     if value is None:
         return None
-    if isinstance(value, str) and (m := _DURATION.fullmatch(value)):
-        value = float(m[1]) * _UNITS[m[2]]
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return rotation_grace(value) if field == "grace" else duration(field, value)
-    raise InvalidKeySettings(
-        field, "must be a number of seconds or a duration such as '30d' or '24h'"
-    )
+    pattern, least, most, words = _DURATIONS[field]
+    if isinstance(value, str) and pattern.fullmatch(value) and (m := _DURATION.match(value)):
+        value = float(m[1]) * _UNITS[m[2]]  # the number and unit the pattern admitted
+    elif not (
+        isinstance(value, int | float) and not isinstance(value, bool) and least <= value <= most
+    ):  # (NaN is never within)
+        raise InvalidKeySettings(
+            field,
+            f"must be a duration from {words}: a number of seconds, or a number and a unit"
+            " (s, m, h, d, w) such as '30d' or '24h'",
+        )
+    return rotation_grace(value) if field == "grace" else duration(field, value)
 
 
 def _object(field: str, value: Any) -> dict[str, Any] | None:
@@ -483,7 +506,12 @@ class AdminAPI:
         )
 
     async def openapi(self, request: Request) -> Response:
-        doc = openapi_document(self.title, request.scope.get("root_path", ""))
+        doc = openapi_document(
+            self.title,
+            request.scope.get("root_path", ""),
+            host_auth=self.authorize is not None,
+            csrf_header=self.require_csrf_header,
+        )
         return JSONResponse(doc, headers=NOSNIFF)
 
     async def collection(self, request: Request) -> Response:
