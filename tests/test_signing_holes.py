@@ -685,3 +685,42 @@ async def test_a_decoded_query_cannot_be_respelled_into_other_parameters(
     finally:
         await door.aclose()
         guard.close()
+
+
+async def test_the_asgi_deadline_ends_a_late_read_and_leaves_other_cancellations_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One timer per event loop ends late body reads (400); a cancellation that is
+    not the deadline's (the server's, a client gone) goes on as a cancellation, and
+    nothing is left behind either way."""
+    import asyncio
+
+    from keyguard import body
+    from keyguard.decision import Facts
+    from keyguard.exceptions import BadRequest
+
+    monkeypatch.setattr(body, "READ_SECONDS", 0.2)
+    signing = make_guard().signing
+
+    async def never() -> dict[str, object]:
+        await asyncio.sleep(3600)
+        return {}
+
+    def facts() -> Facts:
+        made = Facts("POST", "/x", "203.0.113.1", {"content-length": ["5"]})
+        made.source, made.receive = {"type": "http", "headers": []}, never
+        return made
+
+    started = time.monotonic()
+    with pytest.raises(BadRequest) as late:
+        await body.aread(facts(), signing)
+    assert "did not arrive within 0.2 seconds" in late.value.detail
+    assert time.monotonic() - started < 1.5
+    task = asyncio.ensure_future(body.aread(facts(), signing))
+    await asyncio.sleep(0.05)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    reads = body._late_reads(asyncio.get_running_loop())
+    assert reads.reading == {} and reads.late == set()
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]

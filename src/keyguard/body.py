@@ -13,7 +13,9 @@ before its Content-Length (the client stopped sending) is a 400, not a hang,
 and so is one the WSGI server's reader refuses (a malformed chunk), never a
 500.
 
-The deadline: on ASGI the reading is cancelled (`anyio.fail_after`). On WSGI
+The deadline: on ASGI the reading is cancelled (on asyncio by one timer per
+event loop that sweeps the reads in progress, `_LateReads`; elsewhere by
+`anyio.fail_after`). On WSGI
 a blocked `wsgi.input.read` cannot be cancelled, so where the server hands the
 app its connection's socket (gunicorn's `gunicorn.socket`, werkzeug's
 `werkzeug.socket`) one watchdog thread per process shuts that socket's read
@@ -37,6 +39,7 @@ ASGI, `facts.receive` is replaced by one that replays the body to the app.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import heapq
 import io
@@ -45,6 +48,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -372,8 +376,74 @@ async def aread(facts: Facts, signing: SignedRequests) -> None:
         raise _no_body()
     lengths = facts.headers.get("content-length", ())
     limit, seconds = signing.max_body_bytes, READ_SECONDS
+    read = asgi_body(scope, facts.receive, limit, lengths)
     try:
-        with anyio.fail_after(seconds):
-            facts.body, facts.receive = await asgi_body(scope, facts.receive, limit, lengths)
-    except TimeoutError:
-        raise _late(seconds) from None
+        loop = asyncio.get_running_loop()
+    except RuntimeError:  # not asyncio (trio, say): anyio's cancel scope
+        try:
+            with anyio.fail_after(seconds):
+                facts.body, facts.receive = await read
+        except TimeoutError:
+            raise _late(seconds) from None
+        return
+    task, reads = asyncio.current_task(), _late_reads(loop)
+    assert task is not None
+    reads.start(task, seconds)
+    try:
+        facts.body, facts.receive = await read
+    except asyncio.CancelledError:
+        if reads.stop(task):  # the deadline's cancellation, not anyone else's
+            task.uncancel()
+            raise _late(seconds) from None
+        raise
+    finally:
+        reads.stop(task)
+
+
+class _LateReads:
+    """The ASGI body reads in progress on one asyncio loop, each with its deadline.
+    One timer, armed while any read is in progress, cancels the task of a read
+    that outlives its deadline: what `asyncio.timeout` (a timer per read) or
+    anyio's cancel scope would do, for a dict entry per read (a signed request
+    pays several microseconds less)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.reading: dict[asyncio.Task[Any], float] = {}
+        self.late: set[asyncio.Task[Any]] = set()
+        self.timer: asyncio.TimerHandle | None = None
+
+    def start(self, task: asyncio.Task[Any], seconds: float) -> None:
+        self.reading[task] = self.loop.time() + seconds
+        if self.timer is None:
+            every = min(seconds, 1.0)  # so a read ends at most this long after its deadline
+            self.timer = self.loop.call_later(every, self._sweep, every)
+
+    def stop(self, task: asyncio.Task[Any]) -> bool:
+        """The read is over; True when its deadline cancelled it."""
+        self.reading.pop(task, None)
+        if task in self.late:
+            self.late.discard(task)
+            return True
+        return False
+
+    def _sweep(self, every: float) -> None:
+        now = self.loop.time()
+        for task, end in list(self.reading.items()):
+            if end <= now:
+                del self.reading[task]
+                self.late.add(task)
+                task.cancel()
+        self.timer = self.loop.call_later(every, self._sweep, every) if self.reading else None
+
+
+_READS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LateReads] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _late_reads(loop: asyncio.AbstractEventLoop) -> _LateReads:
+    reads = _READS.get(loop)
+    if reads is None:
+        reads = _READS[loop] = _LateReads(loop)
+    return reads
