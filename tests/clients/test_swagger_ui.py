@@ -151,10 +151,15 @@ def test_authorize_then_try_it_out_on_a_rule_guarded_route(
 
             def execute() -> Any:
                 operation.locator(".opblock-summary").click()
-                try_it = operation.get_by_role("button", name="Try it out")
-                if try_it.count():
-                    try_it.click()
-                operation.locator("input[placeholder='name']").fill("q3")
+                # The operation unfolds a moment later; its toggle reads "Try it out"
+                # the first time and "Cancel" once trying is on.
+                toggle = operation.locator("button.try-out__btn")
+                expect(toggle).to_be_visible(timeout=10_000)
+                if toggle.inner_text().strip() == "Try it out":
+                    toggle.click()
+                name = operation.locator("input[placeholder='name']")
+                expect(name).to_be_enabled(timeout=10_000)
+                name.fill("q3")
                 operation.get_by_role("button", name="Execute").click()
                 status = operation.locator(".live-responses-table .response .response-col_status")
                 expect(status.first).not_to_be_empty(timeout=10_000)
