@@ -204,6 +204,13 @@ CORRUPT = [
     pytest.param(lambda d: json.dumps({**d, "metadata": deep(40)}), id="deep-metadata"),
     pytest.param(lambda d: json.dumps({**d, "max_uses": 1.5}), id="uses-a-float"),
     pytest.param(lambda d: json.dumps({**d, "allowed_ips": ["QQQ.1"]}), id="ip-not-a-network"),
+    pytest.param(
+        lambda d: json.dumps({**d, "secret_hash": "hmac-sha256$\u00e9QQQ"}), id="hash-not-ascii"
+    ),
+    pytest.param(
+        lambda d: json.dumps({**d, "secret_hash": "kgf$\u00e91$$argon2id$QQQ"}),
+        id="filter-not-ascii",
+    ),
 ]
 
 

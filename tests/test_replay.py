@@ -295,3 +295,60 @@ def test_a_replay_to_an_instance_whose_clock_is_behind_is_refused(
     # B finds ts fresh until its clock reads ts + SKEW: that many real seconds from now.
     assert left > (ts + SKEW) - behind.now
     assert outcome(two, "k", signature, ts) == "replayed_request"
+
+
+def test_a_loss_marked_by_an_instance_whose_clock_is_behind_still_refuses(
+    own_redis: servers.RedisServer,
+) -> None:
+    """The instance that meets a lost Redis first sets the new marker by its own
+    clock; another instance dates the loss by the later of that and its own clock,
+    so a setter 10 s behind cannot open a window for signatures used before."""
+    url = f"{own_redis.url}?prefix=t:"
+    right, behind = Clock(), Clock()
+    behind.advance(-10)
+    tiers = [RedisTier(url) for _ in range(3)]
+    a, b, c = (
+        ReplayCache(tiers[0], SKEW, right),
+        ReplayCache(tiers[1], SKEW, right),
+        ReplayCache(tiers[2], SKEW, behind),
+    )
+    try:
+        for cache, clock in ((a, right), (b, right), (c, behind)):
+            assert answer(cache, "k", mac(), clock.now) == "ok"  # each has seen the marker
+        taken = mac()
+        assert answer(a, "k", taken, right.now) == "ok"
+        right.advance(1)
+        behind.advance(1)
+        tiers[0].call(lambda client: client.flushall())
+        assert answer(c, "k", mac(), behind.now + 20) == "ok"  # c sets the new marker
+        assert answer(b, "k", taken, right.now - 1) == "lost"  # refused, not taken again
+    finally:
+        for cache in (a, b, c):
+            cache.close()
+        for tier in tiers:
+            tier.close()
+
+
+def test_a_redis_that_may_evict_keys_is_warned_about(
+    own_redis: servers.RedisServer, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    tier = RedisTier(f"{own_redis.url}?prefix=t:")
+    tier.call(lambda client: client.config_set("maxmemory", "100mb"))
+    tier.call(lambda client: client.config_set("maxmemory-policy", "volatile-lru"))
+    cache = ReplayCache(tier, SKEW, clock)
+    try:
+        with caplog.at_level(logging.WARNING, logger="keyguard.replay"):
+            assert answer(cache, "k", mac(), clock.now) == "ok"
+            assert answer(cache, "k", mac(), clock.now) == "ok"
+        warned = [r for r in caplog.records if "may evict" in r.getMessage()]
+        assert len(warned) == 1 and "volatile-lru" in warned[0].getMessage()
+        tier.call(lambda client: client.config_set("maxmemory-policy", "noeviction"))
+        caplog.clear()
+        fresh = ReplayCache(tier, SKEW, clock)
+        with caplog.at_level(logging.WARNING, logger="keyguard.replay"):
+            assert answer(fresh, "k", mac(), clock.now) == "ok"
+        assert not [r for r in caplog.records if "may evict" in r.getMessage()]
+        fresh.close()
+    finally:
+        cache.close()
+        tier.close()

@@ -269,6 +269,53 @@ async def test_unproven_signed_requests_all_answer_invalid_signature(
         guard.close()
 
 
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_what_a_body_declares_is_answered_alike_whatever_the_key(
+    clock: Clock, kind: str
+) -> None:
+    """A Content-Length past the limit (413), one that is no number (400), and a
+    body on a bybit GET (400) are answered before any key is looked up: the same
+    answer for a signing key, a bearer key's id and an unknown one, so none of
+    them tells a caller without the secret what the access key names."""
+    answers: dict[str, set[tuple[int, str | None]]] = {}
+    for profile in ("kg", "bybit"):
+        guard = make_guard(
+            clock,
+            signing={"profile": profile, "max_body_bytes": 100},
+            abuse={"max_failures": None},
+        )
+        door = Door(kind, guard)
+        try:
+            signer = guard.keys.create(owner="o", name="s", kind="signing")
+            bearer = guard.keys.create(owner="o", name="b")
+            ids = [signer.info.id, bearer.info.id, "A" * 16]
+            probes = {
+                "too-long": ("POST", b"x" * 200, {}),
+                "not-a-number": ("POST", b"x", {"Content-Length": "abc"}),
+            }
+            if profile == "bybit":
+                probes["get-with-a-body"] = ("GET", b"x", {})
+            for name, (method, body, extra) in probes.items():
+                seen = answers.setdefault(f"{profile}:{name}", set())
+                for key_id in ids:
+                    headers = signed(
+                        key_id, "x" * 43, method, "/x", "", body, now=clock.now, profile=profile
+                    )
+                    headers.update(extra, **{"KG-Passphrase": "p"})
+                    r = await door.request(method, "/x", headers=headers, content=body)
+                    seen.add((r.status_code, r.headers.get("content-type") and _code(r)))
+        finally:
+            await door.aclose()
+            guard.close()
+    assert answers == {
+        "kg:too-long": {(413, "payload_too_large")},
+        "kg:not-a-number": {(400, "invalid_request")},
+        "bybit:too-long": {(413, "payload_too_large")},
+        "bybit:not-a-number": {(400, "invalid_request")},
+        "bybit:get-with-a-body": {(400, "invalid_request")},
+    }
+
+
 # -- 2. nothing is read before the request names a key that can sign ------------------
 
 SERVERS = [pytest.param("uvicorn", id="asgi-uvicorn"), pytest.param("werkzeug", id="wsgi-werkzeug")]
@@ -276,6 +323,10 @@ PROFILES = ["kg", "bitget", "okx", "bybit", "rfc9421"]
 
 
 def _served(guard: KeyGuard, kind: str) -> Any:
+    if kind == "a2wsgi":  # the WSGI door under uvicorn, through a2wsgi's thread pool
+        from a2wsgi import WSGIMiddleware
+
+        return serve(WSGIMiddleware(wsgi_app(guard), workers=2))
     return serve(asgi_app(guard)) if kind == "uvicorn" else wsgi_server(wsgi_app(guard))
 
 
@@ -427,7 +478,7 @@ def _stall_or_trickle(base: str, head: bytes, trickle: bool, seconds: float) -> 
 
 
 @pytest.mark.parametrize("trickle", [False, True], ids=["stalled", "trickled"])
-@pytest.mark.parametrize("kind", SERVERS)
+@pytest.mark.parametrize("kind", [*SERVERS, pytest.param("a2wsgi", id="wsgi-a2wsgi-uvicorn")])
 def test_a_body_that_does_not_arrive_in_time_is_400(
     kind: str, trickle: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -620,6 +671,11 @@ async def test_replay_protection_fails_closed_across_a_redis_outage_and_restart(
         assert status == 503 and "lost what it remembered" in detail  # not a pass
         clock.advance(6)  # signed after the loss (+ the 5 s a clock may be ahead)
         assert await send(b, sign()) == (200, "ok")
+        # `a` meets the new marker only now, and dates the loss by its own clock too
+        # (a marker's time is its setter's): it refuses what is older, for 5 s.
+        status, detail = await send(a, sign())
+        assert status == 503 and "lost what it remembered" in detail
+        clock.advance(6)
         assert await send(a, sign()) == (200, "ok")
     finally:
         await a.aclose()
@@ -724,3 +780,25 @@ async def test_the_asgi_deadline_ends_a_late_read_and_leaves_other_cancellations
     reads = body._late_reads(asyncio.get_running_loop())
     assert reads.reading == {} and reads.late == set()
     assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+def test_the_asgi_deadline_keeps_no_event_loop_alive() -> None:
+    """Each loop's record of reads in progress goes with the loop (a loop per call:
+    async_to_sync, serverless handlers, tests)."""
+    import asyncio
+    import gc
+
+    from keyguard import body
+
+    async def read_once() -> None:
+        loop = asyncio.get_running_loop()
+        reads, task = body._late_reads(loop), asyncio.current_task()
+        assert task is not None
+        reads.start(loop, task, 5.0)
+        reads.stop(task)
+
+    before = len(body._READS)
+    for _ in range(20):
+        asyncio.run(read_once())
+    gc.collect()
+    assert len(body._READS) <= before

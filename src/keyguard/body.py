@@ -15,7 +15,9 @@ and so is one the WSGI server's reader refuses (a malformed chunk), never a
 
 The deadline: on ASGI the reading is cancelled (on asyncio by one timer per
 event loop that sweeps the reads in progress, `_LateReads`; elsewhere by
-`anyio.fail_after`). On WSGI
+`anyio.fail_after`). A WSGI app under an ASGI server through a2wsgi has its
+body read from a2wsgi's ASGI `receive`, each message awaited no longer than
+the deadline. Otherwise, on WSGI
 a blocked `wsgi.input.read` cannot be cancelled, so where the server hands the
 app its connection's socket (gunicorn's `gunicorn.socket`, werkzeug's
 `werkzeug.socket`) one watchdog thread per process shuts that socket's read
@@ -129,9 +131,7 @@ async def asgi_body(
     that gives it to the app again. `lengths`: the Content-Length header values."""
     if scope["type"] != "http":
         return b"", receive  # a websocket handshake has no body
-    if len(lengths) > 1:
-        raise BadRequest("invalid_request", "Send one Content-Length header.")
-    declared = _declared(lengths[0] if lengths else None, limit)
+    declared = _one_length(lengths, limit)
     message = await receive()
     if message["type"] != "http.request":  # http.disconnect: the client went away
         raise _short()
@@ -210,7 +210,10 @@ def wsgi_body(environ: WSGIEnvironment, limit: int, seconds: float = READ_SECOND
         deadline = time.monotonic() + seconds
         ticket = _WATCHDOG.arm(_connection(environ), deadline)
         try:
-            _gather(stream, chunks, declared if not chunked else None, limit, deadline)
+            if _bridged(stream):  # a2wsgi: read from its ASGI receive, each wait bounded
+                _gather_bridged(stream, chunks, declared, limit, deadline)
+            else:
+                _gather(stream, chunks, declared if not chunked else None, limit, deadline)
         except BadRequest:  # cut short: by the watchdog, the deadline or the client
             if _WATCHDOG.disarm(ticket) or time.monotonic() >= deadline:
                 raise _late(seconds) from None
@@ -249,6 +252,45 @@ def _gather(
         size += len(chunk)
         if size > limit:
             raise PayloadTooLarge()
+
+
+def _bridged(stream: Any) -> bool:
+    """Is `wsgi.input` a2wsgi's `Body`, which reads an ASGI `receive` on its event
+    loop (blocking the WSGI thread until a message comes, with no timeout)?"""
+    return callable(getattr(stream, "receive", None)) and isinstance(
+        getattr(stream, "loop", None), asyncio.AbstractEventLoop
+    )
+
+
+def _gather_bridged(
+    stream: Any, chunks: list[bytes], declared: int | None, limit: int, deadline: float
+) -> None:
+    """`_gather` for a2wsgi's `Body`: its ASGI messages, asked for on its loop and
+    each awaited no later than the deadline (the body handed to the app is ours)."""
+    size = 0
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise _short()  # (told apart as late by the caller)
+        future = asyncio.run_coroutine_threadsafe(stream.receive(), stream.loop)
+        try:
+            message = future.result(timeout=left)
+        except TimeoutError:  # (concurrent.futures' is the builtin's alias)
+            future.cancel()
+            raise _short() from None
+        except Exception:
+            raise _unreadable() from None
+        if message.get("type") != "http.request":  # the client went away
+            raise _short()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit or (declared is not None and size > declared):
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            if declared is not None and size != declared:
+                raise _short()
+            return
 
 
 def _connection(environ: WSGIEnvironment) -> Any:
@@ -338,11 +380,14 @@ if hasattr(os, "register_at_fork"):
 
 def target(facts: Facts, signing: SignedRequests) -> None:
     """The WSGI door's target as sent (and for rfc9421 every header line), into
-    `facts` (a caller without a door: its `path`)."""
+    `facts` (a caller without a door: its `path`), and the body size it declares
+    (400/413 here, before any key is looked up: the same answer whatever key the
+    request names)."""
     environ = facts.source
     if environ is None:
         facts.raw_path = facts.path or ""
         return
+    facts.length = _declared(environ.get("CONTENT_LENGTH"), signing.max_body_bytes)
     facts.raw_path, facts.query = wsgi_target(environ)
     if signing.wants_fields:
         facts.fields = wsgi_fields(environ)[1]
@@ -350,14 +395,22 @@ def target(facts: Facts, signing: SignedRequests) -> None:
 
 def atarget(facts: Facts, signing: SignedRequests) -> None:
     """The ASGI door's target as sent (and for rfc9421 every header line), into
-    `facts` (no I/O: the scope holds them)."""
+    `facts` (no I/O: the scope holds them), and the body size it declares (as
+    `target`)."""
     scope = facts.source
     if scope is None:
         facts.raw_path = facts.path or ""
         return
+    facts.length = _one_length(facts.headers.get("content-length", ()), signing.max_body_bytes)
     facts.raw_path, facts.query = asgi_target(scope)
     if signing.wants_fields:
         facts.fields = asgi_fields(scope)[1]
+
+
+def _one_length(lengths: Sequence[str], limit: int) -> int | None:
+    if len(lengths) > 1:
+        raise BadRequest("invalid_request", "Send one Content-Length header.")
+    return _declared(lengths[0] if lengths else None, limit)
 
 
 def read(facts: Facts, signing: SignedRequests) -> None:
@@ -388,7 +441,7 @@ async def aread(facts: Facts, signing: SignedRequests) -> None:
         return
     task, reads = asyncio.current_task(), _late_reads(loop)
     assert task is not None
-    reads.start(task, seconds)
+    reads.start(loop, task, seconds)
     try:
         facts.body, facts.receive = await read
     except asyncio.CancelledError:
@@ -407,17 +460,22 @@ class _LateReads:
     anyio's cancel scope would do, for a dict entry per read (a signed request
     pays several microseconds less)."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
+    # (It keeps no reference to its loop, whose weak key in _READS it is the value of:
+    # the loop is handed to each call, and only the loop holds the timer.)
+
+    def __init__(self) -> None:
         self.reading: dict[asyncio.Task[Any], float] = {}
         self.late: set[asyncio.Task[Any]] = set()
-        self.timer: asyncio.TimerHandle | None = None
+        self.armed = False  # its timer is scheduled (the handle is not kept: it holds the loop)
 
-    def start(self, task: asyncio.Task[Any], seconds: float) -> None:
-        self.reading[task] = self.loop.time() + seconds
-        if self.timer is None:
+    def start(
+        self, loop: asyncio.AbstractEventLoop, task: asyncio.Task[Any], seconds: float
+    ) -> None:
+        self.reading[task] = loop.time() + seconds
+        if not self.armed:
             every = min(seconds, 1.0)  # so a read ends at most this long after its deadline
-            self.timer = self.loop.call_later(every, self._sweep, every)
+            loop.call_later(every, self._sweep, loop, every)
+            self.armed = True
 
     def stop(self, task: asyncio.Task[Any]) -> bool:
         """The read is over; True when its deadline cancelled it."""
@@ -427,14 +485,16 @@ class _LateReads:
             return True
         return False
 
-    def _sweep(self, every: float) -> None:
-        now = self.loop.time()
+    def _sweep(self, loop: asyncio.AbstractEventLoop, every: float) -> None:
+        now = loop.time()
         for task, end in list(self.reading.items()):
             if end <= now:
                 del self.reading[task]
                 self.late.add(task)
                 task.cancel()
-        self.timer = self.loop.call_later(every, self._sweep, every) if self.reading else None
+        self.armed = bool(self.reading)
+        if self.armed:
+            loop.call_later(every, self._sweep, loop, every)
 
 
 _READS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LateReads] = (
@@ -445,5 +505,5 @@ _READS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LateReads] = (
 def _late_reads(loop: asyncio.AbstractEventLoop) -> _LateReads:
     reads = _READS.get(loop)
     if reads is None:
-        reads = _READS[loop] = _LateReads(loop)
+        reads = _READS[loop] = _LateReads()
     return reads

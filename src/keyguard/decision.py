@@ -36,12 +36,17 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .cache import Slot, _Absent
-from .exceptions import AuthenticationError, AuthorizationError, BadRequest, RequestRejected
+from .exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    BadRequest,
+    RequestRejected,
+    invalid_signature,
+)
 from .hashing import Hasher
 from .models import KeyInfo, KeyRecord
 from .network import Allowlist, ClientResolver, IPAddress, bucket, parse_ip
 from .scopes import MEMO_PATH_LEN, Router, Scopes
-from .signing import invalid_signature
 from .tokens import TokenParser
 
 if TYPE_CHECKING:
@@ -124,6 +129,7 @@ class Facts:
     # Filled in for a signed request by the target need (`raw_path`, `query`;
     # `fields`: rfc9421 only) and then the body need (`body`):
     body: bytes | None = None
+    length: int | None = None  # the body size the request declares (Content-Length)
     raw_path: str | None = None
     query: str = ""
     fields: Sequence[tuple[str, str]] | None = None
@@ -455,6 +461,7 @@ def _memo(
         f.token is None
         and f.path is not None
         and len(f.path) <= MEMO_PATH_LEN  # what a key remembers is bounded in size too
+        and len(f.method) <= 16
         and p.cold.isdisjoint(f.headers)
         and len(slot.routes) < WARM_ROUTES
     ):

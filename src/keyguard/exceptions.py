@@ -193,6 +193,11 @@ class AuthenticationError(RequestRejected):
         return [("www-authenticate", 'Bearer realm="api", error="invalid_token"')]
 
 
+def invalid_signature() -> AuthenticationError:
+    """What every signed request that did not prove its key's secret is told."""
+    return AuthenticationError("invalid_signature", "The request signature does not match.")
+
+
 class AuthorizationError(RequestRejected):
     status_code = 403
     title = "Forbidden"

@@ -62,7 +62,8 @@ def bucket(ip: IPAddress) -> str:
     as one, or a few bad tokens from anyone would lock out everyone behind that
     socket."""
     if ip.version == 6:
-        if ip in _NAT64:  # an IPv4 client behind NAT64: that IPv4's own bucket, not one /64
+        if ip in _NAT64 or ip in _NAT64_LOCAL:  # an IPv4 client behind NAT64: that IPv4's
+            # own bucket, not one /64 shared by every NAT64 client (a /96 prefix assumed)
             return str(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
         return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
     return str(ip)
@@ -188,6 +189,7 @@ class ClientResolver:
 # link-local, "this network". (Python's `is_private` also counts documentation and other
 # special ranges, which are no deployment risk.)
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215's, for local /96 prefixes
 # IPv6 blocks whose last 32 bits are an IPv4 address: IPv4-mapped, and NAT64.
 _CARRIES_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), _NAT64)
 

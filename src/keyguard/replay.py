@@ -24,8 +24,8 @@ is down), and not remembered here either, so the client's retry passes once
 Redis answers. A warning is logged at most once a minute. Bearer requests
 never ask the replay cache.
 
-Redis that lost what it held (a restart without persistence, a flush, an
-eviction): each signature is remembered by one script that also reads an
+Redis that lost what it held (a restart without persistence, a flush): each
+signature is remembered by one script that also reads an
 epoch marker, `<prefix>replay:{epoch}` (`<prefix>replay:{<key id>}` on a
 Cluster, so in the same slot as that key's signatures), and sets it when it
 is missing, to the time it was set. An instance that saw one marker and then
@@ -36,7 +36,13 @@ signature whose timestamp is not later than the new marker's time plus the
 loss. A marker an instance meets first is taken as it is (the first use of a
 Redis cannot be told from a loss): an instance that had not used the replay
 cache since it started, and meets a marker made by a loss, does not refuse
-that window.
+that window. The loss is dated by the later of the marker's time and this
+instance's clock. What no marker shows, and replay protection across
+instances therefore needs Redis not to do: evict a signature while the marker
+stays (any `maxmemory-policy` but `noeviction`: warned once at the first use),
+or come back with older data (a restart from an RDB snapshot, a replica
+promoted before it had every write): a signature taken in the moments before
+can then be replayed once on another instance (never on the one that took it).
 
 The in-process set is bounded (`REPLAY_LIMIT`): full of live signatures, a
 new one is refused with 503 `unavailable` (fail closed), unremembered.
@@ -45,6 +51,7 @@ new one is refused with 503 `unavailable` (fail closed), unremembered.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import logging
 import secrets
@@ -103,6 +110,7 @@ class ReplayCache:
         self._markers = itertools.count()  # and a new one each time: no two markers alike
         # marker tag -> (the marker last seen, the time Redis lost its memory, if it did)
         self._epochs: dict[str, tuple[bytes, float | None]] = {}
+        self._policy_checked = False  # Redis's eviction policy looked at (once)
 
     def remember(self, key_id: str, mac: bytes, ts: float) -> None:
         """Refuse a signature seen before inside its window (blocking, with Redis);
@@ -181,6 +189,8 @@ class ReplayCache:
                 detail="The replay cache cannot be reached; try again later."
             ) from None
         lost = self._lost(tag, epoch)
+        if not self._policy_checked:
+            self._check_policy(tier)
         if not taken:
             return False
         if lost is not None and ts < lost + FUTURE_SKEW:  # may have been used before the loss
@@ -188,6 +198,28 @@ class ReplayCache:
                 detail="The replay cache lost what it remembered; sign the request again."
             )
         return True
+
+    def _check_policy(self, tier: RedisTier) -> None:
+        """Once: warn when Redis may evict keys (a `maxmemory-policy` other than
+        `noeviction` with a `maxmemory`): an evicted signature can be replayed on
+        another instance, and no marker tells (SECURITY.md). Best effort: a Redis
+        that refuses CONFIG (managed services) is left unjudged."""
+        self._policy_checked = True
+        try:
+            config = tier.call(lambda c: c.config_get("maxmemory*"))
+        except Exception:  # noqa: BLE001 - CONFIG disabled, a Cluster's shape, ...: no verdict
+            return
+        if not isinstance(config, dict):
+            return
+        text = {_text(k): _text(v) for k, v in config.items()}
+        policy, limit = text.get("maxmemory-policy"), text.get("maxmemory")
+        if policy not in (None, "noeviction") and str(limit or "0") != "0":
+            log.warning(
+                "keyguard: Redis may evict keys (maxmemory-policy %s): a signature it evicts "
+                "can be replayed on another instance; give the replay cache a Redis with "
+                "maxmemory-policy noeviction",
+                policy,
+            )
 
     def _lost(self, tag: str, epoch: bytes) -> float | None:
         """When Redis lost what it held under this marker's tag, if this instance
@@ -197,14 +229,14 @@ class ReplayCache:
             return seen[1]
         lost = None
         if seen is not None:  # the marker is new: Redis forgot the one before, and all
-            try:
-                lost = float(epoch.split(b" ")[0])  # the time it was set, by its setter's clock
-            except ValueError:
-                lost = self._clock()
+            # When: the later of the time it was set (by its setter's clock) and now by
+            # this instance's, so a setter whose clock is behind cannot shorten the window.
+            lost = self._clock()
+            with contextlib.suppress(ValueError):
+                lost = max(lost, float(epoch.split(b" ")[0]))
             log.warning(
                 "keyguard: the Redis replay cache lost what it held (a restart without "
-                "persistence, a flush or an eviction); signatures made before are refused "
-                "until they expire"
+                "persistence, a flush); signatures made before are refused until they expire"
             )
         if len(self._epochs) >= EPOCHS_LIMIT:
             self._epochs.clear()
@@ -216,3 +248,7 @@ class ReplayCache:
         with self._lock:
             self._seen.clear()
             self._expiry.clear()
+
+
+def _text(value: object) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)

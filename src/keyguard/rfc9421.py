@@ -61,7 +61,7 @@ from http_message_signatures import (
     algorithms,
 )
 
-from .exceptions import AuthenticationError, BadRequest
+from .exceptions import BadRequest, invalid_signature
 
 if TYPE_CHECKING:
     from typing import Protocol
@@ -75,6 +75,7 @@ if TYPE_CHECKING:
         query: str
         scheme: str | None
         body: bytes | None
+        length: int | None
         fields: Sequence[tuple[str, str]] | None
         headers: Mapping[str, Sequence[str]]
 
@@ -231,10 +232,8 @@ def require(reading: Reading, facts: Facts) -> None:
         return
     try:
         digested = ContentDigest.verify_components(covered, body)
-    except InvalidSignature:
-        raise AuthenticationError(
-            "invalid_signature", "The Content-Digest does not match the request body."
-        ) from None
+    except InvalidSignature:  # told as any unproven signature is: nothing about the key
+        raise invalid_signature() from None
     if body and not digested:
         raise _bad("An RFC 9421 signature of a request with a body must cover content-digest.")
 

@@ -79,7 +79,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import unquote_to_bytes
 
 from .crypto import MasterKeyRing
-from .exceptions import AuthenticationError, BadRequest, ConfigurationError
+from .exceptions import AuthenticationError, BadRequest, ConfigurationError, invalid_signature
 from .hashing import HmacSha256
 from .tokens import ID_LEN
 
@@ -325,11 +325,6 @@ def _bad(detail: str) -> BadRequest:
     return BadRequest("invalid_request", detail)
 
 
-def invalid_signature() -> AuthenticationError:
-    """What every signed request that did not prove its key's secret is told."""
-    return AuthenticationError("invalid_signature", "The request signature does not match.")
-
-
 def _key_form(key_id: str) -> bool:
     """Could `key_id` be an access key (ID_LEN ASCII letters and digits)?"""
     return len(key_id) == ID_LEN and key_id.isascii() and key_id.isalnum()
@@ -445,6 +440,8 @@ class SignedRequests:
             window, mac = self._special(facts, ts, now, signature)
         if len(mac) != MAC_SIZE or not _key_form(key_id):
             raise invalid_signature()
+        if self._one_part and facts.length and facts.method.upper() == "GET":
+            raise _one_part()  # (a declared body; a chunked one is refused once read)
         passphrases = h.get(self._pass)
         body, string = facts.body, None
         if body is not None:
