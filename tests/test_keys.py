@@ -648,6 +648,7 @@ WIDE = [
         id="the-registries-v6-blocks",
     ),
     pytest.param(["2600::/12"], {}, id="one-registrys-v6-block"),
+    pytest.param(["2410::/12", "2630::/12"], {}, id="two-later-registry-blocks"),
     pytest.param(["0.0.0.0/1", "128.0.0.0/1"], {"allow_private_ips": True}, id="two-halves"),
     pytest.param(["1.0.0.0/8"] * 3 + [f"{i}.0.0.0/8" for i in range(40, 56)], {}, id="many-8s"),
 ]

@@ -240,10 +240,11 @@ ALLOCATED_V6 = (  # IANA's "IPv6 Global Unicast Address Assignments", by registr
     "2001::/16",  # (its /23s and /20s: every registry, and IANA's own 2001::/23)
     "2003::/18",  # RIPE NCC
     "2400::/12",  # APNIC
+    "2410::/12",  # APNIC
     "2600::/12",  # ARIN
     "2610::/23",  # ARIN
     "2620::/23",  # ARIN
-    "2630::/16",  # ARIN
+    "2630::/12",  # ARIN
     "2800::/12",  # LACNIC
     "2a00::/12",  # RIPE NCC
     "2a10::/12",  # RIPE NCC
