@@ -459,3 +459,76 @@ def test_start_up_logs_store_and_cache_with_passwords_masked(
         "configured store memory://, no cache",
     ]
     assert all(r.levelno == logging.INFO for r in caplog.records if r.name == "keyguard")
+
+
+@pytest.mark.parametrize(
+    "password", ["123/SECRET", "p@Zq9SECRET", "a?Zq9SECRET", "a#Zq9SECRET", "p%zzSECRET1"]
+)
+@pytest.mark.parametrize("where", ["store", "cache"])
+def test_a_url_password_that_parsers_read_differently_is_refused_unquoted(
+    where: str, password: str
+) -> None:
+    """An unencoded '@ / ? #' (or a stray '%') in a URL's password: urlsplit reads
+    the user info to the last '@', libpq to the first, so a message built from one
+    reading would quote part of the password. Refused at start-up, never quoted."""
+    scheme = "postgresql" if where == "store" else "redis"
+    url = f"{scheme}://app:{password}@db.internal:5432/keys"
+    with pytest.raises(ConfigurationError) as info:
+        KeyGuard({where: url, **({"store": "memory://"} if where == "cache" else {})})
+    message = str(info.value)
+    assert message.startswith(where) and "percent-encode" in message
+    assert "SECRET" not in message and password not in message
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("postgresql://app:123/SECRET@h/db", "postgresql://app:****@h/db"),
+        ("postgresql://app:p@Zq9SECRET@h:5432/db", "postgresql://app:****@h:5432/db"),
+        ("redis://:pw@h:6379/0?prefix=kg:", "redis://:****@h:6379/0?prefix=kg:"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("postgresql://app@h/db?sslpassword=x&a=1", "postgresql://app@h/db?sslpassword=****&a=1"),
+    ],
+)
+def test_mask_url_masks_the_password_however_it_is_spelt(url: str, shown: str) -> None:
+    from keyguard.settings import mask_url, url_secrets
+
+    assert mask_url(url) == shown
+    for secret in ("SECRET", "Zq9SECRET", "pw"):
+        assert secret not in mask_url(url)
+    assert all(s in url for s in url_secrets(url))
+
+
+def test_a_postgresql_store_built_directly_never_quotes_its_password() -> None:
+    """The settings refuse such a URL; a store built by hand refuses it the same way."""
+    pytest.importorskip("psycopg_pool")
+    from keyguard.stores.postgresql import PostgreSQLStore
+
+    for url in (
+        "postgresql://postgres:p@Zq9SECRET@127.0.0.1:5432/db",
+        "postgresql://postgres:Zq9/SECRET@127.0.0.1:5432/db",
+    ):
+        with pytest.raises(ConfigurationError) as info:
+            PostgreSQLStore(url)
+        assert str(info.value).startswith("store:") and "SECRET" not in str(info.value)
+
+
+def test_the_pool_log_of_keyguards_pool_is_scrubbed_of_its_passwords() -> None:
+    """psycopg_pool's own warnings about keyguard's pool (once a minute each) carry no
+    password of a keyguard store, even where the driver quotes one."""
+    pytest.importorskip("psycopg_pool")
+    from keyguard.stores import postgresql
+
+    store = postgresql.PostgreSQLStore("postgresql://app:Zq9SECRETpw@127.0.0.1:5432/db")
+    record = logging.LogRecord(
+        "psycopg.pool",
+        logging.WARNING,
+        "pool.py",
+        1,
+        "error connecting in %r: %s",
+        ("keyguard", "password=Zq9SECRETpw rejected Zq9SECRETpw"),
+        None,
+    )
+    assert postgresql._OncePerMinute().filter(record)
+    assert "Zq9SECRETpw" not in record.getMessage() and "keyguard" in record.getMessage()
+    store.close()

@@ -22,6 +22,7 @@ import re
 import types
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -158,6 +159,7 @@ class Settings(_Section):
             )
         if scheme == "sqlite" and value.removeprefix("sqlite://").strip("/") == "":
             raise ValueError("a sqlite URL needs a path, as in sqlite:///keyguard.db")
+        check_url_password(value)
         return value
 
     @field_validator("cache")
@@ -165,6 +167,7 @@ class Settings(_Section):
     def _cache(cls, value: str | None) -> str | None:
         if value is None or value.split("://", 1)[0] == "memory":
             return value
+        check_url_password(value)
         try:
             parse_url(value)
         except ValueError as exc:
@@ -456,15 +459,69 @@ def absolute_sqlite(url: str) -> str:
     return "sqlite:///" + os.path.abspath(path)
 
 
-_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^:/@?#]*):[^@/?#]*@")
 _QUERY_PASSWORD = re.compile(r"(?i)([?&](?:password|sslpassword|sentinel_password)=)[^&#]*")
+_PIECES = re.compile(r"[@/?#]")
+
+
+def _userinfo(url: str) -> tuple[str, str, str] | None:
+    """(scheme://user, password, @rest) read as no parser could read less: the user
+    info runs to the LAST "@" (a password may hold an unencoded "@", "/", "?",
+    "#": urlsplit reads up to the last "@" of the authority, libpq up to the first
+    "@"), the password from the first ":" in it. None without one."""
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return None
+    user, colon, password = rest[:at].partition(":")
+    if not colon:
+        return None
+    return f"{scheme}://{user}", password, rest[at:]
+
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def check_url_password(url: str) -> None:
+    """A URL's password must be one that every parser reads alike (urlsplit and
+    redis-py to the last "@", libpq to the first): percent-encoded. Never quotes it."""
+    info = _userinfo(url)
+    if info is None:
+        return
+    if _PIECES.search(info[1]) or _BAD_ESCAPE.search(info[1]):
+        raise ValueError(
+            "the password in the URL holds a raw '@', '/', '?', '#' or '%': percent-encode "
+            "it (%40, %2F, %3F, %23, %25), or pass it another way (a ?password= parameter, "
+            "the driver's environment such as PGPASSWORD)"
+        )
 
 
 def mask_url(url: str | None) -> str:
-    """A store or cache URL fit for a log line: `redis://:****@host:6379/0`."""
+    """A store or cache URL fit for a log line: `redis://:****@host:6379/0` (the
+    whole user-info password, however it is spelt, and `?password=` and the like)."""
     if url is None:
         return "none"
-    return _QUERY_PASSWORD.sub(r"\1****", _URL_PASSWORD.sub(r"\1:****@", url))
+    found = _userinfo(url)
+    if found is not None:
+        url = f"{found[0]}:****{found[2]}"
+    return _QUERY_PASSWORD.sub(r"\1****", url)
+
+
+def url_secrets(url: str | None) -> tuple[str, ...]:
+    """Every text a driver's message could quote of a URL's passwords: the user-info
+    password as any parser reads it, whole, percent-decoded and in the pieces an
+    unencoded "@ / ? #" splits it into (libpq quotes what follows the first "@" as
+    the host), and the `...password=` query values. For scrubbing messages."""
+    if not url:
+        return ()
+    found: list[str] = []
+    info = _userinfo(url)
+    if info is not None:
+        password = info[1]
+        found += [password, unquote(password)]
+        found += [p for p in _PIECES.split(password) if len(p) >= 3]
+    found += [v for k, v in parse_qsl(urlsplit(url).query) if k.lower().endswith("password")]
+    unique = dict.fromkeys(p for p in found if p)
+    return tuple(sorted(unique, key=len, reverse=True))  # the longest replaced first
 
 
 def load_settings(

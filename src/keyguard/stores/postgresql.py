@@ -33,12 +33,13 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from ..exceptions import ConfigurationError, StoreError
+from ..settings import check_url_password, mask_url, url_secrets
 from .base import Use
 from .sql import SQLStore
 
@@ -81,12 +82,17 @@ def reason(exc: BaseException, secrets: tuple[str, ...] = ()) -> str:
     lines = str(exc).strip().splitlines()
     text = lines[0].strip() if lines else ""
     text = _SERVER.sub("", text.removeprefix("connection failed: "))
-    text = text.rsplit("FATAL:", 1)[-1]
+    text = scrub(text.rsplit("FATAL:", 1)[-1], secrets)
+    text = " ".join(text.split())[:300]
+    return text or type(exc).__name__
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without a password: `password=...`, a URL's user info, any of `secrets`."""
     text = _USERINFO.sub(r"\1****@", _SECRET_PARAM.sub(r"\1\2****", text))
     for secret in secrets:
         text = text.replace(secret, "****")
-    text = " ".join(text.split())[:300]
-    return text or type(exc).__name__
+    return text
 
 
 class _OncePerMinute(logging.Filter):
@@ -105,6 +111,9 @@ class _OncePerMinute(logging.Filter):
         if not (isinstance(args, tuple) and args and args[0] == POOL_NAME):
             return True
         message, now = record.getMessage(), time.monotonic()
+        scrubbed = scrub(message, tuple(sorted(_SECRETS, key=len, reverse=True)))
+        if scrubbed != message:
+            record.msg, record.args, message = scrubbed, (), scrubbed
         with self._lock:
             if now - self._seen.get(message, -self.every) < self.every:
                 return False
@@ -114,6 +123,7 @@ class _OncePerMinute(logging.Filter):
         return True
 
 
+_SECRETS: set[str] = set()  # the passwords of every keyguard PostgreSQL store in this process
 _pool_log = logging.getLogger("psycopg.pool")
 if not any(isinstance(f, _OncePerMinute) for f in _pool_log.filters):
     _pool_log.addFilter(_OncePerMinute())
@@ -148,13 +158,23 @@ class PostgreSQLStore(SQLStore):
             ) from None
         self._conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(query)))
         self._options = f"-c statement_timeout={statement_ms} -c lock_timeout={statement_ms}"
-        # For messages: never the password.
-        found = [parts.password or "", unquote(parts.password or "")]
-        found += [v for k, v in parse_qsl(parts.query) if k.lower().endswith("password")]
-        self._secrets = tuple(p for p in found if p)
-        self.where = (
-            f"postgresql store {parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
-        )
+        # For messages: never the password (the settings refuse one that parsers read
+        # differently; a store built directly is judged here all the same).
+        try:
+            check_url_password(url)
+        except ValueError as exc:
+            raise ConfigurationError(f"store: {exc}") from None
+        self._secrets = url_secrets(url)
+        _SECRETS.update(self._secrets)  # what the pool's log lines are scrubbed of
+        shown = urlsplit(mask_url(url))
+        try:
+            port = shown.port or 5432
+        except ValueError:
+            raise ConfigurationError(
+                "store: the postgresql URL's port is not a number (a password holding "
+                "'/', '?', '#' or '@' must be percent-encoded)"
+            ) from None
+        self.where = f"postgresql store {shown.hostname or 'localhost'}:{port}{shown.path}"
         self._pool: ConnectionPool[Any] | None = None
         self._lock = threading.Lock()
 
