@@ -649,6 +649,8 @@ WIDE = [
     ),
     pytest.param(["2600::/12"], {}, id="one-registrys-v6-block"),
     pytest.param(["2410::/12", "2630::/12"], {}, id="two-later-registry-blocks"),
+    pytest.param(["2002::/16"], {"allow_private_ips": True}, id="every-v4-through-6to4"),
+    pytest.param(["2002:1000::/20"], {}, id="a-v4-slash-4-through-6to4"),
     pytest.param(["0.0.0.0/1", "128.0.0.0/1"], {"allow_private_ips": True}, id="two-halves"),
     pytest.param(["1.0.0.0/8"] * 3 + [f"{i}.0.0.0/8" for i in range(40, 56)], {}, id="many-8s"),
 ]

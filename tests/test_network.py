@@ -271,6 +271,10 @@ ALLOW_BAD = [
     pytest.param(["100.64.0.0/10"], False, id="shared-cgnat"),
     pytest.param(["64:ff9b::10.0.0.0/104"], False, id="nat64-private"),
     pytest.param(["64:ff9b::/64"], False, id="nat64-all-of-v4"),
+    pytest.param(["64:ff9b:1::a00:0/104"], False, id="nat64-local-use-private"),
+    pytest.param(["2002:a00::/24"], False, id="6to4-of-10-8"),
+    pytest.param(["2002:c0a8::/32"], False, id="6to4-of-192-168"),
+    pytest.param(["2002::/16"], False, id="6to4-all-of-v4"),
     pytest.param(["not-an-ip"], True, id="garbage"),
     pytest.param(["1.2.3.4/40"], True, id="bad-prefix"),
     pytest.param("8.8.8.0/24", True, id="string-not-list"),
@@ -293,6 +297,7 @@ def test_allowlist_refused(entries: object, allow_private: bool) -> None:
         pytest.param(["1.1.1.1"], False, id="single"),
         pytest.param(["203.0.113.0/24", "2001:db8::/32"], False, id="documentation-ranges"),
         pytest.param(["64:ff9b::8.8.8.0/120"], False, id="nat64-public"),
+        pytest.param(["2002:808:800::/40"], False, id="6to4-public"),
     ],
 )
 def test_allowlist_accepted(entries: list[str], allow_private: bool) -> None:

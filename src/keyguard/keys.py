@@ -25,7 +25,7 @@ from . import tokens
 from .audit import audited
 from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound, KeyStateConflict
 from .models import IssuedKey, KeyInfo, KeyRecord, metadata_value, text_ok
-from .network import PRIVATE_RANGES, parse_allowlist
+from .network import PRIVATE_RANGES, carried_v4, parse_allowlist
 from .settings import _check_rate
 
 if TYPE_CHECKING:
@@ -287,7 +287,9 @@ _PUBLIC_SIZE = {v: sum(last - first + 1 for first, last in r) for v, r in _PUBLI
 def admits_nearly_everyone(allowed_ips: Iterable[str]) -> bool:
     """Whether an allowlist admits at least WIDE_SHARE of the public addresses of
     IPv4 or of IPv6 (see above): such a key counts as unrestricted."""
+    # An IPv6 entry that reaches IPv4 hosts (6to4, NAT64) counts as the IPv4 it reaches.
     nets = [ipaddress.ip_network(text, strict=False) for text in allowed_ips]
+    nets = [carried_v4(net) or net for net in nets]
     for version, public in _PUBLIC.items():
         covered = 0
         for first, last in _ranges(n for n in nets if n.version == version):

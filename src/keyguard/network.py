@@ -191,7 +191,31 @@ class ClientResolver:
 _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215's, for local /96 prefixes
 # IPv6 blocks whose last 32 bits are an IPv4 address: IPv4-mapped, and NAT64.
-_CARRIES_V4 = (ipaddress.IPv6Network("::ffff:0:0/96"), _NAT64)
+# IPv6 blocks that carry an IPv4 address, and where: (block, the bit after the IPv4
+# address). IPv4-mapped and NAT64 (the well-known /96, and RFC 8215's local-use block
+# with a /96 prefix): the last 32 bits; 6to4 (2002::/16): the 32 bits after the first 16.
+_CARRIES_V4 = (
+    (ipaddress.IPv6Network("::ffff:0:0/96"), 0),
+    (_NAT64, 0),
+    (_NAT64_LOCAL, 0),
+    (ipaddress.IPv6Network("2002::/16"), 80),
+)
+
+
+def carried_v4(net: IPNetwork) -> IPNetwork | None:
+    """The IPv4 network an IPv6 network reaches through a block that carries IPv4
+    (see _CARRIES_V4); 0.0.0.0/0 when it holds a whole such block; else None."""
+    if not isinstance(net, ipaddress.IPv6Network):
+        return None
+    for block, shift in _CARRIES_V4:
+        if net.supernet_of(block):
+            return ipaddress.IPv4Network("0.0.0.0/0")
+        if net.subnet_of(block):
+            bits = net.prefixlen - (128 - shift - 32)  # how many bits of the IPv4 it fixes
+            address = (int(net.network_address) >> shift) & 0xFFFFFFFF
+            return ipaddress.IPv4Network((address, min(32, max(0, bits))), strict=False)
+    return None
+
 
 PRIVATE_RANGES = tuple(
     ipaddress.ip_network(n)
@@ -213,15 +237,8 @@ PRIVATE_RANGES = tuple(
 
 def is_private(net: IPNetwork) -> bool:
     """Does `net` hold private, loopback or link-local addresses, also as IPv6 forms
-    that carry an IPv4 address (::ffff:a.b.c.d, NAT64's 64:ff9b::a.b.c.d)?"""
-    if isinstance(net, ipaddress.IPv6Network):
-        for carrier in _CARRIES_V4:
-            if net.subnet_of(carrier):
-                embedded = int(net.network_address) & 0xFFFFFFFF
-                net = ipaddress.IPv4Network((embedded, max(0, net.prefixlen - 96)), strict=False)
-                break
-            if net.supernet_of(carrier):  # every IPv4 address, private ones among them
-                return True
+    that carry an IPv4 address (::ffff:a.b.c.d, NAT64, 6to4: see carried_v4)?"""
+    net = carried_v4(net) or net
     return any(net.version == r.version and net.overlaps(r) for r in PRIVATE_RANGES)
 
 
