@@ -273,11 +273,17 @@ def parse_allowlist(entries: Iterable[str], allow_private: bool) -> tuple[IPNetw
                 "allowed_ips", f"{shown} allows every address; leave the list empty instead"
             )
         if not allow_private and is_private(net):
+            what = (
+                "reaches private, loopback or link-local IPv4 addresses (through IPv4-mapped,"
+                " NAT64 or 6to4 addresses)"
+                if carried_v4(net) is not None
+                else "is a private, loopback or link-local range"
+            )
             raise InvalidKeySettings(
                 "allowed_ips",
-                f"{shown} is a private, loopback or link-local range, which the policy"
-                " refuses; to allow such ranges (local development, a private network), set"
-                " policy.allow_private_ips to True (or KEYGUARD_POLICY__ALLOW_PRIVATE_IPS=1)",
+                f"{shown} {what}, which the policy refuses; to allow such ranges (local"
+                " development, a private network), set policy.allow_private_ips to True (or"
+                " KEYGUARD_POLICY__ALLOW_PRIVATE_IPS=1)",
             )
         nets.append(net)
     return tuple(nets)
