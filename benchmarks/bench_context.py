@@ -75,7 +75,7 @@ def main() -> None:
         return headers
 
     def warm(scope: dict[str, Any]) -> object:
-        verdict = guard.drivers.start(Facts("GET", bc.PATH, PEER, facts, "http", scope))
+        verdict = guard.drivers.start(Facts("GET", bc.PATH, PEER, facts, "http"))
         assert isinstance(verdict, Verdict) and verdict.entry is not None
         return verdict
 
