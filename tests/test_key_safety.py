@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from starlette.routing import Route
 from keyguard import InvalidKeySettings, KeyGuard, KeyNotFound, StoreError
 from keyguard.admin import Principal, admin_app
 from keyguard.asgi import KeyGuardMiddleware
-from keyguard.exceptions import shown_id
+from keyguard.exceptions import shown_id, shown_value
 
 from .test_stores import BACKENDS, store_url
 
@@ -362,13 +363,36 @@ async def test_a_token_given_as_a_key_id_is_not_found_and_not_echoed(
         pytest.param("nope", "nope", id="short"),
         pytest.param("kg_" + "A" * 16 + "_" + "s" * 30, "kg_…ssss", id="token"),
         pytest.param("x" * 39 + "WXYZ", "…WXYZ", id="signing-secret"),
-        pytest.param("correct horse battery", "…tery", id="passphrase"),
-        pytest.param("a\ud800" * 5, "…a\\ud800a\\ud800", id="surrogates"),
+        pytest.param("correct horse battery staple", "…aple", id="passphrase"),
+        pytest.param("correct horse", "…", id="short-passphrase"),  # no tail: too short
+        pytest.param("Hunter2-Hunter2x", "…", id="id-like-passphrase"),  # not a key id's alphabet
+        pytest.param("Hunter2_" + "x" * 20, "…xxxx", id="underscore-is-not-a-prefix"),
+        pytest.param("a\ud800" * 12, "…a\\ud800a\\ud800", id="surrogates"),
+        pytest.param("\x1b[2J" * 6, "…\\x1b[2J", id="escape-in-the-tail"),
         pytest.param(12, "<int>", id="not-text"),
     ],
 )
 def test_shown_id(given: object, shown: str) -> None:
     assert shown_id(given) == shown
+
+
+SHAPE = re.compile(r"[0-9]{1,3}[a-z]")
+
+
+@pytest.mark.parametrize(
+    ("given", "shown"),
+    [
+        pytest.param("30d", "'30d'", id="shaped-is-quoted"),
+        pytest.param("nope", "…", id="id-like-but-not-shaped"),
+        pytest.param("Hunter2-Hunter2x", "…", id="short-passphrase"),
+        pytest.param("kg_" + "A" * 16 + "_" + "s" * 30, "kg_…ssss", id="token"),
+        pytest.param(None, "<NoneType>", id="not-text"),
+    ],
+)
+def test_shown_value_quotes_only_what_has_the_shape(given: object, shown: str) -> None:
+    assert shown_value(given, SHAPE) == shown
+    if shown.startswith("'"):
+        assert shown_value(given, SHAPE, quoted=False) == given
 
 
 async def test_a_token_in_the_admin_path_is_a_plain_404(
@@ -432,6 +456,64 @@ async def test_a_secret_pasted_into_another_field_is_not_echoed(
             main(["--store", url, *args])
         out, err = capsys.readouterr()
         assert exited.value.code != 0 and token[:-4] not in out + err and secret[:-4] not in err
+
+
+async def test_a_short_passphrase_pasted_into_another_field_is_not_echoed(
+    admin: httpx.AsyncClient, guard: KeyGuard, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A valid passphrase short and plain enough to look like an id (16 letters,
+    digits and '-') is no more echoed than a token: a refusal quotes what it was
+    given only when it has the field's shape, and the mistakes people make (a
+    typo'd address, duration, metadata key or field name) are still quoted."""
+    from keyguard.cli import main
+
+    phrase = "Hunter2-Hunter2x"
+    guard.keys.create(owner="o", name="n", passphrase=phrase)  # the leak watch knows it
+    for body in (
+        {"allowed_ips": [phrase]},
+        {"expires_in": phrase},
+        {phrase: 1},
+        {"rate_limit": phrase},
+        {"scopes": [phrase + " "]},
+    ):
+        r = await admin.post("/api/keys", json={"owner": "o", "name": "m", **body})
+        assert r.status_code == 422 and phrase not in r.text and phrase[4:] not in r.text
+    quoted = {
+        "allowed_ips": ({"allowed_ips": ["203.0.113.0/33"]}, "'203.0.113.0/33'"),
+        "colour": ({"colour": "red"}, "colour"),
+    }
+    for field, (body, shown) in quoted.items():
+        r = await admin.post("/api/keys", json={"owner": "o", "name": "m", **body})
+        assert r.status_code == 422 and r.json()["field"] == field
+        assert shown in r.json()["detail"] or r.json()["field"] == shown
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    create = ["--store", url, "keys", "create", "--owner", "o", "--name", "n"]
+    for args, pasted in (
+        ([*create, "--ip", phrase], phrase),
+        ([*create, "--expires-in", phrase], phrase),
+        ([*create, "--expires-in", "hunter2hunter2x"], "hunter2hunter2x"),
+        ([*create, "--metadata", phrase], phrase),
+        ([*create, "--metadata", "=" + phrase], phrase),
+        (["--store", url, "keys", "rotate", "AbCdEfGh12345678", "--grace", phrase], phrase),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        out, err = capsys.readouterr()
+        assert exited.value.code == 2, err
+        assert pasted not in out + err and pasted[4:] not in err, err
+        assert "…" in err or "needs a KEY" in err, err
+    for args, shown in (
+        ([*create, "--ip", "203.0.113.0/33"], "'203.0.113.0/33'"),
+        ([*create, "--expires-in", "30x"], "'30x'"),
+        ([*create, "--expires-in", "2 fortnights"], "'2 fortnights'"),
+        ([*create, "--expires-in", "200000w"], "'200000w' is longer than 100 years"),
+        ([*create, "--metadata", "team"], "'team' is not KEY=VALUE"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and shown in err, err
 
 
 def test_an_ipv4_mapped_entry_is_stored_as_the_ipv4_it_names() -> None:

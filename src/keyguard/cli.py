@@ -59,7 +59,11 @@ from .models import IssuedKey, KeyInfo
 from .settings import mask_url
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
-_SHORT = re.compile(r"[\w ]{0,12}")  # echoed as given in a refusal; anything longer as a hint
+# What a refusal may quote as given (`shown_value`); anything else is shown as a hint.
+# A duration: digits, then perhaps a unit word ("90s", "30 days", "1.5h", "2 fortnights").
+_DURATION_SHAPE = re.compile(r"\s*[-+]?[0-9]{1,15}(?:\.[0-9]{1,6})?\s*[A-Za-z]{0,12}\s*", re.ASCII)
+# A --metadata KEY given without "=VALUE": a word such as "team" or "plan.tier".
+_META_KEY_SHAPE = re.compile(r"[A-Za-z_][A-Za-z0-9_.:]{0,31}", re.ASCII)
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _NONE = ("none", "null", "off")
 CONTEXT = {"help_option_names": ["-h", "--help"]}
@@ -69,12 +73,13 @@ _VERSION = "%(prog)s %(version)s"
 def parse_duration(text: str) -> timedelta:
     m = _DURATION.match(text)
     if not m:
-        shown = shown_value(text, _SHORT)
+        shown = shown_value(text, _DURATION_SHAPE)
         raise click.BadParameter(f"{shown} is not a duration like 90s, 15m, 24h, 30d or 2w")
     try:
         return timedelta(seconds=duration("duration", int(m[1]) * _UNITS[m[2]]))
     except InvalidKeySettings:
-        raise click.BadParameter(f"{shown_value(text, _SHORT)} is longer than 100 years") from None
+        shown = shown_value(text, _DURATION_SHAPE)
+        raise click.BadParameter(f"{shown} is longer than 100 years") from None
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
@@ -333,9 +338,11 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     out = {}
     for pair in pairs:
         name, eq, value = pair.partition("=")
-        if not eq or not name.strip():
-            shown = shown_value(pair, _SHORT)  # (a value may be a secret: a hint only)
+        if not eq:  # a key alone is quoted; anything else (a pasted secret) only hinted
+            shown = shown_value(pair, _META_KEY_SHAPE)
             raise click.BadParameter(f"{shown} is not KEY=VALUE", param_hint="'--metadata'")
+        if not name.strip():  # (the value is not quoted: it may be a secret)
+            raise click.BadParameter("KEY=VALUE needs a KEY before '='", param_hint="'--metadata'")
         out[name.strip()] = value
     return out
 

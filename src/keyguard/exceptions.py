@@ -26,9 +26,10 @@ the one renderer (RFC 9457 problem+json, with `message` beside `detail` for
 SDKs that show it), `wsgi(start_response)` and `await asgi(scope, send)` send
 it through either door, and `PROBLEM_SCHEMA` is the JSON Schema of what it
 renders (for OpenAPI documents). Messages never carry a token, secret or
-passphrase: callers pass fixed text, and a key id a caller gave is shown
+passphrase: callers pass fixed text, a key id a caller gave is shown
 through `shown_id` (a token pasted where an id belongs is shown only as its
-hint).
+hint), and any other value through `shown_value` (quoted only when it has the
+field's shape).
 """
 
 from __future__ import annotations
@@ -38,31 +39,49 @@ import re
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-_ID_LIKE = re.compile(r"[A-Za-z0-9_.:-]{1,16}")
-_PREFIXED = re.compile(r"([A-Za-z0-9]{1,16})_")
+from . import tokens
+
+_ID_LIKE = re.compile(r"[A-Za-z0-9]{1,16}")  # a key id's alphabet, at most its length
+_PREFIXED = re.compile(r"([A-Za-z][A-Za-z0-9]{0,15})_")
+HINT_TAIL_FROM = 24  # a value this long may show its last four characters (a sixth at most)
+
+
+def _hint(value: str) -> str:
+    """A value shown only as a hint, never enough to use or guess: the token prefix
+    when the value has a token's shape (as listings show tokens), and its last four
+    characters only when it is long (a pasted token or secret is recognisable by
+    them); a shorter value is only `…`."""
+    m = _PREFIXED.match(value)
+    token = m is not None and tokens.TokenParser(m[1]).split(value) is not None
+    tail = ascii(value[-4:])[1:-1] if len(value) >= HINT_TAIL_FROM else ""
+    return f"{m[1]}_…{tail}" if token and m else f"…{tail}"
 
 
 def shown_id(value: object) -> str:
     """A key id a caller gave, as messages, audit events and the CLI may show it.
 
-    Key ids are 16 letters and digits. Anything that could not be one (longer,
-    other characters: a token, a signing secret or a passphrase pasted where an
-    id belongs) is shown only as a hint, as listings show tokens: the prefix, if
-    it has one, and the last four characters, never enough to use."""
+    Key ids are 16 letters and digits: letters and digits, at most 16 (an id, or
+    a typo of one), are shown as given. Anything else (a token, a signing secret
+    or a passphrase pasted where an id belongs) is shown only as a hint
+    (`_hint`), as listings show tokens."""
     if not isinstance(value, str):
         return f"<{type(value).__name__}>"
     if _ID_LIKE.fullmatch(value):
         return value
-    m = _PREFIXED.match(value)
-    tail = ascii(value[-4:])[1:-1] if len(value) > 8 else ""
-    return f"{m[1]}_…{tail}" if m else f"…{tail}"
+    return _hint(value)
 
 
-def shown_value(value: str, shape: re.Pattern[str]) -> str:
-    """A value a caller gave for a field, as a message may echo it: quoted when it
-    has the field's `shape` (an address, a duration), else only as a hint, for a
-    token or secret pasted into the wrong field must not be echoed."""
-    return repr(value) if shape.fullmatch(value) else shown_id(value)
+def shown_value(value: object, shape: re.Pattern[str], *, quoted: bool = True) -> str:
+    """A value a caller gave for a field, as a message may echo it: as given (quoted,
+    unless `quoted=False`) only when it has the field's `shape` (an address, a
+    duration, a field name), else only as a hint (`_hint`): a token, secret or
+    passphrase pasted into the wrong field is never echoed, however short or
+    id-like it is. `shape` should admit only what cannot be a secret's shape."""
+    if not isinstance(value, str):
+        return f"<{type(value).__name__}>"
+    if shape.fullmatch(value):
+        return repr(value) if quoted else value
+    return _hint(value)
 
 
 class KeyGuardError(Exception):

@@ -46,6 +46,7 @@ from ..exceptions import (
     StoreError,
     problem,
     shown_id,
+    shown_value,
 )
 from ..guard import KeyGuard
 from ..keys import (
@@ -205,11 +206,16 @@ _CONVERT: dict[str, Callable[[str, Any], Any]] = {
 }
 
 
+# An unknown field is named as sent only when it looks like a field name (a typo such
+# as "expires"); anything else (a secret pasted as a name) only as a hint.
+_FIELD_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")
+
+
 def _arguments(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, value in body.items():
         if name not in allowed:
-            raise InvalidKeySettings(shown_id(name), "unknown field")
+            raise InvalidKeySettings(shown_value(name, _FIELD_NAME, quoted=False), "unknown field")
         convert = _CONVERT.get(name)
         out[name] = convert(name, value) if convert else value
     return out
