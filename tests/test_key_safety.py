@@ -516,6 +516,130 @@ async def test_a_short_passphrase_pasted_into_another_field_is_not_echoed(
         assert exited.value.code == 2 and shown in err, err
 
 
+# -- nothing in a listing can authenticate ------
+
+
+def _listed_with(field: str, token: str) -> dict[str, Any]:
+    """create() keyword arguments with `token` in (or as) `field`."""
+    kwargs: dict[str, Any] = {"owner": "o", "name": "n"}
+    if field == "owner":
+        kwargs["owner"] = token
+    elif field == "name":
+        kwargs["name"] = f"deploy key {token} (old)"  # inside the text counts too
+    elif field == "scopes":
+        kwargs["scopes"] = ["read", token]
+    elif field == "metadata":
+        kwargs["metadata"] = {"notes": ["rotated", {"was": token}]}
+    else:  # a metadata key
+        kwargs["metadata"] = {token: 1}
+    return kwargs
+
+
+LISTED = ["owner", "name", "scopes", "metadata", "metadata-key"]
+
+
+@pytest.mark.parametrize("field", LISTED)
+def test_a_token_in_a_listed_field_is_refused(guard: KeyGuard, field: str) -> None:
+    """A field every listing shows (owner, name, scopes, metadata keys and values)
+    never holds one of the guard's tokens: 422/InvalidKeySettings naming the field,
+    on create and update, and the refusal does not quote it."""
+    token = guard.keys.create(owner="victim", name="v").token or ""
+    before = guard.keys.list(include_revoked=True)
+    kwargs = _listed_with(field, token)
+    with pytest.raises(InvalidKeySettings) as caught:
+        guard.keys.create(**kwargs)
+    named = field.partition("-")[0]
+    assert caught.value.field == named and token not in str(caught.value)
+    assert guard.keys.list(include_revoked=True) == before
+    if named != "owner":
+        target = before[0].id
+        with pytest.raises(InvalidKeySettings) as caught:
+            guard.keys.update(target, **{named: kwargs[named]})
+        assert caught.value.field == named
+        assert guard.keys.get(target) == before[0]
+
+
+def test_a_token_with_a_mistyped_checksum_is_refused_and_other_text_is_not(
+    guard: KeyGuard,
+) -> None:
+    """The gate's own parser gives the shape. A token whose checksum is mistyped
+    still carries its secret (the checksum is a CRC anyone can recompute): refused.
+    The shape under another prefix, a cut token or ordinary text may be named."""
+    token = guard.keys.create(owner="victim", name="v").token or ""
+    typo = token[:-1] + ("A" if token[-1] != "A" else "B")
+    with pytest.raises(InvalidKeySettings):
+        guard.keys.create(owner="o", name=f"x{typo}x")
+    other = "zz_" + "A" * 16 + "_" + "b" * 30
+    for text in (other, "kg_" + "A" * 16 + "_" + "b" * 29, "kg_ key for CI", "kg_" * 40):
+        assert guard.keys.create(owner=text, name=text).info.name == text
+
+
+async def test_a_token_as_owner_or_name_over_http_and_the_cli(
+    admin: httpx.AsyncClient,
+    guard: KeyGuard,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from keyguard.cli import main
+
+    caplog.set_level(logging.INFO, logger="keyguard.audit")
+    token = guard.keys.create(owner="victim", name="v").token or ""
+    target = guard.keys.create(owner="acme", name="t").id
+    for body in (
+        {"owner": token, "name": "n"},
+        {"owner": "acme", "name": token},
+        {"owner": "acme", "name": "n", "metadata": {"k": token}},
+        {"owner": "acme", "name": "n", "scopes": [token]},
+    ):
+        field = next(k for k, v in body.items() if token in json.dumps(v))
+        r = await admin.post("/api/keys", json=body)
+        assert r.status_code == 422 and r.json()["field"] == field and token not in r.text
+    r = await admin.patch(f"/api/keys/{target}", json={"name": token})
+    assert r.status_code == 422 and r.json()["field"] == "name" and token not in r.text
+    assert guard.keys.get(target).name == "t"
+
+    url = f"sqlite:///{tmp_path / 'k.db'}"
+    g = KeyGuard({"store": url})
+    cli_token = g.keys.create(owner="victim", name="v").token or ""
+    kid = g.keys.create(owner="o", name="kept").id
+    g.close()
+    create = ["keys", "create", "--owner", "o"]
+    for args, field in (
+        (["keys", "create", "--owner", cli_token, "--name", "n"], "owner"),
+        ([*create, "--name", cli_token], "name"),
+        ([*create, "--name", "n", "--metadata", f"k={cli_token}"], "metadata"),
+        (["keys", "update", kid, "--name", cli_token], "name"),
+    ):
+        with pytest.raises(SystemExit) as exited:
+            main(["--store", url, *args])
+        out, err = capsys.readouterr()
+        assert exited.value.code == 2 and f"error: {field}: must not contain" in err, err
+        assert cli_token not in out + err
+    assert token not in caplog.text and cli_token not in caplog.text
+
+
+def test_the_audit_log_never_shows_a_token_as_an_owner(
+    guard: KeyGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused (whatever field is refused first) or stored before such owners
+    were refused: an event shows such an owner only as its hint."""
+    caplog.set_level(logging.INFO, logger="keyguard.audit")
+    token = guard.keys.create(owner="victim", name="v").token or ""
+    for bad in ({"allowed_ips": ["not-an-ip"]}, {"expires_in": -1}, {"kind": "x"}, {}):
+        with pytest.raises(InvalidKeySettings):
+            guard.keys.create(owner=token, name="n", **bad)
+    old = guard.keys.create(owner="o", name="old").id  # a row from before: its owner a token
+    guard.store.modify(old, lambda r: r.replace(owner=f"team {token}"))
+    guard.forget(old)
+    assert guard.keys.get(old).owner == f"team {token}"
+    guard.keys.revoke(old)
+    events = [r.audit for r in caplog.records if r.name == "keyguard.audit"]  # type: ignore[attr-defined]
+    owners = [e["owner"] for e in events if e["action"] != "key.create" or e["result"] != "ok"]
+    assert owners == [f"kg_…{token[-4:]}"] * 4 + [f"…{token[-4:]}"]
+    assert token not in caplog.text and token[3:-4] not in caplog.text
+
+
 def test_an_ipv4_mapped_entry_is_stored_as_the_ipv4_it_names() -> None:
     g = KeyGuard({"store": "memory://"})
     info = g.keys.create(owner="o", name="n", allowed_ips=["::ffff:203.0.113.7"]).info

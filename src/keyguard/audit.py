@@ -8,7 +8,8 @@ Owns two things:
   event says who acted, on which key id, what, when, from which client IP and
   with which result code. It never carries a token, secret or passphrase:
   only ids (a token given as an id is shown as its hint, see `shown_id`),
-  owners, field *names* and codes. The event is the log message (as
+  owners (one holding a token, which `guard.keys` refuses, only as its hint),
+  field *names* and codes. The event is the log message (as
   compact JSON) and also `record.audit` (a dict) for structured handlers.
   Who acted comes from `acting_as(...)` (the admin app sets it); calls from
   plain Python code or the CLI have `who: null`.
@@ -102,6 +103,18 @@ def _key_of(value: object) -> KeyInfo | None:
     return value if isinstance(value, KeyInfo) else None
 
 
+def _owner(manager: Any, owner: object) -> str | None:
+    """An owner as an event shows it: as given, unless it holds one of the guard's
+    tokens (`manager.token_parser`; a token pasted as the owner of a refused create,
+    or a row stored before such owners were refused): then only its hint."""
+    if not isinstance(owner, str):
+        return None
+    parser = getattr(manager, "token_parser", None)
+    if parser is not None and parser.found_in(owner):
+        return shown_id(owner)  # (longer than any id: a hint)
+    return owner
+
+
 def audited(
     action: str,
 ) -> Callable[[Callable[Concatenate[Any, P], R]], Callable[Concatenate[Any, P], R]]:
@@ -117,7 +130,7 @@ def audited(
             first = args[0] if args else kwargs.get("key_id")
             key_id = shown_id(first) if first is not None else None  # never a pasted token
             names = sorted(k for k in kwargs if k != "passphrase" or kwargs[k] is not None)
-            owner = kwargs.get("owner") if isinstance(kwargs.get("owner"), str) else None
+            owner = _owner(self, kwargs.get("owner"))
             try:
                 out = method(self, *args, **kwargs)
             except InvalidKeySettings as exc:
@@ -141,7 +154,7 @@ def audited(
                 action,
                 result="ok",
                 key_id=info.id if info else key_id,
-                owner=info.owner if info else owner,
+                owner=_owner(self, info.owner) if info else owner,
                 fields=names,
             )
             return out

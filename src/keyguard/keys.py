@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, ParamSpec, TypeVar
 
@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
+V = TypeVar("V")
 DAY = 86_400.0
 SIGNING_SECRET_LEN = 43  # base62: ~256 bits
 _SCOPE = re.compile(r"[A-Za-z0-9_.:*/-]{1,128}")
@@ -80,6 +81,19 @@ def _text(field: str, value: object, limit: int = 200) -> str:
             field, "must be valid Unicode without control characters (or lone surrogates)"
         )
     return value.strip()
+
+
+def _strings(value: object) -> Iterator[str]:
+    """Every string in a validated value: text, scopes, metadata keys and values."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from _strings(key)
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
 
 
 def _key_id(value: object) -> str:
@@ -335,8 +349,21 @@ class KeyManager:
         self._clock = clock
         self._setup = setup
         self._pending_use = pending_use
+        # This guard's tokens, as the gate parses them: what a listed field must not hold.
+        self.token_parser = tokens.TokenParser(settings.token_prefix)
 
     # -- policy -------------------------------------------------------------
+
+    def _listed(self, field: str, value: V) -> V:
+        """`value` (a name, owner, scopes or metadata: text shown in every listing),
+        unless a string in it holds something of this guard's token shape
+        (`TokenParser.found_in`, the gate's own parser), which a listing must never
+        show: InvalidKeySettings naming `field`, which never quotes the value."""
+        if any(self.token_parser.found_in(text) for text in _strings(value)):
+            raise InvalidKeySettings(
+                field, "must not contain an API key token: it would be shown in every listing"
+            )
+        return value
 
     def _allowlist(self, value: Iterable[str]) -> tuple[str, ...]:
         nets = parse_allowlist(value, self._settings.policy.allow_private_ips)
@@ -429,17 +456,17 @@ class KeyManager:
             self._signing_ring()
         return KeyRecord(
             id=tokens.new_key_id(),
-            owner=_owner(owner),
-            name=_text("name", name),
+            owner=self._listed("owner", _owner(owner)),
+            name=self._listed("name", _text("name", name)),
             kind=kind,
-            scopes=_scopes(scopes),
+            scopes=self._listed("scopes", _scopes(scopes)),
             allowed_ips=self._allowlist(allowed_ips),
             created_at=now,
             hint="",
             expires_at=expires,
             rate_limit=_rate(rate_limit),
             max_uses=max_uses,
-            metadata=metadata_value(metadata),
+            metadata=self._listed("metadata", metadata_value(metadata)),
         )
 
     @audited("key.create")
@@ -583,9 +610,9 @@ class KeyManager:
         """`update`'s given fields, validated (UNSET: not given)."""
         changes: dict[str, Any] = {}
         if not isinstance(name, _Unset):
-            changes["name"] = _text("name", name)
+            changes["name"] = self._listed("name", _text("name", name))
         if not isinstance(scopes, _Unset):
-            changes["scopes"] = _scopes(scopes)
+            changes["scopes"] = self._listed("scopes", _scopes(scopes))
         if not isinstance(allowed_ips, _Unset):  # None or [] removes the allowlist
             changes["allowed_ips"] = self._allowlist(allowed_ips or ())
         if not isinstance(expires_at, _Unset):
@@ -593,7 +620,7 @@ class KeyManager:
         if not isinstance(rate_limit, _Unset):
             changes["rate_limit"] = _rate(rate_limit)
         if not isinstance(metadata, _Unset):
-            changes["metadata"] = metadata_value(metadata)
+            changes["metadata"] = self._listed("metadata", metadata_value(metadata))
         return changes
 
     @audited("key.revoke")

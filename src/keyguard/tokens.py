@@ -111,3 +111,17 @@ class TokenParser:
         """(id, secret) of a well-formed token with a valid checksum, else None."""
         parts = self.split(token)
         return parts if parts is not None and self.checksum_ok(token) else None
+
+    def found_in(self, text: str) -> bool:
+        """Whether `text` holds, anywhere in it, a token of this prefix's shape (`split`:
+        the prefix, the id, the secret and checksum fields). The checksum is not
+        required: it is a CRC anyone can recompute, so a token with a mistyped one
+        still carries a working secret. For validating what is shown or logged
+        (names, owners), not the hot path."""
+        head, length = self._head, self._length
+        start = text.find(head)
+        while start != -1 and start + length <= len(text):
+            if self.split(text[start : start + length]) is not None:
+                return True
+            start = text.find(head, start + 1)
+        return False

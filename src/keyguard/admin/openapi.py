@@ -135,7 +135,8 @@ _PROBLEM_DESCRIPTIONS = {
     "422": (
         "invalid_key_settings: a refused setting; `field` names it. Also what a schema"
         " cannot say: an expiry in the past or beyond 100 years, a malformed or private"
-        " address, the owner's key limit, a scope or field this caller may not set, a"
+        " address, an API key token in a field every listing shows (owner, name, scopes,"
+        " metadata), the owner's key limit, a scope or field this caller may not set, a"
         " self-service caller's later expiry or resume of an operator's suspension"
     ),
     "429": "too_many_failures: this client failed to authenticate too often",
