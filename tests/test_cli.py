@@ -743,6 +743,27 @@ def test_create_max_uses_and_metadata(cli: Callable[..., Run], guard: KeyGuard) 
     assert "KEY=VALUE" in one_error(cli(*C, "--metadata", "novalue"), 2)
 
 
+def test_option_refusals_of_click_never_echo_a_pasted_secret(
+    cli: Callable[..., Run], guard: KeyGuard
+) -> None:
+    """--max-uses and --kind refuse what is not a number or a word without echoing
+    it (a token, a signing secret or a passphrase pasted there); a typo is quoted.
+    (--settings FILE and an unknown command are named as given: a path and a
+    command name, as click prints them.)"""
+    token = guard.keys.create(owner="o", name="victim").token or ""
+    for pasted in (token, "x" * 39 + "WXYZ", "Hunter2-Hunter2x", "correct horse battery"):
+        for option in ("--max-uses", "--kind"):
+            run = cli(*C, option, pasted)
+            line = one_error(run, 2)
+            assert option in line and pasted not in run.out + run.err, line
+            assert pasted[4:] not in run.err and "…" in line, line
+    assert "'1.5' is not a whole number" in one_error(cli(*C, "--max-uses", "1.5"), 2)
+    line = one_error(cli(*C, "--kind", "Signin"), 2)
+    assert "'Signin' is not one of 'bearer', 'signing'" in line
+    assert create(cli, "--owner", "o", "--name", "n", "--max-uses", " 7 ")[1]["max_uses"] == 7
+    assert "positive" in one_error(cli(*C, "--max-uses", "-3"), 2)
+
+
 def test_update_rate_limit_none_and_metadata(cli: Callable[..., Run], guard: KeyGuard) -> None:
     _, key = create(cli, "--owner", "o", "--name", "r", "--rate-limit", "5/second")
     for word in ("none", "None", "NULL"):

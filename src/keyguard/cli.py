@@ -93,6 +93,40 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
         return parse_duration(str(value))
 
 
+# A whole number as people mistype one ("1.5", "1,000", "-3"): quoted in a refusal.
+_NUMBER_SHAPE = re.compile(r"\s*[-+]?[0-9][0-9_.,]{0,19}\s*", re.ASCII)
+# A choice as people mistype one ("Signing", "hmac"): a word.
+_WORD_SHAPE = re.compile(r"[A-Za-z]{1,12}", re.ASCII)
+
+
+class WholeNumber(click.ParamType):  # type: ignore[type-arg]
+    """click's integer, refused without echoing what does not look like a number
+    (click's own INT quotes any value: a secret pasted into --max-uses too)."""
+
+    name = "integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        try:
+            return int(str(value))
+        except ValueError:
+            shown = shown_value(str(value), _NUMBER_SHAPE)
+            self.fail(f"{shown} is not a whole number", param, ctx)
+
+
+class OneOf(click.Choice):  # type: ignore[type-arg]
+    """click's Choice, refused without echoing what does not look like a word."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            return super().convert(value, param, ctx)
+        except click.BadParameter:
+            shown = shown_value(str(value), _WORD_SHAPE)
+            choices = ", ".join(repr(str(c)) for c in self.choices)
+            self.fail(f"{shown} is not one of {choices}", param, ctx)
+
+
 def settings_from(path: str | None, store: str | None) -> dict[str, Any]:
     """The settings dict of a run: the TOML file, then `--store` over it. (`KeyGuard`
     reads the `KEYGUARD_*` environment under it, as for an app.)"""
@@ -353,9 +387,7 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
 @click.option("--scope", "scopes", multiple=True, help="A scope (repeat for several).")
 @click.option("--ip", "ips", multiple=True, metavar="CIDR", help="Allowed IP or CIDR (repeatable).")
 @click.option("--expires-in", type=Duration(), help="Lifetime such as 30d or 12h.")
-@click.option(
-    "--kind", type=click.Choice(["bearer", "signing"]), default="bearer", show_default=True
-)
+@click.option("--kind", type=OneOf(["bearer", "signing"]), default="bearer", show_default=True)
 @click.option(
     "--passphrase-prompt",
     is_flag=True,
@@ -365,7 +397,9 @@ def _metadata(pairs: Sequence[str]) -> dict[str, str]:
     "\n\n\b\nKG-Passphrase: <passphrase>",  # \b: kept whole, never broken at the "-"
 )
 @click.option("--rate-limit", help='Per-key limit such as "100/minute".')
-@click.option("--max-uses", type=int, help="Usage quota: after N requests the key gets 429.")
+@click.option(
+    "--max-uses", type=WholeNumber(), help="Usage quota: after N requests the key gets 429."
+)
 @click.option(
     "--metadata", "metadata", multiple=True, metavar="KEY=VALUE", help="Metadata (repeatable)."
 )
