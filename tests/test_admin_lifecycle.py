@@ -289,6 +289,55 @@ async def test_refused_settings_are_answered_before_a_code_is_asked(guard: KeyGu
         assert r.status_code == 404 and asked == []
 
 
+@pytest.mark.parametrize("operator", [False, True], ids=["tenant", "operator"])
+async def test_what_a_change_would_refuse_is_told_before_a_code_is_asked(
+    guard: KeyGuard, operator: bool
+) -> None:
+    """Rotating, suspending or resuming a revoked key (409) and changing an unknown
+    key (404, an operator's delete too) are answered before `confirm` is asked, so
+    no one-time code is spent on a change that cannot happen; a corrupt row an
+    operator deletes is still asked for and deleted."""
+    asked: list[str] = []
+    who = Principal("ops") if operator else Principal("alice", owner="alice")
+    app = admin_app(
+        guard, authorize=lambda request: who, confirm=lambda r, a: asked.append(a) or True
+    )
+    revoked = guard.keys.create(owner="alice", name="gone").id
+    guard.keys.revoke(revoked)
+    async for c in _client(app, **{"x-requested-with": "t"}):
+        for action in ("rotate", "suspend", "resume"):
+            r = await c.post(f"/api/keys/{revoked}/{action}", json=None)
+            assert r.status_code == 409 and r.json()["field"] == "key", r.text
+            assert "revoked" in r.json()["detail"]
+        for method, path in [("DELETE", ""), ("POST", "/rotate"), ("POST", "/suspend"),
+                             ("POST", "/revoke"), ("PATCH", "")]:  # fmt: skip
+            body = {"name": "x"} if method == "PATCH" else None
+            r = await c.request(method, f"/api/keys/nope0000nope0000{path}", json=body)
+            assert r.status_code == 404 and r.json()["code"] == "not_found", (method, path)
+        assert asked == []
+        assert (await c.post(f"/api/keys/{revoked}/revoke")).status_code == 200  # a no-op
+        assert (await c.delete(f"/api/keys/{revoked}")).status_code == 204
+        assert asked == ["revoke", "delete"]
+
+
+async def test_no_totp_code_is_spent_on_a_change_that_cannot_happen(
+    guard: KeyGuard, clock: Clock
+) -> None:
+    for who in (Principal("alice", owner="alice"), Principal("ops")):
+        confirm = totp_confirm(lambda request: SECRET, clock=clock)
+        app = admin_app(guard, authorize=lambda request, who=who: who, confirm=confirm)
+        revoked = guard.keys.create(owner="alice", name="gone").id
+        guard.keys.revoke(revoked)
+        live = guard.keys.create(owner="alice", name="live").id
+        code = {"x-keyguard-confirm": code_at(clock)}
+        async for c in _client(app, **{"x-requested-with": "t"}):
+            assert (await c.post(f"/api/keys/{revoked}/rotate", headers=code)).status_code == 409
+            assert (await c.delete("/api/keys/nope0000nope0000", headers=code)).status_code == 404
+            r = await c.post(f"/api/keys/{live}/rotate", headers=code)  # the code still works
+            assert r.status_code == 200 and "token" in r.json()
+        clock.advance(30)
+
+
 # -- TOTP ------
 
 SECRET = pyotp.random_base32()
@@ -336,6 +385,30 @@ async def test_totp_accepts_the_current_code_once(
     assert (await _create(totp_client, code_at(clock))).status_code == 201  # the next step
     assert len(guard.keys.list(owner="alice")) == 2
     assert code not in json.dumps([k.to_dict() for k in guard.keys.list()])
+
+
+async def test_a_used_code_is_refused_but_does_not_lock_out(
+    totp_client: httpx.AsyncClient, guard: KeyGuard, clock: Clock
+) -> None:
+    """Several quick changes with the one code of this window: the first passes, the
+    others are 401 step_up_required (a replay), and none counts as a wrong guess,
+    so the next window's code still works. Wrong codes still lock out."""
+    key = guard.keys.create(owner="alice", name="k").id
+    code = {"x-keyguard-confirm": code_at(clock)}
+    answers = [
+        await totp_client.patch(f"/api/keys/{key}", json={"name": f"n{i}"}, headers=code)
+        for i in range(8)
+    ]
+    assert [r.status_code for r in answers] == [200] + [401] * 7
+    assert {r.json()["code"] for r in answers[1:]} == {"step_up_required"}
+    assert (await _create(totp_client, code_at(clock, -1))).status_code == 401  # older: no guess
+    clock.advance(30)
+    assert (await _create(totp_client, code_at(clock))).status_code == 201  # not locked out
+    wrong = "000000" if code_at(clock) != "000000" else "000001"
+    for _ in range(5):
+        assert (await _create(totp_client, wrong)).status_code == 401
+    clock.advance(30)
+    assert (await _create(totp_client, code_at(clock))).status_code == 401  # locked out
 
 
 @pytest.mark.parametrize(

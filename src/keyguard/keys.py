@@ -221,6 +221,19 @@ def owner_expiry(current: float | None, wanted: float | None) -> float | None:
     raise InvalidKeySettings("expires_at", EXTEND_REFUSED)
 
 
+_REVOKED_REFUSES = {"rotate": "rotated", "suspend": "suspended", "resume": "resumed"}
+
+
+def check_not_revoked(revoked_at: object, action: str) -> None:
+    """The state rule of `rotate`, `suspend` and `resume`: a revoked key (any
+    `revoked_at` but None) cannot be given them (KeyStateConflict: 409 in the admin
+    API). Other actions pass. The change checks it against the key as stored; the
+    admin app against the key as read, before it asks for a step-up code."""
+    done = _REVOKED_REFUSES.get(action)
+    if done is not None and revoked_at is not None:
+        raise KeyStateConflict(f"a revoked key cannot be {done}")
+
+
 def check_owner_resume(suspended_by: str | None) -> None:
     """An owner may resume only its own suspension, never an operator's
     (InvalidKeySettings naming `key`; 422 in the admin API)."""
@@ -646,8 +659,7 @@ class KeyManager:
         now = self._clock()
 
         def change(record: KeyRecord) -> KeyRecord:
-            if record.revoked_at is not None:
-                raise KeyStateConflict("a revoked key cannot be suspended")
+            check_not_revoked(record.revoked_at, "suspend")
             if record.suspended_at is None:
                 return record.replace(suspended_at=now, suspended_by_owner=by_owner)
             if record.suspended_by_owner and not by_owner:
@@ -666,8 +678,7 @@ class KeyManager:
         now = self._clock()
 
         def change(record: KeyRecord) -> KeyRecord:
-            if record.revoked_at is not None:
-                raise KeyStateConflict("a revoked key cannot be resumed")
+            check_not_revoked(record.revoked_at, "resume")
             if by_owner:
                 check_owner_resume(record.suspended_by)
             return record.replace(suspended_at=None, suspended_by_owner=False)
@@ -693,8 +704,7 @@ class KeyManager:
         issued: list[tuple[str | None, str | None]] = []
 
         def change(record: KeyRecord) -> KeyRecord:
-            if record.revoked_at is not None:
-                raise KeyStateConflict("a revoked key cannot be rotated")
+            check_not_revoked(record.revoked_at, "rotate")
             new, token, secret = self._new_secret(record)
             issued[:] = [(token, secret)]
             return new.replace(

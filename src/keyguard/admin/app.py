@@ -53,6 +53,7 @@ from ..keys import (
     MAX_GRACE,
     MAX_SECONDS,
     check_grants,
+    check_not_revoked,
     check_owner_resume,
     duration,
     owner_expiry,
@@ -224,11 +225,14 @@ def _arguments(body: dict[str, Any], allowed: Sequence[str]) -> dict[str, Any]:
 def _precheck(check: Callable[..., object], args: Mapping[str, Any]) -> None:
     """`guard.keys.check_create`/`check_update` (or a `keys` rule on the key as read):
     a refused setting, before the change is confirmed (step-up) and made; audited as
-    the admin API's own refusals are."""
+    the admin API's own refusals are, with the status the rule gives (422, or 409
+    for a revoked key's state)."""
     try:
         check(**args)
     except InvalidKeySettings as exc:
-        raise _Refused(exc.field, exc.message) from None
+        refused = _Refused(exc.field, exc.message)
+        refused.status_code, refused.title = exc.status_code, exc.title
+        raise refused from None
 
 
 def _key(info: KeyInfo) -> dict[str, Any]:
@@ -620,7 +624,8 @@ class AdminAPI:
             grace = _arguments(body, ("grace",)).get("grace") or 0.0
         except InvalidKeySettings as exc:
             raise _Refused(exc.field, exc.message) from None
-        await self._own(principal, key_id)
+        info = await self._own(principal, key_id)
+        _precheck(lambda: check_not_revoked(info.revoked_at, "rotate"), {})  # before a code
         await self._confirmed(request, "rotate")
         issued: IssuedKey = await self.guard.keys.arotate(key_id, grace=timedelta(seconds=grace))
         return _json(_issued(issued))
@@ -636,7 +641,10 @@ class AdminAPI:
             key_id = request.path_params["key_id"]
             info = await self._own(principal, key_id)
             by_owner = owners and principal.owner is not None
-            if by_owner and action == "resume":  # told before a code is asked
+            # What the change would refuse on the key as read is told before a code is
+            # asked (the change checks it again on the key as stored):
+            _precheck(lambda: check_not_revoked(info.revoked_at, action), {})
+            if by_owner and action == "resume":
                 _precheck(lambda: check_owner_resume(info.suspended_by), {})
             await self._confirmed(request, action)
             kwargs = {"by_owner": True} if by_owner else {}
@@ -649,8 +657,11 @@ class AdminAPI:
 
     async def _delete(self, request: Request, principal: Principal) -> Response:
         key_id = request.path_params["key_id"]
-        if principal.owner is not None:  # an operator needs no read: a corrupt row can go
+        try:  # an unknown key is 404 before a code is asked
             await self._own(principal, key_id)
+        except StoreError:  # a row that does not decode: an operator may still delete it
+            if principal.owner is not None:
+                raise
         await self._confirmed(request, "delete")
         await self.guard.keys.adelete(key_id)
         return Response(status_code=204, headers={"cache-control": "no-store", **NOSNIFF})

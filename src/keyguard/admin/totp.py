@@ -8,7 +8,9 @@ of clock drift either way). Each time step is accepted at most once per
 secret, and never one older than the last accepted (RFC 6238 section 5.2), so
 a code seen on the wire cannot be replayed. After `max_failures` wrong codes
 within `lockout` seconds, every code for that secret is refused until the
-window has passed, so six digits cannot be guessed by trying.
+window has passed, so six digits cannot be guessed by trying. A right code
+already used (a second change within its 30 seconds, or an older one) is
+refused but is no guess: it does not count toward the lockout.
 
 What it remembers (last accepted step and recent failures, per secret, keyed
 by a hash of the secret, never the secret) lives in this process, bounded in
@@ -93,6 +95,8 @@ class TotpConfirm:
                 self._remember(self._last, key, step)
                 self._failures.pop(key, None)
                 return True
+            if step is not None:  # a right code already used (or older): refused, but
+                return False  # no guess either, so it does not count toward the lockout
             self._remember(self._failures, key, [*recent, now])
             return False
 
