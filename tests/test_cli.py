@@ -1061,6 +1061,68 @@ def test_read_only_commands_do_not_create_the_store(
     assert deep.is_file()
 
 
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int]]:
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+@pytest.mark.parametrize("wal", [False, True], ids=["rollback", "wal"])
+def test_read_only_commands_leave_a_database_that_is_not_a_store_untouched(
+    kg: Callable[..., Run], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, wal: bool
+) -> None:
+    """An existing SQLite file without keyguard's table (the app's own database, an
+    empty file) is answered as a store that is not there: no tables, no pepper, no
+    WAL mode written, not even a -wal or -shm file beside it; a write sets it up."""
+    import sqlite3
+
+    app_db, empty = tmp_path / "app.db", tmp_path / "empty.db"
+    with closing(sqlite3.connect(app_db)) as conn:
+        if wal:
+            conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE users (id INTEGER)")
+        conn.commit()
+    empty.touch()
+    before = _snapshot(tmp_path)
+    monkeypatch.setenv("KEYGUARD_MASTER_KEYS", generate_master_key())
+    for path in (app_db, empty):
+        store = ["--store", f"sqlite:///{path}"]
+        run = kg(*store, "keys", "list")
+        assert run.code == 0 and run.out.startswith(f"no key store at {path} yet (0 keys)"), run
+        run = kg(*store, "keys", "list", "--json")
+        assert run.code == 0 and run.out == "[]\n" and f"no key store at {path} yet" in run.err
+        line = one_error(kg(*store, "keys", "show", "AbCdEfGh12345678"), 1)
+        assert "no key with id 'AbCdEfGh12345678'" in line and f"no key store at {path}" in line
+        for args in (["revoke", "k"], ["suspend", "k"], ["resume", "k"], ["rotate", "k"],
+                     ["update", "k", "--name", "x"], ["delete", "k", "--yes"]):  # fmt: skip
+            assert f"no key store at {path}" in one_error(kg(*store, "keys", *args), 1), args
+        run = kg(*store, "keys", "reencrypt")
+        assert run.code == 0 and "nothing to re-encrypt" in run.out, run
+    assert _snapshot(tmp_path) == before  # not a byte, not a file
+    with closing(sqlite3.connect(app_db)) as conn:
+        mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+    assert mode == ("wal" if wal else "delete") and tables == ["users"]
+
+    store = ["--store", f"sqlite:///{app_db}"]  # a write makes it a store, beside the app's
+    token, key = create(lambda *a: kg(*store, *a), "--owner", "o", "--name", "n")
+    assert kg(*store, "keys", "show", key["id"]).code == 0
+    assert [k["id"] for k in kg(*store, "keys", "list", "--json").json()] == [key["id"]]
+    g = KeyGuard({"store": f"sqlite:///{app_db}"})
+    assert g.verify(token).id == key["id"]
+    g.close()
+
+
+def test_a_file_that_is_no_database_is_named_and_left_alone(
+    kg: Callable[..., Run], tmp_path: Path
+) -> None:
+    junk = tmp_path / "notes.db"
+    junk.write_text("not a database")
+    line = one_error(kg("--store", f"sqlite:///{junk}", "keys", "list"), 1)
+    assert "file is not a database" in line and str(junk) in line
+    assert junk.read_text() == "not a database" and [p.name for p in tmp_path.iterdir()] == [
+        "notes.db"
+    ]
+
+
 def test_reencrypt_without_a_master_key_says_how_to_set_one(cli: Callable[..., Run]) -> None:
     line = one_error(cli("keys", "reencrypt"), 2)
     assert "no master key is configured" in line and "KEYGUARD_MASTER_KEYS" in line

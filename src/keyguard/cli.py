@@ -14,7 +14,8 @@ Settings are read as `KeyGuard()` reads them (`settings.load_settings`):
 `KEYGUARD_*` environment variables. Every error is one line on stderr and a
 non-zero exit: 2 for bad arguments or settings, 1 for the rest; a store that
 cannot be reached is named with the driver's own reason, once. Commands that
-only read never create a SQLite store file (nor its directory). Commands live
+only read never create a SQLite store file (nor its directory), nor set a store
+up in an existing file without keyguard's table (an app's own database). Commands live
 in the `keys` group one function each, so adding one is one decorated function.
 """
 
@@ -26,12 +27,15 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import sys
 import textwrap
 import tomllib
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import parse_qsl, urlsplit
 
@@ -168,14 +172,39 @@ def _guard(ctx: click.Context) -> KeyGuard:
 
 
 def _sqlite_missing(guard: KeyGuard) -> str | None:
-    """The file of a SQLite store that does not exist yet (None for any other store):
-    a command that only reads must not create it, nor its directories."""
+    """The file of a SQLite store that is not there yet (None for any other store):
+    no such file, or a file without keyguard's table (an app's own database, an
+    empty file). A command that only reads must not create the file nor its
+    directories, nor set a store up in it (tables, a pepper, WAL mode): the
+    guard does that on its first store call (`guard.hasher`), so this is asked
+    before any."""
     store = guard.settings.store  # made absolute by load_settings
     if not store.startswith("sqlite://") or store == "sqlite:///:memory:":
         return None
     path = store.removeprefix("sqlite://")
     path = path[1:] if path.startswith("/") else path
-    return None if os.path.exists(path) else path
+    if not os.path.exists(path):
+        return path
+    return None if _has_keyguard_table(path) else path
+
+
+def _has_keyguard_table(path: str) -> bool:
+    """Whether the SQLite file at `path` holds keyguard's keys table, read through a
+    read-only connection, which changes nothing in the file. With no -wal or
+    -journal file beside it (nobody is writing it; a WAL database is checkpointed)
+    it is opened `immutable`, so not even the -shm and -wal files a reader of a
+    WAL database makes appear. A file SQLite cannot read as a database counts as
+    holding it: the store then says what is wrong with it (and cannot write it)."""
+    quiet = not any(os.path.exists(path + end) for end in ("-wal", "-journal"))
+    uri = Path(path).resolve().as_uri() + ("?mode=ro&immutable=1" if quiet else "?mode=ro")
+    try:
+        with closing(sqlite3.connect(uri, uri=True, timeout=5.0)) as conn:
+            found = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'keyguard_keys'"
+            ).fetchone()
+    except sqlite3.Error:
+        return True
+    return found is not None
 
 
 def _elsewhere(ctx: click.Context) -> str:
@@ -348,7 +377,8 @@ def cli(ctx: click.Context, store: str | None, settings_file: str | None) -> Non
     the app's KeyGuard() reads them. The default store is ./keyguard.db: run
     the command where the app runs, or give the same absolute path to both.
     Only a command that writes (keys create) makes a SQLite file that is not
-    there; list says "no key store at PATH yet (0 keys)", show fails (exit 1).
+    there, or sets keyguard up in a file without its table; list says "no key
+    store at PATH yet (0 keys)", show fails (exit 1).
 
     Shell completion: eval "$(_KEYGUARD_COMPLETE=bash_source keyguard)"
     (zsh_source, fish_source for those shells).
@@ -553,8 +583,9 @@ def list_(
 
     Narrow terminals hide columns (created, hint, owner first); --wide shows all.
     Revoked keys are left out unless --all, and a line says how many. A SQLite
-    store file that does not exist is not created: the answer is "no key store
-    at PATH yet (0 keys)", exit 0 (with --json: [] on stdout, that line on stderr).
+    store file that does not exist (or holds no keyguard table) is not created
+    nor set up: the answer is "no key store at PATH yet (0 keys)", exit 0 (with
+    --json: [] on stdout, that line on stderr).
     """
     guard = _guard(ctx)
     missing = _sqlite_missing(guard)
