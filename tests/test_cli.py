@@ -785,6 +785,56 @@ def test_show_prints_lists_not_python_reprs(cli: Callable[..., Run]) -> None:
     assert "[" not in out and "{" not in out and "'" not in out
 
 
+UNSAFE = re.compile(
+    "[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]"
+)
+
+
+def test_names_and_owners_with_terminal_controls_are_refused(cli: Callable[..., Run]) -> None:
+    for field, value in (
+        ("--name", "ok\x9b2J"),
+        ("--name", "x\u202eevil"),
+        ("--owner", "a\x1b[1m"),
+    ):
+        args = {"--owner": "o", "--name": "n", field: value}
+        run = cli("keys", "create", *[x for kv in args.items() for x in kv])
+        assert f"error: {field[2:]}: " in one_error(run, 2) and value not in run.err
+
+
+def test_what_the_cli_prints_from_a_key_cannot_drive_the_terminal(
+    cli: Callable[..., Run], guard: KeyGuard, db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Metadata (not checked for controls) and rows stored before names were (or by
+    another tool) are printed with ESC, C1, bidi controls and line breaks escaped,
+    by every command that prints them; --json escapes them as JSON does."""
+    fake = "x\r\x1b[2K\x1b[1A        scopes: read\n        status: revoked\x9b0m\u202e"
+    key = guard.keys.create(owner="o", name="n", metadata={"note": fake, "\x1b]0;t\x07": 1})
+    store = guard.store
+    store.modify(key.id, lambda r: r.replace(name="ok\x9b2J\x9b31mREVOKED \u202eevil",
+                                             owner="acme\u2066\x1bc"))  # fmt: skip
+    runs = [
+        cli("keys", "list"),
+        cli("keys", "list", "--wide"),
+        cli("keys", "show", key.id),
+        cli("keys", "show", key.id, "--json"),
+        cli("keys", "list", "--json"),
+        cli("keys", "update", key.id, "--scope", "read"),
+        cli("keys", "suspend", key.id),
+        cli("keys", "resume", key.id),
+    ]
+    monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
+    runs.append(cli("keys", "delete", key.id))  # the question names the key
+    runs.append(cli("keys", "rotate", key.id))
+    runs.append(cli("keys", "revoke", key.id))
+    for run in runs:
+        assert not UNSAFE.search(run.out + run.err), (run, UNSAFE.findall(run.out + run.err))
+    shown = runs[2].out
+    assert "note=x\\r\\x1b[2K\\x1b[1A        scopes: read\\n" in shown
+    assert "ok\\x9b2J\\x9b31mREVOKED \\u202eevil" in shown and "acme\\u2066\\x1bc" in shown
+    assert "ok\\x9b2J" in runs[0].out and "Delete key" in runs[8].err
+    assert json.loads(runs[3].out)["metadata"]["note"] == fake  # JSON: escaped, same value
+
+
 def test_master_key_new(kg: Callable[..., Run], db: str, monkeypatch: pytest.MonkeyPatch) -> None:
     first, second = kg("master-key", "new"), kg("master-key", "new")
     assert first.code == 0 and re.fullmatch(r"[A-Za-z0-9_-]{43}\n", first.out), first

@@ -68,6 +68,13 @@ BAD_TEXT = [
     pytest.param("owner", "\udc00", id="owner-lone-surrogate"),
     pytest.param("name", "a\x00b", id="name-nul"),
     pytest.param("owner", "a\nb", id="owner-newline"),
+    pytest.param("name", "ok\x1b[2Jx", id="name-esc"),
+    pytest.param("name", "ok\x9b2J\x9b1;31mREVOKED", id="name-c1-csi"),
+    pytest.param("owner", "acme\x85", id="owner-c1-nel"),
+    pytest.param("name", "x \u202eevil", id="name-bidi-override"),
+    pytest.param("owner", "acme\u2067x\u2069", id="owner-bidi-isolate"),
+    pytest.param("name", "a\u200fb", id="name-rtl-mark"),
+    pytest.param("name", "a\u2028b", id="name-line-separator"),
 ]
 
 
@@ -100,6 +107,14 @@ def test_bad_names_and_owners_are_refused(guard: KeyGuard, field: str, value: st
     assert guard.keys.list(include_revoked=True) == []
 
 
+def test_names_in_any_script_are_kept(guard: KeyGuard) -> None:
+    """Only controls are refused: letters of any script, emoji sequences (joined by
+    U+200D) and a right-to-left name without bidi controls are names."""
+    for text in ("Müller GmbH", "مفتاح الإنتاج", "键 🔑", "👩‍💻 team", "naïve\u00a0key"):
+        info = guard.keys.create(owner=text, name=text).info
+        assert (info.owner, info.name) == (text, text)
+
+
 def test_a_passphrase_with_a_lone_surrogate_is_refused(guard: KeyGuard) -> None:
     with pytest.raises(InvalidKeySettings) as caught:
         guard.keys.create(owner="o", name="n", passphrase="long enough \ud800")
@@ -116,6 +131,9 @@ RAW_BODIES = [
     pytest.param(b'{"name": "\\ud800"}', "name", id="surrogate-name"),
     pytest.param(b'{"owner": "x\\udfff"}', "owner", id="surrogate-owner"),
     pytest.param(b'{"name": "a\\u0000"}', "name", id="nul-name"),
+    pytest.param(b'{"name": "a\\u009b2J"}', "name", id="c1-name"),
+    pytest.param(b'{"owner": "a\\u202eb"}', "owner", id="bidi-owner"),
+    pytest.param(b'{"name": "a\\u2066b"}', "name", id="isolate-name"),
     pytest.param(b'{"passphrase": "\\ud800\\ud800\\ud800\\ud800xxxx"}', "passphrase", id="phrase"),
     pytest.param(b'{"scopes": ["\\ud800"]}', "scopes", id="surrogate-scope"),
     pytest.param(b'{"allowed_ips": ["\\ud800"]}', "allowed_ips", id="surrogate-ip"),

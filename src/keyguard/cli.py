@@ -230,7 +230,7 @@ class Failure(click.ClickException):
     exit_code = 1
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"keyguard: error: {self.format_message()}", file=file, err=True)
+        click.echo(f"keyguard: error: {_printable(self.format_message())}", file=file, err=True)
 
 
 class BadInput(Failure):
@@ -302,6 +302,23 @@ def _quiet_drivers() -> None:
 
 # -- output ---------------------------------------------------------------------
 
+# Characters a terminal acts on rather than shows, escaped in everything the CLI prints
+# from a key (`_printable`): C0 controls (ESC, CR, LF), DEL, C1 controls (U+009B is
+# CSI), the bidirectional controls, the line separators, and lone surrogates. Names
+# and owners are refused with them today (keys.CONTROL_CHARS), but metadata values
+# are not, and a row stored before, or by another tool, may hold anything.
+_UNSAFE = (
+    *range(0x20), *range(0x7F, 0xA0), 0x61C, 0x200E, 0x200F, 0x2028, 0x2029,
+    *range(0x202A, 0x202F), *range(0x2066, 0x206A), *range(0xD800, 0xE000),
+)  # fmt: skip
+_ESCAPES = {code: ascii(chr(code))[1:-1] for code in _UNSAFE}  # "\x1b", "\u202e"
+
+
+def _printable(text: str) -> str:
+    """`text` with every character a terminal would act on escaped as Python writes
+    it (ESC as \\x1b, U+202E as \\u202e): shown, never obeyed."""
+    return text.translate(_ESCAPES)
+
 
 def _when(value: datetime | None) -> str:
     return value.strftime("%Y-%m-%d %H:%M") if value else "-"
@@ -333,7 +350,7 @@ def _show(key: KeyInfo, as_json: bool) -> None:
     fields = key.to_dict()
     fields["status"] = _status(key)
     for field, value in fields.items():
-        click.echo(f"{field:>14}: {_text(value)}")
+        click.echo(f"{field:>14}: {_printable(_text(value))}")
 
 
 def _issued(issued: IssuedKey, as_json: bool, what: str, quiet: bool = False) -> None:
@@ -344,7 +361,8 @@ def _issued(issued: IssuedKey, as_json: bool, what: str, quiet: bool = False) ->
         out = {"key": issued.info.to_dict(), "token": issued.token, "secret": issued.secret}
         click.echo(json.dumps({k: v for k, v in out.items() if v is not None}, indent=2))
         return
-    click.echo(f"{what} key {issued.info.id} ({issued.info.name}) for {issued.info.owner}")
+    info = issued.info
+    click.echo(_printable(f"{what} key {info.id} ({info.name}) for {info.owner}"))
     if issued.token:
         click.echo(f"token: {issued.token}")
     if issued.secret:
@@ -532,7 +550,7 @@ def _table(found: Sequence[KeyInfo], wide: bool, width: int) -> tuple[Table, lis
     """The listing; when it would not fit `width`, columns are hidden (in _DROP_ORDER),
     then the name and the scopes wrap between words, the name keeping its width first."""
     columns = _columns(wide)
-    cells = {title: [get(k) for k in found] for title, get in columns}
+    cells = {title: [_printable(get(k)) for k in found] for title, get in columns}
     natural = {t: max([cell_len(t), *map(cell_len, v)]) for t, v in cells.items()}
     least = dict(natural)  # the narrowest a column gets without breaking a word
     for title in _WRAPS:
@@ -684,7 +702,7 @@ def update(
 def revoke(ctx: click.Context, key_id: str) -> None:
     """Refuse the key from now on (it stays listed with --all)."""
     key = _existing(ctx, key_id).keys.revoke(key_id)
-    click.echo(f"Revoked key {key.id} ({key.name}).")
+    click.echo(_printable(f"Revoked key {key.id} ({key.name})."))
 
 
 @keys.command()
@@ -693,7 +711,7 @@ def revoke(ctx: click.Context, key_id: str) -> None:
 def suspend(ctx: click.Context, key_id: str) -> None:
     """Refuse the key until it is resumed (nothing else about it changes)."""
     key = _existing(ctx, key_id).keys.suspend(key_id)
-    click.echo(f"Suspended key {key.id} ({key.name}).")
+    click.echo(_printable(f"Suspended key {key.id} ({key.name})."))
 
 
 @keys.command()
@@ -702,7 +720,7 @@ def suspend(ctx: click.Context, key_id: str) -> None:
 def resume(ctx: click.Context, key_id: str) -> None:
     """Accept a suspended key again (counts against the owner's key limit)."""
     key = _existing(ctx, key_id).keys.resume(key_id)
-    click.echo(f"Resumed key {key.id} ({key.name}).")
+    click.echo(_printable(f"Resumed key {key.id} ({key.name})."))
 
 
 @keys.command()
@@ -752,13 +770,13 @@ def delete(ctx: click.Context, key_id: str, yes: bool) -> None:
     if not yes:
         key = guard.keys.get(key_id)  # the question names what would be deleted
         click.confirm(
-            f'Delete key {key.id} "{key.name}" of owner "{key.owner}" ({key.status()})? '
-            "It cannot be undone",
+            _printable(f'Delete key {key.id} "{key.name}" of owner "{key.owner}"')
+            + f" ({key.status()})? It cannot be undone",
             abort=True,
             err=True,
         )
     guard.keys.delete(key_id)
-    click.echo(f"Deleted key {key_id}.")
+    click.echo(_printable(f"Deleted key {key_id}."))
 
 
 @keys.command()
@@ -816,7 +834,7 @@ def flask_group(guard: Callable[[], KeyGuard]) -> click.Group:
 
 
 def _fail(message: str, code: int) -> NoReturn:
-    click.echo(f"keyguard: error: {message}", err=True)
+    click.echo(f"keyguard: error: {_printable(message)}", err=True)
     sys.exit(code)
 
 

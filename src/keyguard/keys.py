@@ -60,7 +60,12 @@ def _offload(method: Callable[P, R]) -> Callable[P, Any]:
     return twin
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# What names and owners may not hold, as a regex character class (openapi.py's text
+# pattern uses it too): C0 controls (ESC among them), DEL, C1 controls (U+009B is a
+# terminal's CSI), Unicode's bidirectional controls (marks, embeddings, overrides,
+# isolates: they reorder what a listing shows) and the line and paragraph separators.
+CONTROL_CHARS = r"\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_CONTROL = re.compile(f"[{CONTROL_CHARS}]")
 
 
 def _owner(value: object) -> str:
@@ -78,7 +83,9 @@ def _text(field: str, value: object, limit: int = 200) -> str:
         raise InvalidKeySettings(field, f"must be a non-empty string of at most {limit} characters")
     if not text_ok(value) or _CONTROL.search(value):
         raise InvalidKeySettings(
-            field, "must be valid Unicode without control characters (or lone surrogates)"
+            field,
+            "must be valid Unicode without control characters (C0, C1, bidirectional"
+            " or line separators) or lone surrogates",
         )
     return value.strip()
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..keys import MAX_GRACE, MAX_SECONDS
+from ..keys import CONTROL_CHARS, MAX_GRACE, MAX_SECONDS
 from ..settings import _RATE, MAX_RATE_PARTS
 
 SCOPE_PATTERN = r"^[A-Za-z0-9_.:*/-]{1,128}$"  # keys.py's _SCOPE
@@ -80,8 +80,9 @@ PY_SPACE = r"[\t\n\x0b\x0c\r\x1c-\x1f \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u2
 # keyguard.settings' rate limit: parts like "100/minute", joined by ";" (at most 8).
 _RATE_PART = _RATE.pattern.removeprefix("^").removesuffix("$").replace(r"\s", PY_SPACE)
 RATE_PATTERN = rf"^(?:{_RATE_PART})(?:;(?:{_RATE_PART})){{0,{MAX_RATE_PARTS - 1}}}$"
-# Non-empty after stripping, at most 200 characters, no control characters.
-TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*[^\s\x00-\x1f\x7f][^\x00-\x1f\x7f]*$"
+# Non-empty after stripping, at most 200 characters, none of keys.py's control
+# characters (C0, C1, bidirectional controls, line separators).
+TEXT_PATTERN = rf"^[^{CONTROL_CHARS}]*[^\s{CONTROL_CHARS}][^{CONTROL_CHARS}]*$"
 
 _ID = {"name": "key_id", "in": "path", "required": True, "schema": {"type": "string"}}
 _KEY_REF = {"$ref": "#/components/schemas/Key"}
