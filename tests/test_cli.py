@@ -877,6 +877,28 @@ def test_rotate_says_until_when_the_old_secret_works(
     assert "The old secret stopped working now." in run.out
 
 
+def test_rotate_says_the_old_secret_stops_when_the_key_expires(
+    cli: Callable[..., Run], guard: KeyGuard
+) -> None:
+    """A grace longer than the key's life ends with the key: that is the end said,
+    in words and in --json, not the grace's."""
+    first, key = create(cli, "--owner", "o", "--name", "r", "--ip", PUBLIC_NET,
+                        "--expires-in", "1d")  # fmt: skip
+    expires = datetime.fromisoformat(key["expires_at"])
+    run = cli("keys", "rotate", key["id"], "--grace", "30d")
+    assert run.code == 0, run
+    line = next(line for line in run.out.splitlines() if "old secret" in line)
+    assert f"until {expires:%Y-%m-%d %H:%M} UTC (when the key expires)" in line, line
+    assert guard.verify(first, client_ip=PUBLIC_IP).id == key["id"]  # in the grace
+    data = cli("keys", "rotate", key["id"], "--grace", "30d", "--json").json()
+    assert datetime.fromisoformat(data["old_secret_valid_until"]) == expires
+    data = cli("keys", "rotate", key["id"], "--grace", "2h", "--json").json()
+    until = datetime.fromisoformat(data["old_secret_valid_until"])  # shorter: the grace's
+    assert timedelta(minutes=119) < until - datetime.now(UTC) <= timedelta(hours=2)
+    run = cli("keys", "rotate", key["id"], "--grace", "2h")
+    assert "(when the key expires)" not in run.out and "keeps working until" in run.out
+
+
 def test_key_limit_error_suggests_revoke_or_delete(
     cli: Callable[..., Run], monkeypatch: pytest.MonkeyPatch
 ) -> None:

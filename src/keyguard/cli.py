@@ -739,7 +739,12 @@ def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> 
     guard = _existing(ctx, key_id)
     now = datetime.fromtimestamp(guard.clock(), UTC)
     issued = guard.keys.rotate(key_id, grace=grace)
-    until = now + grace if grace > timedelta(0) else None
+    # The old secret works until the grace ends or the key expires, whichever is first
+    # (an expired key refuses every secret).
+    expires = issued.info.expires_at
+    until = min(now + grace, expires or now + grace) if grace > timedelta(0) else None
+    if until is not None and until <= now:  # the key had expired already
+        until = None
     if as_json:
         out = {"key": issued.info.to_dict(), "token": issued.token, "secret": issued.secret}
         out["old_secret_valid_until"] = until.isoformat() if until else None
@@ -749,8 +754,9 @@ def rotate(ctx: click.Context, key_id: str, grace: timedelta, as_json: bool) -> 
     if until is None:
         click.echo("The old secret stopped working now.")
     else:
+        when = " (when the key expires)" if until == expires else ""
         click.echo(
-            f"The old secret keeps working until {_when(until)} UTC; rotating again "
+            f"The old secret keeps working until {_when(until)} UTC{when}; rotating again "
             "before then ends that grace at once (only one old secret is kept)."
         )
 
