@@ -263,11 +263,14 @@ async def test_a_tenant_cannot_set_what_the_operator_sets(
     http: httpx.AsyncClient, guard: KeyGuard, field: str, value: Any
 ) -> None:
     """Limits, quotas and metadata are the operator's: a tenant neither creates a key
-    with them nor changes them (the guard's default rate limit holds)."""
+    with them nor changes them (the guard's default rate limit holds). A null on
+    create is the default, no setting (`test_a_null_operator_field_sets_nothing`);
+    on update it would remove the key's limit: refused."""
     before = snapshot(guard)
-    r = await http.post("/api/keys", json={"name": "k", field: value}, headers=as_user("alice"))
-    refused(r, field)
-    assert snapshot(guard) == before
+    if value is not None:
+        r = await http.post("/api/keys", json={"name": "k", field: value}, headers=as_user("alice"))
+        refused(r, field)
+        assert snapshot(guard) == before
     mine = guard.keys.create(owner="alice", name="mine", rate_limit="5/minute", max_uses=3)
     if field != "max_uses":  # (update has no max_uses field at all: 422 names it too)
         r = await http.patch(f"/api/keys/{mine.id}", json={field: value}, headers=as_user("alice"))
@@ -277,6 +280,29 @@ async def test_a_tenant_cannot_set_what_the_operator_sets(
         "/api/keys", json={"owner": "alice", "name": "k", field: value}, headers=as_user("ops")
     )
     assert ops.status_code == 201  # an operator may
+
+
+async def test_a_null_operator_field_sets_nothing(http: httpx.AsyncClient, guard: KeyGuard) -> None:
+    """A tenant sending an operator-only field as null (its default, as clients
+    generated from the document do) sets nothing: accepted on create, and on
+    update where the key holds none; where it holds a limit or metadata, null
+    would remove it: 422 naming the field, nothing changed."""
+    nulls = {"rate_limit": None, "max_uses": None, "metadata": None}
+    r = await http.post("/api/keys", json={"name": "k", **nulls}, headers=as_user("alice"))
+    assert r.status_code == 201, r.text
+    key = r.json()["key"]
+    assert (key["rate_limit"], key["max_uses"], key["metadata"]) == (None, None, {})
+    plain = {"rate_limit": None, "metadata": None, "name": "renamed"}
+    r = await http.patch(f"/api/keys/{key['id']}", json=plain, headers=as_user("alice"))
+    assert r.status_code == 200 and r.json()["name"] == "renamed", r.text
+    held = guard.keys.create(owner="alice", name="held", rate_limit="5/minute", metadata={"p": 1})
+    for field in ("rate_limit", "metadata"):
+        r = await http.patch(f"/api/keys/{held.id}", json={field: None}, headers=as_user("alice"))
+        refused(r, field)
+    info = guard.keys.get(held.id)
+    assert info.rate_limit == "5/minute" and info.metadata == {"p": 1}
+    r = await http.patch(f"/api/keys/{held.id}", json={"rate_limit": None}, headers=as_user("ops"))
+    assert r.status_code == 200 and r.json()["rate_limit"] is None  # an operator may
 
 
 async def test_an_owner_with_white_space_is_not_stripped_into_another_owner(

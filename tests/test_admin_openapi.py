@@ -16,6 +16,7 @@ patterns), and `owner` is required where the API requires it.
 
 from __future__ import annotations
 
+import json
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -271,6 +272,7 @@ async def test_owner_is_required_where_the_api_requires_it() -> None:
     async with _key_client() as c:
         doc = await _served(c)
         assert doc["components"]["schemas"]["KeyCreate"]["required"] == ["owner", "name"]
+        assert "x-keyguard-operator-only" not in json.dumps(doc)  # every caller is one
         assert doc["security"] == [{"bearer": []}]
         r = await c.post("/api/keys", json={"name": "n"})
         assert r.status_code == 422 and r.json()["field"] == "owner"
@@ -281,7 +283,18 @@ async def test_owner_is_required_where_the_api_requires_it() -> None:
             create = doc["components"]["schemas"]["KeyCreate"]
             assert create["required"] == ["name"] and "security" not in doc
             assert "required for an operator" in create["properties"]["owner"]["description"]
-            assert "Operators only" in create["properties"]["max_uses"]["description"]
+            for name in ("rate_limit", "max_uses", "metadata"):  # which fields, said so
+                field = create["properties"][name]
+                assert field["x-keyguard-operator-only"] is True, name
+                assert "Operators only" in field["description"] and "null" in field["description"]
+            update = doc["components"]["schemas"]["KeyUpdate"]
+            assert update["properties"]["rate_limit"]["x-keyguard-operator-only"] is True
+            assert "rate_limit, max_uses, metadata" in create["description"]
+            assert not any(
+                "x-keyguard-operator-only" in field
+                for name, field in create["properties"].items()
+                if name not in ("rate_limit", "max_uses", "metadata")
+            )
             post = doc["paths"]["/api/keys"]["post"]
             assert post["parameters"][0]["name"] == "X-Requested-With"
             r = await c.post("/api/keys", json={"name": "n"})

@@ -60,7 +60,7 @@ from ..keys import (
     rotation_grace,
 )
 from ..models import IssuedKey, KeyInfo, text_ok, to_ts
-from .openapi import EXPIRES_IN_PATTERN, GRACE_PATTERN, openapi_document
+from .openapi import EXPIRES_IN_PATTERN, GRACE_PATTERN, OPERATOR_FIELDS, openapi_document
 from .page import render_page
 
 ADMIN_SCOPE = "keyguard:admin"
@@ -74,7 +74,6 @@ CREATE_FIELDS = (
 )  # fmt: skip
 _READS = frozenset({"key.get", "key.list", "scopes"})
 _SCOPES_HINT = "(GET /api/scopes lists the ones you may)"
-OPERATOR_FIELDS = ("rate_limit", "max_uses", "metadata")  # not a tenant's to set (`_check_fields`)
 UPDATE_FIELDS = ("name", "scopes", "allowed_ips", "expires_at", "rate_limit", "metadata")
 ACTIONS = ("create", "rotate", "update", "suspend", "resume", "revoke", "delete")
 
@@ -356,14 +355,24 @@ class AdminAPI:
         scope, a wildcard, or a scope that implies one of them."""
         return any(_powerful(s) for s in self.guard.scopes.expand((scope,)))
 
-    def _check_fields(self, principal: Principal, args: Mapping[str, Any]) -> None:
-        """What only an operator may set on a key: its rate limit, its use quota and
-        its metadata (a tenant would lift the limits the operator relies on, or write
-        what the app reads as its own, such as a plan). Refused: 422 naming it."""
-        if principal.owner is not None:
-            for name in OPERATOR_FIELDS:
-                if name in args:
-                    raise _Refused(name, "only an operator may set this on a key")
+    def _check_fields(
+        self, principal: Principal, args: dict[str, Any], current: KeyInfo | None = None
+    ) -> None:
+        """What only an operator may set on a key (`OPERATOR_FIELDS`): its rate limit,
+        its use quota and its metadata (a tenant would lift the limits the operator
+        relies on, or write what the app reads as its own, such as a plan). Refused:
+        422 naming it. A null one sets nothing and is dropped from `args`: on create
+        (the default), and on update of the `current` key where it holds none (for a
+        key with a rate limit or metadata, null would remove it: refused)."""
+        if principal.owner is None:
+            return
+        for name in OPERATOR_FIELDS:
+            if name not in args:
+                continue
+            if args[name] is None and not (current is not None and getattr(current, name)):
+                del args[name]  # no setting
+                continue
+            raise _Refused(name, "only an operator may set this on a key")
 
     def _check_grants(self, principal: Principal, scopes: Any, held: Sequence[str] = ()) -> None:
         """`keys.check_grants` on a request's scopes, told in the API's words; for an
@@ -596,7 +605,7 @@ class AdminAPI:
         key_id = request.path_params["key_id"]
         args = await self._parse(request, UPDATE_FIELDS)
         current = await self._own(principal, key_id)
-        self._check_fields(principal, args)
+        self._check_fields(principal, args, current)
         self._check_grants(principal, args.get("scopes"), current.scopes)
         _precheck(self.guard.keys.check_update, args)  # told before a code is asked
         owner_bound = principal.owner is not None

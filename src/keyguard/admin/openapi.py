@@ -26,6 +26,9 @@ from ..keys import CONTROL_CHARS, MAX_GRACE, MAX_SECONDS
 from ..settings import _RATE, MAX_RATE_PARTS
 
 SCOPE_PATTERN = r"^[A-Za-z0-9_.:*/-]{1,128}$"  # keys.py's _SCOPE
+# What only an operator may set on a key (app.py's `_check_fields`): a self-service
+# caller leaves them out or sends null, which sets nothing.
+OPERATOR_FIELDS = ("rate_limit", "max_uses", "metadata")
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}  # no letter: seconds
 
 
@@ -174,7 +177,19 @@ def openapi_document(
     host's login; self-service callers possible), `csrf_header` when unsafe
     methods need `X-Requested-With`."""
     operators_only = (
-        " Operators only: a self-service caller's is 422 naming it." if host_auth else ""
+        " Operators only: a self-service caller may leave it out or send null, which sets"
+        " nothing (on update, null only where the key has none); any other value is 422"
+        " naming it."
+        if host_auth
+        else ""
+    )
+    operator_mark = {"x-keyguard-operator-only": True} if host_auth else {}
+    operator_note = (
+        " Operator-only fields (`x-keyguard-operator-only`): "
+        + ", ".join(OPERATOR_FIELDS)
+        + "; a self-service caller may leave them out or send null."
+        if host_auth
+        else ""
     )
     key_fields = {
         "id": {"type": "string", "description": "public key id (access key)"},
@@ -222,10 +237,12 @@ def openapi_document(
             "examples": ["100/minute", "10/second;1000/hour"],
             "description": "requests a window, at most 10**9; windows of at most 9999 units"
             + operators_only,
+            **operator_mark,
         },
         "metadata": {
             "type": ["object", "null"],
             "description": "JSON, at most 16 KiB, 8 deep (else 422)" + operators_only,
+            **operator_mark,
         },
     }
     create_schema = {
@@ -252,10 +269,17 @@ def openapi_document(
                 "type": ["integer", "null"],
                 "minimum": 1,
                 "description": "a usage quota" + operators_only,
+                **operator_mark,
             },
         },
+        **({"description": operator_note.strip()} if host_auth else {}),
     }
-    update_schema = {"type": "object", "additionalProperties": False, "properties": settable}
+    update_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "properties": settable,
+        **({"description": operator_note.strip()} if host_auth else {}),
+    }
     issued_schema = {
         "type": "object",
         "required": ["key"],
