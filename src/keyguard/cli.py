@@ -37,7 +37,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, NoReturn
-from urllib.parse import parse_qsl, urlsplit
 
 import click
 from rich import box
@@ -60,7 +59,7 @@ from .exceptions import (
 from .guard import KeyGuard
 from .keys import duration
 from .models import IssuedKey, KeyInfo
-from .settings import mask_url
+from .settings import mask_url, url_secrets
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 # What a refusal may quote as given (`shown_value`); anything else is shown as a hint.
@@ -242,12 +241,7 @@ class BadInput(Failure):
 def _passwords(guard: KeyGuard | None) -> list[str]:
     if guard is None:
         return []
-    found = []
-    for url in (guard.settings.store, guard.settings.cache or ""):
-        parts = urlsplit(url)
-        found.append(parts.password or "")
-        found += [v for k, v in parse_qsl(parts.query) if k.lower().endswith("password")]
-    return [p for p in found if p]
+    return [*url_secrets(guard.settings.store), *url_secrets(guard.settings.cache)]
 
 
 def _reason(exc: BaseException, guard: KeyGuard | None) -> str:
