@@ -6,15 +6,7 @@
 # PYTHON=python3.12 picks the interpreter; a .venv made by another Python version is made again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python3}
-VERSION='import sys; print("%d.%d" % sys.version_info[:2])'
-want=$("$PY" -c "$VERSION") || { echo "test.sh: cannot run $PY (set PYTHON=...)" >&2; exit 1; }
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-  || { echo "test.sh: $PY is Python $want; keyguard needs 3.11 or newer (PYTHON=...)" >&2; exit 1; }
-have=$(.venv/bin/python -c "$VERSION" 2>/dev/null || echo none)
-if [ "$have" != "$want" ]; then
-  [ "$have" = none ] || echo "test.sh: .venv has Python $have, $PY is $want: making .venv again"
-  "$PY" -m venv --clear .venv
-fi
+. scripts/venv.sh
+venv_for test.sh
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 exec .venv/bin/python -m pytest "$@"

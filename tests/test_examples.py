@@ -456,7 +456,8 @@ def test_scripts_make_the_venv_again_for_another_python(tmp_path: Path, script: 
     """`PYTHON=python3.12 bash scripts/test.sh` after a run on 3.11: the .venv is made
     again with 3.12 (not kept), once; arguments go to pytest."""
     (tmp_path / "scripts").mkdir()
-    (tmp_path / "scripts" / script).write_text((ROOT / "scripts" / script).read_text())
+    for name in (script, "venv.sh"):  # (the venv part both scripts source)
+        (tmp_path / "scripts" / name).write_text((ROOT / "scripts" / name).read_text())
     _fake_python(tmp_path / ".venv" / "bin" / "python", "3.11")  # the first run's venv
     log = tmp_path / "log"
     env = {**_clean_env(tmp_path), "LOG": str(log)}
