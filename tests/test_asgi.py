@@ -308,3 +308,64 @@ async def test_store_unreachable_503_while_cached_key_works(tmp_path: Path) -> N
     assert (await request(app, "GET", "/", [("X-API-Key", fake)])).status_code == 503
     assert (await request(app, "GET", "/", [("X-API-Key", warm)])).status_code == 200
     assert calls == ["x", "x"]
+
+
+APP_SOURCE = """
+import os
+from fastapi import FastAPI
+from keyguard.asgi import KeyGuardMiddleware
+
+app = FastAPI()
+app.add_middleware(KeyGuardMiddleware, settings={"store": os.environ["KG_STORE"]})
+
+@app.get("/v1/x")
+def x():
+    return {"ok": True}
+"""
+
+
+def test_a_last_use_reaches_the_store_when_uvicorn_is_stopped_with_sigterm(
+    tmp_path: Path,
+) -> None:
+    """uvicorn ends a SIGTERM'd process by that signal after its shutdown, so atexit
+    never runs: the door writes the buffered last uses on lifespan.shutdown."""
+    import subprocess
+    import sys
+    import time
+
+    from . import servers
+    from .kgutil import stop_process, wait_for
+
+    store = f"sqlite:///{tmp_path / 'k.db'}"
+    guard = KeyGuard({"store": store})
+    issued = guard.keys.create(owner="o", name="n")
+    (tmp_path / "app.py").write_text(APP_SOURCE)
+    port = servers.free_port()
+    env = {**os.environ, "KG_STORE": store}
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "uvicorn", "app:app", "--port", str(port), "--log-level", "warning"],
+        cwd=tmp_path,
+        env=env,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/v1/x"
+
+        def answers() -> bool:
+            try:
+                return httpx.get(url, timeout=1).status_code == 401
+            except httpx.HTTPError:
+                return False
+
+        assert wait_for(answers, timeout=20)
+        r = httpx.get(url, headers={"Authorization": f"Bearer {issued.token}"}, timeout=5)
+        assert r.status_code == 200
+        started = time.monotonic()
+        proc.terminate()  # SIGTERM
+        proc.wait(timeout=15)
+        assert time.monotonic() - started < 15
+    finally:
+        if proc.poll() is None:
+            stop_process(proc)
+    info = guard.keys.get(issued.id)
+    assert info.last_used_at is not None and info.last_used_from == "127.0.0.1"
+    guard.close()

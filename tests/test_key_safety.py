@@ -427,6 +427,28 @@ async def test_a_token_in_the_admin_path_is_a_plain_404(
     assert guard.keys.get(issued.id).revoked_at is None
 
 
+async def test_a_token_in_a_refused_requests_path_is_logged_as_its_hint(
+    guard: KeyGuard, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token pasted into a URL (the admin API's {id}, any guarded path) of a request
+    that is refused: the audit event names the path with that segment as its hint."""
+    caplog.set_level(logging.INFO, logger="keyguard.audit")
+    token = guard.keys.create(owner="o", name="n").token or ""
+    admin = httpx.ASGITransport(app=admin_app(guard), client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=admin, base_url="http://t") as c:
+        assert (await c.get(f"/api/keys/{token}")).status_code == 401  # no admin key
+        r = await c.post(f"/api/keys/{token}/revoke", headers={"Authorization": "Bearer nope"})
+        assert r.status_code == 401
+    app = Starlette(routes=[Route("/x/{rest:path}", lambda request: JSONResponse({}))])
+    app.add_middleware(KeyGuardMiddleware, guard=guard)
+    gate = httpx.ASGITransport(app=app, client=("203.0.113.7", 4000))
+    async with httpx.AsyncClient(transport=gate, base_url="http://t") as c:
+        assert (await c.get(f"/x/{token}/more")).status_code == 401
+    denied = [r.getMessage() for r in caplog.records if "request.denied" in r.getMessage()]
+    assert len(denied) >= 3 and all(token not in m for m in denied)
+    assert all(f"kg_…{token[-4:]}" in json.loads(m)["path"] for m in denied)
+
+
 def test_the_cli_never_echoes_a_token_given_as_id(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -532,3 +532,41 @@ def test_the_pool_log_of_keyguards_pool_is_scrubbed_of_its_passwords() -> None:
     assert postgresql._OncePerMinute().filter(record)
     assert "Zq9SECRETpw" not in record.getMessage() and "keyguard" in record.getMessage()
     store.close()
+
+
+@pytest.mark.parametrize(
+    ("setting", "url", "shown"),
+    [
+        ("store", "postgresql://127.0.0.1:5432/test?user=alice@example.com", None),
+        (
+            "store",
+            "postgresql://kg:pw@db.internal:5432/test?application_name=billing@eu",
+            "postgresql://kg:****@db.internal:5432/test?application_name=billing@eu",
+        ),
+        ("cache", "redis://127.0.0.1:6379/0?client_name=worker@host1", None),
+    ],
+)
+def test_an_at_sign_in_the_query_is_no_user_info(setting: str, url: str, shown: str) -> None:
+    """An "@" after the authority (Azure's user=name@server, an application name) is
+    no password: accepted, and the URL shown with its host as it is."""
+    from keyguard.settings import mask_url
+
+    extra = {"cache": None} if setting == "store" else {"store": "memory://"}
+    assert getattr(load_settings({setting: url, **extra}), setting) == url
+    assert mask_url(url) == (shown or url)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u@db.internal/test?password=Hunter2#TopSecretTail",
+        "postgresql://u@db.internal/test?password=Hunter2&TopSecretTail",
+        "redis+sentinel://s1:26379/main?sentinel_password=Hunter2&TopSecretTail",
+    ],
+)
+def test_a_query_password_with_a_raw_separator_is_refused_unquoted(url: str) -> None:
+    where = "cache" if url.startswith("redis") else "store"
+    with pytest.raises(ConfigurationError) as info:
+        KeyGuard({where: url, **({"store": "memory://"} if where == "cache" else {})})
+    assert str(info.value).startswith(where) and "TopSecretTail" not in str(info.value)
+    assert "Hunter2" not in str(info.value)

@@ -337,6 +337,55 @@ async def test_what_a_body_declares_is_answered_alike_whatever_the_key(
     }
 
 
+async def _chunks(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+@pytest.mark.parametrize("kind", ["asgi", "wsgi"])
+async def test_a_body_the_signature_must_cover_is_answered_alike_whatever_the_key(
+    clock: Clock, kind: str
+) -> None:
+    """rfc9421: a request that declares a body (Content-Length, or chunked) whose
+    signature does not cover content-digest; bybit: a GET sending a chunked body.
+    Both 400 before any key is looked up: the same for a signing key, a bearer
+    key's id and an unknown one."""
+    seen: dict[str, set[tuple[int, str]]] = {}
+    for profile in ("rfc9421", "bybit"):
+        guard = make_guard(clock, signing={"profile": profile}, abuse={"max_failures": None})
+        door = Door(kind, guard)
+        try:
+            ids = [
+                guard.keys.create(owner="o", name="s", kind="signing").info.id,
+                guard.keys.create(owner="o", name="b").info.id,
+                "A" * 16,
+            ]
+            for key_id in ids:
+                for chunked in (False, True):
+                    body = b'{"a": 1}'
+                    if profile == "rfc9421":
+                        req = _signed("POST", "http://t/x", key_id, "x" * 43, created=clock.now)
+                        method = "POST"
+                        headers = {
+                            k: v
+                            for k, v in req.headers.items()
+                            if k.lower() not in ("host", "content-length")
+                        }
+                    else:
+                        method = "GET"
+                        headers = signed(
+                            key_id, "x" * 43, "GET", "/x", now=clock.now, profile=profile
+                        )
+                    content: Any = body
+                    if chunked:  # no Content-Length: httpx sends it chunked
+                        content = _chunks(body) if kind == "asgi" else iter([body])
+                    r = await door.request(method, "/x", headers=headers, content=content)
+                    seen.setdefault(f"{profile}:{chunked}", set()).add((r.status_code, _code(r)))
+        finally:
+            await door.aclose()
+            guard.close()
+    assert all(answers == {(400, "invalid_request")} for answers in seen.values()), seen
+
+
 # -- 2. nothing is read before the request names a key that can sign ------------------
 
 SERVERS = [pytest.param("uvicorn", id="asgi-uvicorn"), pytest.param("werkzeug", id="wsgi-werkzeug")]

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+import anyio.to_thread
 from starlette.authentication import AuthCredentials, BaseUser, UnauthenticatedUser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -136,11 +137,27 @@ class KeyGuardMiddleware:
             if isinstance(app, FastAPI):
                 install_openapi(app, self.guard)
 
+    def _flushing(self, receive: Receive) -> Receive:
+        """The lifespan's `receive`, writing the buffered last uses out when the
+        server says it shuts down: uvicorn ends a SIGTERM'd process by the signal
+        itself after the shutdown, so `atexit` (the guard's other flush) never runs."""
+        flush = self.guard.flush
+
+        async def lifespan_receive() -> Message:
+            message = await receive()
+            if message.get("type") == "lifespan.shutdown":
+                await anyio.to_thread.run_sync(flush)
+            return message
+
+        return lifespan_receive
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
         if kind != "http" and kind != "websocket":
             if self._undocumented:
                 self._document(scope)
+            if kind == "lifespan":
+                receive = self._flushing(receive)
             await self.app(scope, receive, send)
             return
         if self._undocumented:

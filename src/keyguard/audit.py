@@ -47,6 +47,7 @@ from .models import IssuedKey, KeyInfo
 if TYPE_CHECKING:
     from .decision import Facts, Known, Verdict
     from .guard import KeyGuard
+    from .tokens import TokenParser
 
 logger = logging.getLogger("keyguard.audit")
 
@@ -164,14 +165,25 @@ def audited(
     return decorate
 
 
-def observe(facts: Facts, verdict: Verdict, known: Known | None) -> None:
+def observer(parser: TokenParser) -> Callable[[Facts, Verdict, Known | None], None]:
+    """The drivers' observer of refusals for a guard whose tokens `parser` reads."""
+    return functools.partial(observe, parser=parser)
+
+
+def observe(
+    facts: Facts, verdict: Verdict, known: Known | None, parser: TokenParser | None = None
+) -> None:
     """The drivers' observer of refusals: one `request.denied` event for each, from
     what the verdict says (the key named, whether its secret was proven, the
-    client as step 6 found it). Cheap when INFO is off."""
+    client as step 6 found it); a path segment holding a token (`parser`'s) is
+    shown as its hint. Cheap when INFO is off."""
     exc = verdict.error
     if exc is None or not logger.isEnabledFor(logging.INFO):
         return
     key_id, client = verdict.key_id, verdict.client
+    path = facts.path if facts.path is not None else facts.target
+    if path is not None and parser is not None and parser.found_in(path):
+        path = "/".join(shown_id(p) if parser.found_in(p) else p for p in path.split("/"))
     emit(
         "request.denied",
         result=exc.code,
@@ -180,7 +192,7 @@ def observe(facts: Facts, verdict: Verdict, known: Known | None) -> None:
         client_ip=str(client) if client is not None else None,
         status=exc.status_code,
         method=facts.method,
-        path=facts.path if facts.path is not None else facts.target,
+        path=path,
     )
 
 

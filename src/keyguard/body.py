@@ -388,6 +388,7 @@ def target(facts: Facts, signing: SignedRequests) -> None:
         facts.raw_path = facts.path or ""
         return
     facts.length = _declared(environ.get("CONTENT_LENGTH"), signing.max_body_bytes)
+    facts.chunked = "chunked" in environ.get("HTTP_TRANSFER_ENCODING", "").lower()
     facts.raw_path, facts.query = wsgi_target(environ)
     if signing.wants_fields:
         facts.fields = wsgi_fields(environ)[1]
@@ -402,6 +403,10 @@ def atarget(facts: Facts, signing: SignedRequests) -> None:
         facts.raw_path = facts.path or ""
         return
     facts.length = _one_length(facts.headers.get("content-length", ()), signing.max_body_bytes)
+    facts.chunked = any(
+        name == b"transfer-encoding" and b"chunked" in value.lower()
+        for name, value in scope.get("headers", ())
+    )
     facts.raw_path, facts.query = asgi_target(scope)
     if signing.wants_fields:
         facts.fields = asgi_fields(scope)[1]

@@ -52,6 +52,7 @@ from .exceptions import (
     KeyGuardError,
     KeyLimitExceeded,
     KeyNotFound,
+    KeyStateConflict,
     StoreError,
     shown_id,
     shown_value,
@@ -264,6 +265,8 @@ def _failure(exc: KeyGuardError, ctx: click.Context) -> Failure:
             f"{exc}: revoke or delete one first (keyguard keys list --owner OWNER, then "
             "keyguard keys revoke ID), or raise policy.max_keys_per_owner"
         )
+    if isinstance(exc, KeyStateConflict):  # the key's state, not the arguments (409)
+        return Failure(str(exc))
     if isinstance(exc, ConfigurationError | InvalidKeySettings):
         return BadInput(str(exc))
     if isinstance(exc, KeyNotFound):

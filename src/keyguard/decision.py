@@ -130,6 +130,7 @@ class Facts:
     # `fields`: rfc9421 only) and then the body need (`body`):
     body: bytes | None = None
     length: int | None = None  # the body size the request declares (Content-Length)
+    chunked: bool = False  # it declares a body of a size to come (Transfer-Encoding)
     raw_path: str | None = None
     query: str = ""
     fields: Sequence[tuple[str, str]] | None = None

@@ -113,7 +113,7 @@ class KeyGuard:
         self.drivers = Drivers(
             self.parts, self.cache, self.abuse, self.replay, clock, lambda: self.flush()
         )
-        self.drivers.refusals.append(audit.observe)
+        self.drivers.refusals.append(audit.observer(self.parts.tokens))
         self.keys = KeyManager(
             self.store,
             s,

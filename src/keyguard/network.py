@@ -192,10 +192,14 @@ _NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # RFC 6052's well-known prefix
 _NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215's, for local /96 prefixes
 # IPv6 blocks whose last 32 bits are an IPv4 address: IPv4-mapped, and NAT64.
 # IPv6 blocks that carry an IPv4 address, and where: (block, the bit after the IPv4
-# address). IPv4-mapped and NAT64 (the well-known /96, and RFC 8215's local-use block
-# with a /96 prefix): the last 32 bits; 6to4 (2002::/16): the 32 bits after the first 16.
+# address). IPv4-mapped, IPv4-translated, IPv4-compatible and NAT64 (the well-known /96,
+# and RFC 8215's local-use block with a /96 prefix): the last 32 bits; 6to4
+# (2002::/16): the 32 bits after the first 16. Not judged: Teredo (its client address
+# is obfuscated), ISATAP (an interface id in any /64), NAT64 prefixes other than /96.
 _CARRIES_V4 = (
     (ipaddress.IPv6Network("::ffff:0:0/96"), 0),
+    (ipaddress.IPv6Network("::ffff:0:0:0/96"), 0),  # SIIT's IPv4-translated (RFC 7915)
+    (ipaddress.IPv6Network("::/96"), 0),  # IPv4-compatible (deprecated; holds :: and ::1)
     (_NAT64, 0),
     (_NAT64_LOCAL, 0),
     (ipaddress.IPv6Network("2002::/16"), 80),

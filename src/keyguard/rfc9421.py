@@ -76,6 +76,7 @@ if TYPE_CHECKING:
         scheme: str | None
         body: bytes | None
         length: int | None
+        chunked: bool
         fields: Sequence[tuple[str, str]] | None
         headers: Mapping[str, Sequence[str]]
 
@@ -227,6 +228,8 @@ def require(reading: Reading, facts: Facts) -> None:
     for name in needed:
         if f'"{name}"' not in covered:
             raise _bad(f"An RFC 9421 signature here must cover {name}.")
+    if (facts.length or facts.chunked) and '"content-digest"' not in covered:
+        raise _no_digest()  # (a declared body: told before any key is looked up)
     body = facts.body
     if body is None:
         return
@@ -235,7 +238,11 @@ def require(reading: Reading, facts: Facts) -> None:
     except InvalidSignature:  # told as any unproven signature is: nothing about the key
         raise invalid_signature() from None
     if body and not digested:
-        raise _bad("An RFC 9421 signature of a request with a body must cover content-digest.")
+        raise _no_digest()
+
+
+def _no_digest() -> BadRequest:
+    return _bad("An RFC 9421 signature of a request with a body must cover content-digest.")
 
 
 def sign_request(message: Any, key_id: str, secret: bytes, now: float, body: bytes) -> None:

@@ -145,6 +145,8 @@ class Settings(_Section):
     @classmethod
     def _store(cls, value: str) -> str:
         scheme = value.split("://", 1)[0]
+        if scheme not in ("sqlite", "memory"):  # (a file path may hold what a URL may not)
+            check_url_password(value)  # first: no later message may quote a misread URL
         if scheme == "redis+cluster":
             raise ValueError(
                 "a Redis store needs one master (its scripts span many keys): use redis://, "
@@ -159,7 +161,6 @@ class Settings(_Section):
             )
         if scheme == "sqlite" and value.removeprefix("sqlite://").strip("/") == "":
             raise ValueError("a sqlite URL needs a path, as in sqlite:///keyguard.db")
-        check_url_password(value)
         return value
 
     @field_validator("cache")
@@ -469,7 +470,8 @@ def _userinfo(url: str) -> tuple[str, str, str] | None:
     "#": urlsplit reads up to the last "@" of the authority, libpq up to the first
     "@"), the password from the first ":" in it. None without one."""
     scheme, sep, rest = url.partition("://")
-    at = rest.rfind("@")
+    end = min((i for i in (rest.find("?"), rest.find("#")) if i >= 0), default=len(rest))
+    at = rest.rfind("@", 0, end)  # (an "@" in the query, user=a@b, is no user info)
     if not sep or at < 0:
         return None
     user, colon, password = rest[:at].partition(":")
@@ -482,16 +484,22 @@ _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def check_url_password(url: str) -> None:
-    """A URL's password must be one that every parser reads alike (urlsplit and
-    redis-py to the last "@", libpq to the first): percent-encoded. Never quotes it."""
+    """A URL must be one that every parser reads alike (urlsplit and redis-py take the
+    user info to the last "@", libpq to the first; a "&" or "#" ends a query value):
+    its password percent-encoded, no fragment, every query parameter name=value.
+    Never quotes the URL."""
     info = _userinfo(url)
-    if info is None:
-        return
-    if _PIECES.search(info[1]) or _BAD_ESCAPE.search(info[1]):
+    if info is not None and (_PIECES.search(info[1]) or _BAD_ESCAPE.search(info[1])):
         raise ValueError(
             "the password in the URL holds a raw '@', '/', '?', '#' or '%': percent-encode "
             "it (%40, %2F, %3F, %23, %25), or pass it another way (a ?password= parameter, "
-            "the driver's environment such as PGPASSWORD)"
+            "percent-encoded too, or the driver's environment such as PGPASSWORD)"
+        )
+    query = url.partition("?")[2]
+    if "#" in url or any("=" not in part for part in query.split("&") if query):
+        raise ValueError(
+            "the URL holds a '#' or a query part that is not name=value: a value with '&' "
+            "or '#' in it (a password, say) must be percent-encoded (%26, %23)"
         )
 
 

@@ -440,8 +440,8 @@ class SignedRequests:
             window, mac = self._special(facts, ts, now, signature)
         if len(mac) != MAC_SIZE or not _key_form(key_id):
             raise invalid_signature()
-        if self._one_part and facts.length and facts.method.upper() == "GET":
-            raise _one_part()  # (a declared body; a chunked one is refused once read)
+        if self._one_part and (facts.length or facts.chunked) and facts.method.upper() == "GET":
+            raise _one_part()  # (a declared body; one that comes undeclared: once read)
         passphrases = h.get(self._pass)
         body, string = facts.body, None
         if body is not None:
