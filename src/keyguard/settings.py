@@ -496,7 +496,7 @@ def check_url_password(url: str) -> None:
             "percent-encoded too, or the driver's environment such as PGPASSWORD)"
         )
     query = url.partition("?")[2]
-    if "#" in url or any("=" not in part for part in query.split("&") if query):
+    if "#" in url or any(part and "=" not in part for part in query.split("&")):
         raise ValueError(
             "the URL holds a '#' or a query part that is not name=value: a value with '&' "
             "or '#' in it (a password, say) must be percent-encoded (%26, %23)"
