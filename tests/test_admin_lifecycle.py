@@ -315,9 +315,10 @@ async def test_what_a_change_would_refuse_is_told_before_a_code_is_asked(
             r = await c.request(method, f"/api/keys/nope0000nope0000{path}", json=body)
             assert r.status_code == 404 and r.json()["code"] == "not_found", (method, path)
         assert asked == []
-        assert (await c.post(f"/api/keys/{revoked}/revoke")).status_code == 200  # a no-op
+        # Revoking a revoked key changes nothing, so nothing is asked for it.
+        assert (await c.post(f"/api/keys/{revoked}/revoke")).status_code == 200
         assert (await c.delete(f"/api/keys/{revoked}")).status_code == 204
-        assert asked == ["revoke", "delete"]
+        assert asked == ["delete"]
 
 
 async def test_no_totp_code_is_spent_on_a_change_that_cannot_happen(
@@ -335,6 +336,36 @@ async def test_no_totp_code_is_spent_on_a_change_that_cannot_happen(
             assert (await c.delete("/api/keys/nope0000nope0000", headers=code)).status_code == 404
             r = await c.post(f"/api/keys/{live}/rotate", headers=code)  # the code still works
             assert r.status_code == 200 and "token" in r.json()
+        clock.advance(30)
+
+
+async def test_no_totp_code_is_spent_at_the_owners_key_limit(clock: Clock) -> None:
+    """A create or a resume the owner's key limit would refuse is refused before a
+    code is asked (the same 422); a revoke of a revoked key changes nothing and asks
+    for none. The code is then still good for a change that can happen."""
+    guard = KeyGuard({"store": "memory://", "policy": {"max_keys_per_owner": 2}})
+    for who in (Principal("alice", owner="alice"), Principal("ops")):
+        confirm = totp_confirm(lambda request: SECRET, clock=clock)
+        app = admin_app(guard, authorize=lambda request, who=who: who, confirm=confirm)
+        for key in guard.keys.list(owner="alice", include_revoked=True):
+            guard.keys.delete(key.id)
+        paused = guard.keys.create(owner="alice", name="paused").id
+        guard.keys.suspend(paused)
+        guard.keys.create(owner="alice", name="one")
+        guard.keys.create(owner="alice", name="two")
+        gone = guard.keys.create(owner="ops", name="gone").id
+        guard.keys.revoke(gone)
+        code = {"x-keyguard-confirm": code_at(clock)}
+        async for c in _client(app, **{"x-requested-with": "t"}):
+            r = await c.post(f"/api/keys/{paused}/resume", headers=code)
+            assert r.status_code == 422, r.text
+            r = await c.post("/api/keys", json={"owner": "alice", "name": "three"}, headers=code)
+            assert r.status_code == 422, r.text
+            if who.owner is None:
+                r = await c.post(f"/api/keys/{gone}/revoke")  # no code: nothing to change
+                assert r.status_code == 200 and r.json()["status"] == "revoked"
+            r = await c.post(f"/api/keys/{paused}/suspend", headers=code)  # the code still works
+            assert r.status_code == 200, r.text
         clock.advance(30)
 
 

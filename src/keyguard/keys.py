@@ -23,10 +23,17 @@ import anyio.to_thread
 
 from . import tokens
 from .audit import audited
-from .exceptions import ConfigurationError, InvalidKeySettings, KeyNotFound, KeyStateConflict
+from .exceptions import (
+    ConfigurationError,
+    InvalidKeySettings,
+    KeyLimitExceeded,
+    KeyNotFound,
+    KeyStateConflict,
+)
 from .models import IssuedKey, KeyInfo, KeyRecord, metadata_value, text_ok
 from .network import PRIVATE_RANGES, carried_v4, parse_allowlist
 from .settings import _check_rate
+from .stores.base import is_live
 
 if TYPE_CHECKING:
     from .cache import KeyCache
@@ -431,6 +438,19 @@ class KeyManager:
         )  # fmt: skip
         defaults: dict[str, Any] = {"scopes": (), "allowed_ips": (), "kind": "bearer"}
         self._draft(self._clock(), *(fields.get(n, defaults.get(n)) for n in names))
+
+    def check_room(self, owner: str, key_id: str | None = None) -> None:
+        """KeyLimitExceeded when `owner` already holds `max_keys_per_owner` live keys
+        besides `key_id`: what a create or a resume would meet, told before a change
+        is confirmed (the admin app's step-up). Reads the store (blocking); the store
+        checks again, atomically, when the change is made."""
+        limit = self._settings.policy.max_keys_per_owner
+        if limit is None:
+            return
+        now = self._clock()
+        held = self._store().list(owner=owner)
+        if sum(1 for r in held if r.id != key_id and is_live(r, now)) >= limit:
+            raise KeyLimitExceeded(limit)
 
     def _draft(
         self,

@@ -593,10 +593,18 @@ class AdminAPI:
         args.setdefault("owner", None)
         args.setdefault("name", None)
         _precheck(self.guard.keys.check_create, args)  # told before a code is asked
+        await self._room(args["owner"])
         await self._confirmed(request, "create")
         issued: IssuedKey = await self.guard.keys.acreate(**args)
         location = f"{request.scope.get('root_path', '')}/api/keys/{issued.id}"
         return _json(_issued(issued), 201, {"location": location})
+
+    async def _room(self, owner: str | None, key_id: str | None = None) -> None:
+        """The owner's key limit, as a create or resume would meet it, told before a
+        step-up code is asked (no code spent on a change the store would refuse)."""
+        if owner is not None:
+            check = self.guard.keys.check_room
+            await run_in_threadpool(lambda: _precheck(lambda: check(owner, key_id), {}))
 
     async def _get(self, request: Request, principal: Principal) -> Response:
         return _json(_key(await self._own(principal, request.path_params["key_id"])))
@@ -652,9 +660,13 @@ class AdminAPI:
             by_owner = owners and principal.owner is not None
             # What the change would refuse on the key as read is told before a code is
             # asked (the change checks it again on the key as stored):
+            if action == "revoke" and info.revoked_at is not None:
+                return _json(_key(info))  # revoked already: nothing to confirm or change
             _precheck(lambda: check_not_revoked(info.revoked_at, action), {})
             if by_owner and action == "resume":
                 _precheck(lambda: check_owner_resume(info.suspended_by), {})
+            if action == "resume" and info.status() == "suspended":  # it would count again
+                await self._room(info.owner, key_id)
             await self._confirmed(request, action)
             kwargs = {"by_owner": True} if by_owner else {}
             return _json(_key(await call(key_id, **kwargs)))
